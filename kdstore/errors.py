@@ -1,0 +1,40 @@
+"""One error hierarchy for everything a user can get wrong.
+
+Each class also inherits the builtin that matches it, so callers that catch ``ValueError`` or
+``FileNotFoundError`` keep working, and the CLI turns any ``KdstoreError`` into one clear line.
+Messages say what is wrong, where (file and line when there is one) and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class KdstoreError(Exception):
+    """Base class of every error kdstore raises on purpose."""
+
+
+class ManifestError(KdstoreError, ValueError):
+    """A manifest line is malformed, has an empty transcript, or names missing audio."""
+
+
+class AudioError(KdstoreError, ValueError):
+    """An audio file is missing, unreadable or has the wrong sample rate/channels."""
+
+
+class StoreError(KdstoreError, ValueError):
+    """A store is missing, incomplete, corrupt or written in an unknown format version."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """No store (or no committed store) exists at the given path."""
+
+
+class IncompatibleStoreError(StoreError):
+    """A store was made by another teacher/tokenizer/frame rate than the student expects."""
+
+
+class ConfigError(KdstoreError, ValueError):
+    """A config file or ``key=value`` override is invalid."""
+
+
+class DependencyError(KdstoreError, ImportError):
+    """An optional dependency or system tool (TTS engine, sox) is missing."""
