@@ -1,0 +1,119 @@
+"""Dataset and collate shared by dump (teacher), training (student + store rows) and eval.
+
+One code path reads manifests, audio and tokens for every stage, so the keys and token counts the
+student sees are exactly those the teacher was forced on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from kdstore.audio import load_audio
+from kdstore.errors import ManifestError
+from kdstore.manifest import ManifestEntry
+from kdstore.store import StoreReader
+
+Tokenize = Callable[[str], Sequence[int]]
+
+
+@dataclass
+class KDRows:
+    """Teacher rows for a batch, padded to the batch's lattice: (B, T, U+1, k)."""
+
+    logp: torch.Tensor  # float32 (B, T, U+1, k)
+    ids: torch.Tensor  # int64 (B, T, U+1, k)
+    blank_label: torch.Tensor  # float32 (B, T, U+1, 2)
+    frames: torch.Tensor  # int64 (B,) stored T per utterance
+    labels: torch.Tensor  # int64 (B,) stored U per utterance
+
+
+@dataclass
+class AudioBatch:
+    signal: torch.Tensor  # (B, S) float32
+    signal_len: torch.Tensor  # (B,)
+    tokens: torch.Tensor  # (B, U) int64, padded with 0
+    tokens_len: torch.Tensor  # (B,)
+    keys: list[str]
+    indices: list[int]
+    kd: KDRows | None = None
+
+    def as_nemo_tuple(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The (signal, signal_len, transcript, transcript_len) tuple NeMo's steps unpack."""
+        return self.signal, self.signal_len, self.tokens, self.tokens_len
+
+
+class TranscribedAudioDataset(torch.utils.data.Dataset):
+    """Manifest entries -> audio samples + token ids (+ the teacher's stored rows)."""
+
+    def __init__(self, entries: Sequence[ManifestEntry], tokenize: Tokenize, sample_rate: int,
+                 store: StoreReader | None = None) -> None:
+        self.entries = list(entries)
+        self.tokenize = tokenize
+        self.sample_rate = sample_rate
+        self.store = store
+        if store is not None:
+            missing = [e for e in self.entries if e.key not in store]
+            if missing:
+                raise ManifestError(
+                    f"{missing[0].where}: utterance {missing[0].key!r} (and {len(missing) - 1} more) is not "
+                    f"in store {store.path}; dump the teacher over this manifest first"
+                )
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict:
+        entry = self.entries[index]
+        tokens = list(self.tokenize(entry.text))
+        if not tokens:
+            raise ManifestError(f"{entry.where}: transcript {entry.text!r} has no tokens")
+        item = {
+            "audio": torch.from_numpy(load_audio(entry, self.sample_rate)),
+            "tokens": torch.tensor(tokens, dtype=torch.long),
+            "key": entry.key,
+            "index": index,
+        }
+        if self.store is not None:
+            item["rows"] = self.store.read_key(entry.key)
+        return item
+
+
+def _pad_stack(arrays: Sequence[np.ndarray], dtype: torch.dtype) -> torch.Tensor:
+    shape = [len(arrays)] + [max(a.shape[d] for a in arrays) for d in range(arrays[0].ndim)]
+    out = torch.zeros(shape, dtype=dtype)
+    for i, array in enumerate(arrays):
+        out[(i,) + tuple(slice(0, s) for s in array.shape)] = torch.from_numpy(np.asarray(array)).to(dtype)
+    return out
+
+
+def collate(items: Sequence[dict]) -> AudioBatch:
+    """Pad audio, tokens and (when present) store rows into one batch."""
+    signal_len = torch.tensor([item["audio"].numel() for item in items], dtype=torch.long)
+    tokens_len = torch.tensor([item["tokens"].numel() for item in items], dtype=torch.long)
+    signal = torch.zeros(len(items), int(signal_len.max()))
+    tokens = torch.zeros(len(items), int(tokens_len.max()), dtype=torch.long)
+    for i, item in enumerate(items):
+        signal[i, : signal_len[i]] = item["audio"]
+        tokens[i, : tokens_len[i]] = item["tokens"]
+    kd = None
+    if "rows" in items[0]:
+        rows = [item["rows"] for item in items]
+        kd = KDRows(
+            logp=_pad_stack([r.logp for r in rows], torch.float32),
+            ids=_pad_stack([r.ids.astype(np.int64) for r in rows], torch.long),
+            blank_label=_pad_stack([r.blank_label for r in rows], torch.float32),
+            frames=torch.tensor([r.num_frames for r in rows], dtype=torch.long),
+            labels=torch.tensor([r.num_labels for r in rows], dtype=torch.long),
+        )
+    return AudioBatch(signal, signal_len, tokens, tokens_len, [item["key"] for item in items],
+                      [item["index"] for item in items], kd)
+
+
+def duration_sorted_batches(entries: Sequence[ManifestEntry], batch_size: int) -> list[list[int]]:
+    """A fixed batch plan: indices sorted by duration (stable), cut into batches of ``batch_size``."""
+    order = sorted(range(len(entries)), key=lambda i: (entries[i].duration, i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

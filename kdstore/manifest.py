@@ -1,0 +1,93 @@
+"""NeMo JSON-lines manifests: parsing with errors that name the file and line.
+
+Keys identify an utterance across stages: the manifest's ``audio_filepath`` exactly as written,
+plus offset and duration with 3 decimals, so the same manifest always maps to the same store rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdstore.errors import ManifestError
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    audio_filepath: str  # as written in the manifest
+    audio_path: Path  # resolved on this machine
+    duration: float
+    offset: float
+    text: str
+    line: int  # 1-based line number, for error messages
+    manifest: Path
+
+    @property
+    def key(self) -> str:
+        return utterance_key(self.audio_filepath, self.offset, self.duration)
+
+    @property
+    def where(self) -> str:
+        return f"{self.manifest}:{self.line}"
+
+
+def utterance_key(audio_filepath: str, offset: float, duration: float) -> str:
+    return f"{audio_filepath}|{offset:.3f}|{duration:.3f}"
+
+
+def _resolve(audio_filepath: str, manifest: Path) -> Path:
+    """Absolute paths as they are; relative ones against the manifest's folder (as NeMo does)."""
+    path = Path(audio_filepath).expanduser()
+    if path.is_absolute():
+        return path
+    beside = manifest.parent / path
+    return beside if beside.exists() or not path.exists() else path.resolve()
+
+
+def read_manifest(path: str | Path, *, require_text: bool = True, check_audio: bool = True) -> list[ManifestEntry]:
+    """Parse every line; raise ManifestError naming ``file:line`` for the first bad one."""
+    manifest = Path(path)
+    if not manifest.is_file():
+        raise ManifestError(f"manifest {manifest} does not exist")
+    entries: list[ManifestEntry] = []
+    with manifest.open(encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            where = f"{manifest}:{number}"
+            try:
+                item = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise ManifestError(f"{where}: not a JSON object ({err.msg}); each line must be one JSON object") from None
+            if not isinstance(item, dict):
+                raise ManifestError(f"{where}: expected a JSON object, got {type(item).__name__}")
+            for field in ("audio_filepath", "duration"):
+                if field not in item:
+                    raise ManifestError(f"{where}: missing field {field!r}")
+            try:
+                duration = float(item["duration"])
+                offset = float(item.get("offset") or 0.0)
+            except (TypeError, ValueError):
+                raise ManifestError(f"{where}: duration/offset must be numbers") from None
+            if duration <= 0:
+                raise ManifestError(f"{where}: duration must be positive, got {duration}")
+            text = str(item.get("text", "")).strip()
+            if require_text and not text:
+                raise ManifestError(f"{where}: empty transcript; remove the line or give it a 'text'")
+            audio_path = _resolve(str(item["audio_filepath"]), manifest)
+            if check_audio and not audio_path.is_file():
+                raise ManifestError(f"{where}: audio file {item['audio_filepath']} not found (looked at {audio_path})")
+            entries.append(ManifestEntry(str(item["audio_filepath"]), audio_path, duration, offset, text, number, manifest))
+    if not entries:
+        raise ManifestError(f"manifest {manifest} has no entries")
+    return entries
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,151 @@
+"""Stage 2 entry point: train a student (with KD from a store, or plainly) and save a plain .nemo.
+
+Callable without the CLI: ``train_student(load_train_config("tiny", [...], store=...))``.
+Order as in a readable recipe: settings -> checks -> model -> trainer -> fit -> save.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+from kdstore.config import require
+from kdstore.errors import ConfigError, IncompatibleStoreError
+from kdstore.kd_config import KDSettings
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_path: Path
+    steps: int
+    seconds: float
+    params: int
+    curve_csv: Path
+    final_losses: dict[str, float]
+
+
+def check_store_compatible(cfg, store_path: str) -> "object":
+    """Refuse a store whose front end or tokenizer differs from the student's (design section 6)."""
+    from kdstore.store import StoreReader
+
+    reader = StoreReader(store_path)
+    meta = reader.metadata
+    pre, enc = cfg.model.preprocessor, cfg.model.encoder
+    student = {
+        "sample_rate": int(pre.sample_rate), "window_size": float(pre.window_size),
+        "window_stride": float(pre.window_stride), "features": int(pre.features),
+        "normalize": str(pre.normalize), "subsampling_factor": int(enc.subsampling_factor),
+    }
+    for name, value in student.items():
+        stored = getattr(meta.front_end, name)
+        if stored != value:
+            raise IncompatibleStoreError(
+                f"store {store_path} was dumped with {name}={stored} but the student has {name}={value}; "
+                "student and teacher must share the preprocessor and subsampling factor (set "
+                f"model.{'encoder' if name == 'subsampling_factor' else 'preprocessor'}.{name}={stored})"
+            )
+    augmentor = cfg.model.train_ds.get("augmentor") or {}
+    if "speed" in augmentor:
+        raise IncompatibleStoreError("speed perturbation changes the number of frames T: remove "
+                                     "model.train_ds.augmentor.speed while KD from a store is on")
+    return reader
+
+
+def _tokenizer_for_store(cfg, reader, workdir: Path) -> None:
+    """Use the store's tokenizer unless one is given; if one is given it must be the same."""
+    from omegaconf import OmegaConf
+
+    stored_sha = reader.metadata.fingerprint.tokenizer_sha256
+    if OmegaConf.is_missing(cfg.model.tokenizer, "dir"):
+        cfg.model.tokenizer.dir = str(reader.write_tokenizer(workdir / "tokenizer"))
+        return
+    model_file = Path(cfg.model.tokenizer.dir) / "tokenizer.model"
+    if not model_file.is_file():
+        raise ConfigError(f"model.tokenizer.dir={cfg.model.tokenizer.dir} has no tokenizer.model")
+    if hashlib.sha256(model_file.read_bytes()).hexdigest() != stored_sha:
+        raise IncompatibleStoreError(
+            f"tokenizer {model_file} differs from the teacher's tokenizer in the store; leave "
+            "model.tokenizer.dir unset to use the store's own tokenizer"
+        )
+
+
+def build_student(model_cfg, trainer=None):
+    """Instantiate the student class that fits the config; it records the plain NeMo class as target."""
+    from omegaconf import open_dict
+
+    from kdstore.student import PLAIN_TARGETS, KDHybridModel, KDRNNTModel
+
+    hybrid = "aux_ctc" in model_cfg and model_cfg.aux_ctc is not None
+    with open_dict(model_cfg):
+        model_cfg.target = PLAIN_TARGETS["hybrid" if hybrid else "rnnt"]
+    cls = KDHybridModel if hybrid else KDRNNTModel
+    return cls(cfg=model_cfg, trainer=trainer)
+
+
+class CurveRecorder(pl.Callback):
+    """Writes one CSV row of losses per training step (the demo plots these curves)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.rows, self.start = path, [], time.time()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        logs = getattr(pl_module, "last_step_logs", {})
+        self.rows.append({"step": trainer.global_step, "seconds": round(time.time() - self.start, 3), **logs})
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        keys = sorted({k for row in self.rows for k in row}, key=lambda k: (k not in ("step", "seconds"), k))
+        with self.path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+
+def train_student(cfg, progress: bool = False) -> TrainResult:
+    """Train per ``cfg`` (see configs/models/tiny.yaml) and save ``cfg.run.output`` as a plain .nemo."""
+    import torch
+    from omegaconf import OmegaConf, open_dict
+
+    require(cfg, "run.output", "set run.output=PATH.nemo")
+    require(cfg, "model.train_ds.manifest_filepath", "set model.train_ds.manifest_filepath=train.json")
+    output = Path(cfg.run.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    workdir = output.with_suffix(".files")
+    workdir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(int(cfg.run.num_threads))
+    pl.seed_everything(int(cfg.run.seed), verbose=False)
+
+    settings = KDSettings.from_model_config(cfg.model)
+    if settings.enabled and settings.store:
+        reader = check_store_compatible(cfg, settings.store)
+        _tokenizer_for_store(cfg, reader, workdir)
+    require(cfg, "model.tokenizer.dir", "set model.tokenizer.dir=DIR (or give --store to use the teacher's)")
+
+    curve_csv = Path(cfg.run.log_csv) if cfg.run.get("log_csv") else output.with_suffix(".log.csv")
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_kwargs.setdefault("enable_progress_bar", progress)
+    trainer_kwargs["enable_progress_bar"] = progress
+    trainer_kwargs.setdefault("enable_model_summary", False)
+    recorder = CurveRecorder(curve_csv)
+    trainer = pl.Trainer(**trainer_kwargs, callbacks=[recorder])
+
+    model_cfg = cfg.model
+    with open_dict(model_cfg):
+        model_cfg.pop("kdstore_rnnt_loss", None)
+    model = build_student(model_cfg, trainer=trainer)
+    model.rnnt_loss_choice = str(cfg.run.rnnt_loss)
+    params = int(sum(p.numel() for p in model.parameters()))
+
+    start = time.time()
+    trainer.fit(model)
+    seconds = time.time() - start
+
+    model.eval()
+    model.save_to(str(output))
+    OmegaConf.save(cfg, workdir / "train_config.yaml", resolve=True)
+    return TrainResult(output, int(trainer.global_step), seconds, params, curve_csv,
+                       dict(getattr(model, "last_step_logs", {})))
