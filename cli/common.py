@@ -42,3 +42,19 @@ def set_threads(num_threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(num_threads)
+
+
+def quiet_nemo() -> None:
+    """Silence NeMo's INFO/WARNING chatter so progress bars and results stay readable."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    try:
+        from nemo.utils import logging as nemo_logging
+
+        nemo_logging.setLevel(logging.ERROR)
+    except ImportError:  # pragma: no cover - NeMo is a hard dependency, but --help must never fail
+        pass
+    for name in ("lightning", "lightning.pytorch", "pytorch_lightning", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)

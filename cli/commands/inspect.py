@@ -1,0 +1,33 @@
+"""`kdstore inspect`: what a store holds, and how much teacher mass its top-k keeps."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from kdstore.cli.common import friendly_errors
+
+
+@click.command("inspect")
+@click.argument("store", type=str)
+@click.option("--verify", is_flag=True, help="Check every invariant of the format; exit non-zero on the first broken one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@friendly_errors
+def command(store, verify, as_json):
+    """Summarise STORE: utterances, hours, nodes, bytes per node, mean top-k mass.
+
+    \b
+    Example:
+      kdstore inspect teacher.zarr --verify
+    """
+    from kdstore.store.summary import summarize, verify_store
+
+    summary = summarize(store)
+    if verify:
+        summary["verified"] = verify_store(store)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for key, value in summary.items():
+        click.echo(f"{key:>22}: {value}")

@@ -1,0 +1,33 @@
+"""`kdstore train-student`: stage 2, a student from audio + store (or plain training)."""
+
+from __future__ import annotations
+
+import click
+
+from kdstore.cli.common import friendly_errors, quiet_nemo
+
+
+@click.command("train-student", context_settings={"ignore_unknown_options": True})
+@click.option("--config", required=True, help="YAML path or a name in configs/models (tiny, tiny-teacher, small, medium, large).")
+@click.option("--store", default=None, help="Teacher store (shorthand for model.kd.store=...; this flag wins).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+@friendly_errors
+def command(config, store, progress, overrides):
+    """Train a FastConformer-Transducer; with --store, loss = (1-a)*RNNT + a*tau^2*KD.
+
+    OVERRIDES are key=value pairs (OmegaConf dot syntax; +key=value adds a key).
+
+    \b
+    Example:
+      kdstore train-student --config tiny --store teacher.zarr \\
+          model.train_ds.manifest_filepath=train.json run.output=student.nemo trainer.max_steps=2000
+    """
+    quiet_nemo()
+    from kdstore.config import load_train_config
+    from kdstore.train import train_student
+
+    cfg = load_train_config(config, list(overrides), store=store)
+    result = train_student(cfg, progress=progress)
+    click.echo(f"saved {result.model_path} ({result.params / 1e6:.2f}M params, {result.steps} steps, "
+               f"{result.seconds:.0f} s); curve: {result.curve_csv}")

@@ -1,0 +1,75 @@
+"""The demo's report: a table people read (report.md) and a picture they look at (report.png)."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    name: str
+    wer: float
+    cer: float
+    params: int
+    train_seconds: float | None
+    steps: int | None
+    curve_csv: Path | None
+
+
+def format_table(rows: list[ModelRow], store_bytes: int | None) -> str:
+    lines = ["| model | WER % | CER % | params | train time | steps |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        train = f"{r.train_seconds / 60:.1f} min" if r.train_seconds else "-"
+        lines.append(f"| {r.name} | {100 * r.wer:.2f} | {100 * r.cer:.2f} | {r.params / 1e6:.2f}M | {train} | "
+                     f"{r.steps if r.steps is not None else '-'} |")
+    if store_bytes is not None:
+        lines.append("")
+        lines.append(f"Teacher store on disk: {store_bytes / 1e6:.2f} MB")
+    return "\n".join(lines)
+
+
+def _read_curve(path: Path) -> dict[str, list[float]]:
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    columns: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if value not in ("", None):
+                columns.setdefault(key, []).append(float(value))
+    return columns
+
+
+def plot_report(rows: list[ModelRow], out_png: Path) -> Path:
+    """Left: WER/CER bars per model. Right: training loss (RNN-T part) per step for each trained model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = [r.name for r in rows]
+    x = range(len(rows))
+    bars.bar([i - 0.2 for i in x], [100 * r.wer for r in rows], width=0.4, label="WER")
+    bars.bar([i + 0.2 for i in x], [100 * r.cer for r in rows], width=0.4, label="CER")
+    bars.set_xticks(list(x), names, rotation=10)
+    bars.set_ylabel("% on the test split (unseen voices)")
+    bars.set_title("Accuracy")
+    bars.legend()
+    for r in rows:
+        if r.curve_csv and Path(r.curve_csv).is_file():
+            data = _read_curve(Path(r.curve_csv))
+            if "train_rnnt_loss" in data and "step" in data:
+                curves.plot(data["step"], data["train_rnnt_loss"], label=f"{r.name}: RNN-T loss", linewidth=1)
+            if "train_kd_loss" in data:
+                curves.plot(data["step"], data["train_kd_loss"], label=f"{r.name}: KD (KL)", linewidth=1, linestyle="--")
+    curves.set_yscale("log")
+    curves.set_xlabel("step")
+    curves.set_title("Training curves")
+    curves.legend(fontsize=8)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,179 @@
+"""Dump -> store -> student, with real (tiny, randomly initialised) NeMo models and real Zarr stores."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kdstore.errors import IncompatibleStoreError, ManifestError
+
+pytestmark = pytest.mark.slow
+
+
+def build_model(config_name: str, tokenizer_dir: Path, seed: int, **overrides):
+    from omegaconf import OmegaConf
+
+    from kdstore.config import load_train_config
+    from kdstore.train import build_student
+
+    cfg = load_train_config(config_name, [f"{k}={v}" for k, v in overrides.items()])
+    model_cfg = cfg.model
+    model_cfg.tokenizer.dir = str(tokenizer_dir)
+    model_cfg.train_ds.manifest_filepath = None
+    torch.manual_seed(seed)
+    model = build_student(OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True)))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def teacher_nemo(demo_corpus, tmp_path_factory) -> Path:
+    """A randomly initialised tiny teacher (hybrid RNNT-CTC, like the demo teacher) saved as .nemo."""
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.nemo"
+    build_model("tiny-teacher", demo_corpus.tokenizer_dir, seed=1,
+                **{"model.encoder.n_layers": 1, "model.model_defaults.enc_hidden": 64,
+                   "model.encoder.subsampling_conv_channels": 64}).save_to(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_manifest(demo_corpus, tmp_path_factory) -> Path:
+    lines = Path(demo_corpus.train_manifest).read_text().splitlines()[:6]
+    path = tmp_path_factory.mktemp("manifest") / "six.json"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def exact_store(teacher_nemo, small_manifest, tmp_path_factory) -> Path:
+    """A k = V+1 float32 store: every teacher log-prob, exactly."""
+    from kdstore.dump import DumpSettings, dump_teacher
+
+    out = tmp_path_factory.mktemp("store") / "exact.zarr"
+    dump_teacher(teacher_nemo, small_manifest, out, DumpSettings(top_k=10_000, batch_size=4, value_dtype="float32"))
+    return out
+
+
+def test_dump_rows_match_live_teacher_and_student_lattice_shape(teacher_nemo, small_manifest, demo_corpus, tmp_path):
+    from kdstore.data import TranscribedAudioDataset, collate
+    from kdstore.dump import DumpSettings, dump_teacher
+    from kdstore.manifest import read_manifest
+    from kdstore.nemo_files import restore_model
+    from kdstore.store import StoreReader
+    from kdstore.store.summary import verify_store
+    from kdstore.teacher import full_lattice
+
+    store = tmp_path / "t.zarr"
+    meta = dump_teacher(teacher_nemo, small_manifest, store, DumpSettings(top_k=4, batch_size=4))
+    assert verify_store(store)
+    reader = StoreReader(store)
+    assert meta.counts.utterances == len(reader) == 6
+    teacher = restore_model(teacher_nemo)
+    student = build_model("tiny", demo_corpus.tokenizer_dir, seed=5)
+    entries = read_manifest(small_manifest)
+    dataset = TranscribedAudioDataset(entries, teacher.tokenizer.text_to_ids, 16000)
+    for i, entry in enumerate(entries):
+        batch = collate([dataset[i]])
+        rows = reader.read_key(entry.key)
+        _, enc_len = student.forward(input_signal=batch.signal, input_signal_length=batch.signal_len)
+        assert rows.logp.shape == (int(enc_len[0]), int(batch.tokens_len[0]) + 1, 4)
+        live, _ = full_lattice(teacher, batch.signal, batch.signal_len, batch.tokens, batch.tokens_len)
+        live = live[:, : rows.num_frames]  # the encoder may pad one frame past the valid length
+        top = live[0].topk(4, dim=-1)
+        np.testing.assert_allclose(rows.logp.astype(np.float32), top.values.numpy(), atol=2e-2, rtol=2e-3)
+        assert (rows.ids == top.indices.numpy()).mean() > 0.95  # ties may reorder under fp16
+        u = int(batch.tokens_len[0])
+        label_lp = live[0, :, np.arange(u), batch.tokens[0, :u]].numpy()
+        np.testing.assert_allclose(rows.blank_label[:, :u, 1].astype(np.float32), label_lp, atol=2e-2, rtol=2e-3)
+        assert np.all(rows.blank_label[:, u, 1] == np.finfo(np.float16).min)
+
+
+def test_offline_kd_from_exact_store_equals_online_kd(teacher_nemo, exact_store, small_manifest, demo_corpus):
+    from kdstore.data import TranscribedAudioDataset, collate
+    from kdstore.kd_config import KDSettings
+    from kdstore.manifest import read_manifest
+    from kdstore.nemo_files import restore_model
+    from kdstore.store import StoreReader
+    from kdstore.student import kd_node_loss, online_rows
+
+    teacher = restore_model(teacher_nemo)
+    student = build_model("tiny", demo_corpus.tokenizer_dir, seed=7)
+    reader = StoreReader(exact_store)
+    assert reader.metadata.top_k == teacher.decoder.vocab_size + 1
+    entries = read_manifest(small_manifest)
+    dataset = TranscribedAudioDataset(entries, teacher.tokenizer.text_to_ids, 16000, store=reader)
+    batch = collate([dataset[i] for i in (0, 3, 5, 1)])  # a different padding than the dump's batches
+    enc, enc_len = student.forward(input_signal=batch.signal, input_signal_length=batch.signal_len)
+    pred, _, _ = student.decoder(targets=batch.tokens, target_length=batch.tokens_len)
+    log_probs = student.joint.joint(enc.transpose(1, 2), pred.transpose(1, 2)).log_softmax(-1)
+    for temperature in (1.0, 2.0):
+        settings = KDSettings(enabled=True, alpha=0.5, temperature=temperature, store=str(exact_store),
+                              loss="topk_rest", node_weights="uniform", teacher_model_path=None)
+        offline = kd_node_loss(log_probs, batch.kd, batch.tokens, student.decoder.blank_idx, settings)
+        online = kd_node_loss(log_probs, online_rows(teacher, batch), batch.tokens, student.decoder.blank_idx, settings)
+        assert offline.item() > 0.01
+        assert abs(offline.item() - online.item()) < 1e-4, (offline.item(), online.item())
+
+
+def test_train_student_with_store_saves_plain_nemo(exact_store, small_manifest, tmp_path):
+    from kdstore.config import load_train_config
+    from kdstore.train import train_student
+
+    out = tmp_path / "student.nemo"
+    cfg = load_train_config("tiny", [f"model.train_ds.manifest_filepath={small_manifest}", f"run.output={out}",
+                                     "trainer.max_steps=3", "model.train_ds.batch_size=3", "trainer.accelerator=cpu"],
+                            store=str(exact_store))
+    result = train_student(cfg)
+    assert result.steps == 3
+    assert np.isfinite(result.final_losses["train_kd_loss"]) and result.final_losses["train_kd_loss"] > 0
+    code = (
+        "import sys, json\n"
+        "from nemo.collections.asr.models import ASRModel\n"
+        f"m = ASRModel.restore_from({str(out)!r}, map_location='cpu')\n"
+        "print(json.dumps({'cls': type(m).__name__, 'kdstore': any(k.startswith('kdstore') for k in sys.modules)}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info == {"cls": "EncDecRNNTBPEModel", "kdstore": False}
+
+
+def test_store_from_another_frame_rate_or_tokenizer_is_refused(exact_store, small_manifest, tmp_path, demo_corpus):
+    from kdstore.config import load_train_config
+    from kdstore.train import train_student
+
+    base = [f"model.train_ds.manifest_filepath={small_manifest}", f"run.output={tmp_path / 's.nemo'}",
+            "trainer.max_steps=1", "trainer.accelerator=cpu"]
+    cfg = load_train_config("tiny", base + ["model.encoder.subsampling_factor=4"], store=str(exact_store))
+    with pytest.raises(IncompatibleStoreError, match="subsampling_factor"):
+        train_student(cfg)
+    other_tok = tmp_path / "tok"
+    other_tok.mkdir()
+    (other_tok / "tokenizer.model").write_bytes(b"not the teacher's tokenizer")
+    cfg = load_train_config("tiny", base + [f"model.tokenizer.dir={other_tok}"], store=str(exact_store))
+    with pytest.raises(IncompatibleStoreError, match="tokenizer"):
+        train_student(cfg)
+
+
+def test_manifest_errors_name_file_and_line(tmp_path, demo_corpus):
+    from kdstore.manifest import read_manifest
+
+    good = Path(demo_corpus.train_manifest).read_text().splitlines()[0]
+    bad = tmp_path / "bad.json"
+    bad.write_text(good + "\n{not json\n")
+    with pytest.raises(ManifestError, match=r"bad.json:2"):
+        read_manifest(bad)
+    empty = json.loads(good) | {"text": "  "}
+    bad.write_text(json.dumps(empty) + "\n")
+    with pytest.raises(ManifestError, match=r"bad.json:1: empty transcript"):
+        read_manifest(bad)
+    missing = json.loads(good) | {"audio_filepath": "nowhere.wav"}
+    bad.write_text(good + "\n" + json.dumps(missing) + "\n")
+    with pytest.raises(ManifestError, match=r"bad.json:2: audio file nowhere.wav not found"):
+        read_manifest(bad)
