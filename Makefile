@@ -19,8 +19,20 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed system-deps
 
+# Debian packages for the TTS corpus: installed when missing and we are root, else we say what to run.
 system-deps:
-	@bash scripts/system-deps.sh $(APT_PACKAGES)
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing system packages:$$missing"; \
+	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "kdstore needs these system packages:$$missing" >&2; \
+	    echo "Install them with: sudo apt-get install$$missing" >&2; exit 1; \
+	  fi; \
+	fi
 
 demo: setup
 	OMP_NUM_THREADS=1 $(VENV)/bin/kdstore demo --workdir demo-run

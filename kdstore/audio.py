@@ -14,8 +14,8 @@ def load_audio(entry: ManifestEntry, sample_rate: int) -> np.ndarray:
 
     try:
         info = soundfile.info(str(entry.audio_path))
-        start = int(round(entry.offset * info.samplerate))
-        frames = int(round(entry.duration * info.samplerate)) if entry.duration else -1
+        start = round(entry.offset * info.samplerate)
+        frames = round(entry.duration * info.samplerate) if entry.duration else -1
         data, rate = soundfile.read(str(entry.audio_path), start=start, frames=frames, dtype="float32",
                                     always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError, OSError) as err:

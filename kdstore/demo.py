@@ -13,9 +13,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kdstore.errors import KdstoreError
 
@@ -35,7 +36,7 @@ class DemoPlan:
     transcribe_files: int = 5
 
     @classmethod
-    def for_mode(cls, quick: bool, seed: int = 0) -> "DemoPlan":
+    def for_mode(cls, quick: bool, seed: int = 0) -> DemoPlan:
         if quick:
             return cls(hours=0.12, teacher_steps=150, student_steps=100, batch_size=16, seed=seed)
         return cls(hours=1.0, teacher_steps=1000, student_steps=600, batch_size=16, seed=seed)

@@ -26,7 +26,7 @@ class KDSettings:
         return self.enabled and (self.store is not None or self.teacher_model_path is not None)
 
     @classmethod
-    def from_model_config(cls, cfg: Any) -> "KDSettings":
+    def from_model_config(cls, cfg: Any) -> KDSettings:
         kd = cfg.get("kd") or {}
         settings = cls(
             enabled=bool(cfg.get("enable_kd", False)),

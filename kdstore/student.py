@@ -27,6 +27,11 @@ PLAIN_TARGETS = {
 }
 
 
+def collate_nemo_tuple(items):
+    """Collate for NeMo's own validation step, which unpacks (signal, len, tokens, len)."""
+    return collate(items).as_nemo_tuple()
+
+
 def kd_node_loss(log_probs: torch.Tensor, rows: KDRows, tokens: torch.Tensor, blank: int,
                  settings: KDSettings) -> torch.Tensor:
     """Batch KD term (without tau^2) from student log-probs (B, T, U+1, V+1) and teacher rows."""
@@ -83,7 +88,7 @@ class KDMixin:
                 self._kd_store = StoreReader(self.kd_settings.store)
             store = self._kd_store
         dataset = TranscribedAudioDataset(entries, self.tokenizer.text_to_ids, int(data_cfg.sample_rate), store)
-        collate_fn = (lambda items: collate(items).as_nemo_tuple()) if nemo_tuples else collate
+        collate_fn = collate_nemo_tuple if nemo_tuples else collate
         return torch.utils.data.DataLoader(
             dataset, batch_size=int(data_cfg.batch_size), shuffle=shuffle, collate_fn=collate_fn,
             num_workers=int(data_cfg.get("num_workers", 0) or 0), drop_last=False,

@@ -7,8 +7,8 @@ floats would otherwise be tens of GB for LibriSpeech-length utterances at V = 10
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 

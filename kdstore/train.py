@@ -29,7 +29,7 @@ class TrainResult:
     final_losses: dict[str, float]
 
 
-def check_store_compatible(cfg, store_path: str) -> "object":
+def check_store_compatible(cfg, store_path: str) -> object:
     """Refuse a store whose front end or tokenizer differs from the student's (design section 6)."""
     from kdstore.store import StoreReader
 
@@ -90,14 +90,24 @@ def build_student(model_cfg, trainer=None):
 class CurveRecorder(pl.Callback):
     """Writes one CSV row of losses per training step (the demo plots these curves)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.rows, self.start = path, [], time.time()
+    def __init__(self, path: Path, print_every: int = 0) -> None:
+        self.path, self.rows, self.start, self.print_every = path, [], time.time(), print_every
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         logs = getattr(pl_module, "last_step_logs", {})
-        self.rows.append({"step": trainer.global_step, "seconds": round(time.time() - self.start, 3), **logs})
+        row = {"step": trainer.global_step, "seconds": round(time.time() - self.start, 3), **logs}
+        self.rows.append(row)
+        if self.print_every and trainer.global_step % self.print_every == 0:
+            losses = " ".join(f"{k.removeprefix('train_')}={v:.4g}" for k, v in logs.items() if k != "learning_rate")
+            print(f"step {trainer.global_step}/{trainer.max_steps} {row['seconds']:.0f}s {losses}", flush=True)
+        if trainer.global_step % 25 == 0:
+            self.write()
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self.write()
+
+    def write(self) -> None:
+        """Rewrite the CSV (cheap: a few thousand rows), so a killed run still leaves its curve."""
         keys = sorted({k for row in self.rows for k in row}, key=lambda k: (k not in ("step", "seconds"), k))
         with self.path.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=keys)
@@ -130,7 +140,7 @@ def train_student(cfg, progress: bool = False) -> TrainResult:
     trainer_kwargs.setdefault("enable_progress_bar", progress)
     trainer_kwargs["enable_progress_bar"] = progress
     trainer_kwargs.setdefault("enable_model_summary", False)
-    recorder = CurveRecorder(curve_csv)
+    recorder = CurveRecorder(curve_csv, print_every=0 if progress else int(cfg.trainer.log_every_n_steps))
     trainer = pl.Trainer(**trainer_kwargs, callbacks=[recorder])
 
     model_cfg = cfg.model

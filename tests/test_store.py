@@ -7,7 +7,7 @@ import pytest
 
 from kdstore.errors import StoreError, StoreNotFoundError
 from kdstore.store import StoreReader, StoreWriter
-from kdstore.store.metadata import Counts, FrontEnd, Fingerprint, StoreMetadata
+from kdstore.store.metadata import Counts, Fingerprint, FrontEnd, StoreMetadata
 
 
 def make_metadata(top_k: int, vocab: int, value_dtype: str = "float16") -> StoreMetadata:

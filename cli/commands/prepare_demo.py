@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import click
+
 from kdstore.cli.common import friendly_errors
 
 

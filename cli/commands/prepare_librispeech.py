@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import click
-from kdstore.cli.common import friendly_errors
 
+from kdstore.cli.common import friendly_errors
 from kdstore.corpus.librispeech import SUBSETS
 
 

@@ -75,7 +75,7 @@ class StoreMetadata:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: Any) -> "StoreMetadata":
+    def from_json(cls, data: Any) -> StoreMetadata:
         obj = _parse_mapping(data, "kdstore")
         fmt = obj.get("format")
         if fmt != FORMAT_VERSION:

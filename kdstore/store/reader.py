@@ -6,10 +6,12 @@ handed to forked or spawned DataLoader workers: each worker reopens the store on
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import zarr
@@ -69,7 +71,7 @@ class StoreReader:
         self.labels = np.asarray(group[layout.LABELS][:])
         key_bytes = np.asarray(group[layout.KEY_BYTES][:]).tobytes()
         key_offset = np.asarray(group[layout.KEY_OFFSET][:])
-        self.keys = [key_bytes[a:b].decode("utf-8") for a, b in zip(key_offset[:-1], key_offset[1:])]
+        self.keys = [key_bytes[a:b].decode("utf-8") for a, b in itertools.pairwise(key_offset)]
         self._index = {key: i for i, key in enumerate(self.keys)}
         self._group: zarr.Group | None = group
         self._pid = os.getpid()

@@ -164,7 +164,7 @@ class StoreWriter:
         if not self._committed and self.partial_path.exists():
             shutil.rmtree(self.partial_path)
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:  # noqa: PYI034
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
