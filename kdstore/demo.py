@@ -50,14 +50,14 @@ def _step(workdir: Path, name: str, run: Callable[[], dict[str, Any]], echo: Ech
     marker = workdir / "steps" / f"{name}.json"
     if marker.is_file():
         echo(f"[demo] {name}: done earlier, reusing ({marker})")
-        return json.loads(marker.read_text())
+        return json.loads(marker.read_text())["result"]
     echo(f"[demo] {name} ...")
     start = time.time()
     result = run()
-    result["step_seconds"] = round(time.time() - start, 1)
+    seconds = round(time.time() - start, 1)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(result, indent=2, default=str))
-    echo(f"[demo] {name}: {result['step_seconds']} s")
+    marker.write_text(json.dumps({"result": result, "seconds": seconds}, indent=2, default=str))
+    echo(f"[demo] {name}: {seconds} s")
     return result
 
 

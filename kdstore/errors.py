@@ -38,3 +38,7 @@ class ConfigError(KdstoreError, ValueError):
 
 class DependencyError(KdstoreError, ImportError):
     """An optional dependency or system tool (TTS engine, sox) is missing."""
+
+
+class ExportError(KdstoreError, ValueError):
+    """A model cannot be exported, or a folder is not a complete ONNX export."""

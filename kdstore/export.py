@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from kdstore import __version__
-from kdstore.errors import ConfigError
+from kdstore.errors import ExportError
 from kdstore.features import WINDOW_FUNCTIONS, FrontEndConfig, LogMelFrontEnd, mel_filterbank, resolve_log_guard
 
 ENCODER, DECODER, JOINER, TOKENS = "encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt"
@@ -37,10 +38,6 @@ SHERPA_MODEL_TYPE = "EncDecRNNTBPEModel"  # what sherpa-onnx expects for any NeM
 FRONTEND_TOLERANCE = 1e-3  # max |ours - NeMo| on normalised log-mel features, checked at export
 DECODER_INPUTS = ("targets", "target_length", "input_states_1", "input_states_2")
 DECODER_OUTPUTS = ("outputs", "prednet_lengths", "output_states_1", "output_states_2")
-
-
-class ExportError(ConfigError):
-    """A model cannot be exported, or a folder is not a complete ONNX export."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +86,9 @@ def export_onnx(model_path: Path, out_dir: Path, int8: bool = False) -> ExportRe
     quantized: tuple[Path, ...] = ()
     if int8:
         quantized = tuple(quantize_int8(paths[name], metadata if name == ENCODER else provenance) for name in paths)
+    else:  # int8 files of an earlier export would not match the new float ones
+        for path in paths.values():
+            path.with_suffix(".int8.onnx").unlink(missing_ok=True)
     return ExportResult(
         out_dir=out_dir,
         encoder=paths[ENCODER],
@@ -318,7 +318,13 @@ def quantize_int8(path: Path, metadata: Mapping[str, str]) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = path.with_suffix(".int8.onnx")
-    quantize_dynamic(str(path), str(out), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a "consider pre-processing" warning on the root logger
+    try:
+        quantize_dynamic(str(path), str(out), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     add_metadata(out, {**metadata, "quantization": "dynamic-int8"})
     return out
 

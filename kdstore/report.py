@@ -51,19 +51,26 @@ def plot_report(rows: list[ModelRow], out_png: Path) -> Path:
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4.2))
     names = [r.name for r in rows]
     x = range(len(rows))
-    bars.bar([i - 0.2 for i in x], [100 * r.wer for r in rows], width=0.4, label="WER")
-    bars.bar([i + 0.2 for i in x], [100 * r.cer for r in rows], width=0.4, label="CER")
+    for offset, metric, hatch in ((-0.2, "wer", None), (0.2, "cer", "//")):
+        values = [100 * getattr(r, metric) for r in rows]
+        drawn = bars.bar([i + offset for i in x], values, width=0.4, label=metric.upper(), hatch=hatch,
+                         color="#bbbbbb" if hatch else "#555555")
+        bars.bar_label(drawn, fmt="%.1f", fontsize=8)
     bars.set_xticks(list(x), names, rotation=10)
     bars.set_ylabel("% on the test split (unseen voices)")
     bars.set_title("Accuracy")
     bars.legend()
-    for r in rows:
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(rows):
         if r.curve_csv and Path(r.curve_csv).is_file():
             data = _read_curve(Path(r.curve_csv))
+            color = colors[i % len(colors)]
             if "train_rnnt_loss" in data and "step" in data:
-                curves.plot(data["step"], data["train_rnnt_loss"], label=f"{r.name}: RNN-T loss", linewidth=1)
+                curves.plot(data["step"], data["train_rnnt_loss"], color=color, linewidth=1,
+                            label=f"{r.name}: RNN-T loss")
             if "train_kd_loss" in data:
-                curves.plot(data["step"], data["train_kd_loss"], label=f"{r.name}: KD (KL)", linewidth=1, linestyle="--")
+                curves.plot(data["step"], data["train_kd_loss"], color=color, linewidth=1, linestyle="--",
+                            label=f"{r.name}: KD term (KL)")
     curves.set_yscale("log")
     curves.set_xlabel("step")
     curves.set_title("Training curves")

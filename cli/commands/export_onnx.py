@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kdstore.cli.common import friendly_errors, set_threads
+from kdstore.cli.common import friendly_errors, quiet_nemo, set_threads
 
 
 @click.command(
@@ -20,11 +20,12 @@ from kdstore.cli.common import friendly_errors, set_threads
               help="Folder for encoder.onnx, decoder.onnx, joiner.onnx and tokens.txt (created).")
 @click.option("--int8/--no-int8", default=False, show_default=True,
               help="Also write dynamically int8-quantised *.int8.onnx files.")
-@click.option("--num-threads", default=1, show_default=True, type=click.IntRange(min=1), help="Torch threads.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="Torch CPU threads.")
 @friendly_errors
-def command(model_path: Path, out_dir: Path, int8: bool, num_threads: int) -> None:
+def command(model_path: Path, out_dir: Path, int8: bool, threads: int) -> None:
     """Export a NeMo transducer to ONNX in sherpa-onnx's layout, with the metadata it needs."""
-    set_threads(num_threads)
+    quiet_nemo()
+    set_threads(threads)
     from kdstore.export import export_onnx
 
     result = export_onnx(model_path, out_dir, int8=int8)

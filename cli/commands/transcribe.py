@@ -17,14 +17,14 @@ from kdstore.cli.common import friendly_errors
               help="Folder written by `kdstore export-onnx`.")
 @click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--int8/--no-int8", default=False, show_default=True, help="Use the *.int8.onnx files.")
-@click.option("--num-threads", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="onnxruntime intra-op threads.")
 @friendly_errors
-def command(onnx_dir: Path, audio: tuple[Path, ...], int8: bool, num_threads: int) -> None:
+def command(onnx_dir: Path, audio: tuple[Path, ...], int8: bool, threads: int) -> None:
     """Print `path<TAB>text` for each AUDIO file (any rate; resampled to the model's)."""
     from kdstore.onnx_infer import OnnxTransducer
 
-    model = OnnxTransducer(onnx_dir, int8=int8, num_threads=num_threads)
+    model = OnnxTransducer(onnx_dir, int8=int8, num_threads=threads)
     for path in audio:
         text = model.transcribe([path])[0]
         click.echo(f"{path}\t{text}")

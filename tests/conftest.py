@@ -1,0 +1,117 @@
+"""Shared pytest fixtures: tiny artefacts built once per session and reused by many tests."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny commands demo corpus (~0.03 h, seed 0, ~40 utterances from all installed TTS engines).
+
+    Built once per session (~10 s on 2 CPU cores); returns a ``kdstore.corpus.DemoCorpus``.
+    """
+    from kdstore.corpus import prepare_demo
+
+    out = tmp_path_factory.mktemp("demo_corpus")
+    return prepare_demo(out, task="commands", hours=0.03, seed=0, num_jobs=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny transducer that actually emits tokens (export and runtime-agreement tests).
+# ---------------------------------------------------------------------------------------------
+EMITTING_UTTERANCES = 10  # the shortest train utterances of the demo corpus, memorised by the model
+
+
+@pytest.fixture(scope="session")
+def emitting_model(demo_corpus, tmp_path_factory: pytest.TempPathFactory):
+    """Path of a tiny EncDecRNNTBPEModel (.nemo) overfitted on 10 demo utterances, so it emits tokens.
+
+    A model that emits only blanks proves nothing about an export. Built from
+    ``configs/models/tiny.yaml`` (no SpecAugment) with a plain torch loop: Adam 3e-3, all 10
+    utterances in one batch, kdstore's vectorised RNN-T loss, until the loss is below 0.3 and most
+    greedy transcripts are non-empty (~150 steps, ~30 s on one idle core). The utterances it saw are in
+    ``train.json`` beside it (see ``emitting_manifest``).
+    """
+    import json
+    import time
+    from pathlib import Path
+
+    import soundfile
+    import torch
+    from omegaconf import OmegaConf
+
+    out_dir = tmp_path_factory.mktemp("emitting_model")
+    rows = [json.loads(line) for line in Path(demo_corpus.train_manifest).read_text().splitlines() if line.strip()]
+    rows = sorted(rows, key=lambda r: r["duration"])[:EMITTING_UTTERANCES]
+    (out_dir / "train.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rng_state = torch.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        from nemo.collections.asr.models import EncDecRNNTBPEModel
+
+        cfg = OmegaConf.load(Path(__file__).parents[1] / "configs" / "models" / "tiny.yaml").model
+        for key in ("enable_kd", "kd_alpha", "kd_temperature", "teacher_model_path", "kd", "optim",
+                    "spec_augment", "train_ds"):  # kdstore-only keys; no data loaders needed
+            cfg.pop(key, None)
+        cfg.tokenizer.dir = str(demo_corpus.tokenizer_dir)
+        model = EncDecRNNTBPEModel(cfg=cfg)
+        blank = model.decoder.blank_idx
+
+        waves = [soundfile.read(r["audio_filepath"], dtype="float32")[0] for r in rows]
+        audio_len = torch.tensor([len(w) for w in waves])
+        audio = torch.zeros(len(waves), int(audio_len.max()))  # (B, samples)
+        for i, wave in enumerate(waves):
+            audio[i, : len(wave)] = torch.from_numpy(wave)
+        ids = [model.tokenizer.text_to_ids(r["text"]) for r in rows]
+        target_len = torch.tensor([len(t) for t in ids])
+        targets = torch.zeros(len(ids), int(target_len.max()), dtype=torch.long)  # (B, U)
+        for i, t in enumerate(ids):
+            targets[i, : len(t)] = torch.tensor(t)
+
+        try:
+            from kdstore.rnnt_loss import rnnt_loss
+        except ImportError:  # pragma: no cover - fallback while the vectorised loss is missing
+            rnnt_loss = None
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        start = time.perf_counter()
+        for step in range(1, 301):
+            model.train()
+            enc, enc_len = model.forward(input_signal=audio, input_signal_length=audio_len)  # (B, D, T)
+            pred, _, _ = model.decoder(targets=targets, target_length=target_len)  # (B, H, U+1)
+            logits = model.joint.joint(enc.transpose(1, 2), pred.transpose(1, 2))  # (B, T, U+1, V+1)
+            if rnnt_loss is not None:
+                loss = rnnt_loss(logits, targets, enc_len, target_len, blank=blank)
+            else:
+                log_probs = logits.log_softmax(-1)
+                loss = model.loss(log_probs=log_probs, targets=targets, input_lengths=enc_len,
+                                  target_lengths=target_len).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            if step % 10 == 0 and loss.item() < 0.3:
+                model.eval()
+                with torch.no_grad():
+                    enc, enc_len = model.forward(input_signal=audio, input_signal_length=audio_len)
+                    hyps = model.decoding.rnnt_decoder_predictions_tensor(encoder_output=enc, encoded_lengths=enc_len)
+                if sum(bool(h.text.strip()) for h in hyps) >= 0.8 * len(rows):
+                    break
+        model.eval()
+        path = out_dir / "model.nemo"
+        model.save_to(str(path))
+        log = {"steps": step, "seconds": round(time.perf_counter() - start, 1), "loss": round(loss.item(), 4)}
+        (out_dir / "train_log.json").write_text(json.dumps(log) + "\n")
+    finally:
+        torch.set_rng_state(rng_state)
+        torch.set_num_threads(threads)
+    return path
+
+
+@pytest.fixture(scope="session")
+def emitting_manifest(emitting_model):
+    """The NeMo manifest of the utterances ``emitting_model`` memorised."""
+    return emitting_model.with_name("train.json")
