@@ -117,3 +117,32 @@ def duration_sorted_batches(entries: Sequence[ManifestEntry], batch_size: int) -
     """A fixed batch plan: indices sorted by duration (stable), cut into batches of ``batch_size``."""
     order = sorted(range(len(entries)), key=lambda i: (entries[i].duration, i))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class DurationBucketSampler(torch.utils.data.Sampler[list[int]]):
+    """Shuffled batches of similar duration: less padding, so less wasted encoder compute.
+
+    Each epoch shuffles the utterances, sorts them by duration within pools of ``pool_batches``
+    batches, cuts batches, and shuffles the batch order. Deterministic given the epoch's seed.
+    """
+
+    def __init__(self, durations: Sequence[float], batch_size: int, seed: int = 0, pool_batches: int = 50) -> None:
+        self.durations = list(durations)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.pool = batch_size * pool_batches
+        self.epoch = 0
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        order = torch.randperm(len(self.durations), generator=gen).tolist()
+        batches: list[list[int]] = []
+        for start in range(0, len(order), self.pool):
+            pool = sorted(order[start : start + self.pool], key=lambda i: self.durations[i])
+            batches.extend(pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size))
+        for index in torch.randperm(len(batches), generator=gen).tolist():
+            yield batches[index]
+
+    def __len__(self) -> int:
+        return (len(self.durations) + self.batch_size - 1) // self.batch_size

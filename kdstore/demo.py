@@ -38,8 +38,8 @@ class DemoPlan:
     @classmethod
     def for_mode(cls, quick: bool, seed: int = 0) -> DemoPlan:
         if quick:
-            return cls(hours=0.12, teacher_steps=150, student_steps=100, batch_size=16, seed=seed)
-        return cls(hours=1.0, teacher_steps=1000, student_steps=600, batch_size=16, seed=seed)
+            return cls(hours=0.1, teacher_steps=250, student_steps=150, batch_size=16, seed=seed)
+        return cls(hours=0.6, teacher_steps=1500, student_steps=1200, batch_size=16, seed=seed)
 
 
 Echo = Callable[[str], None]

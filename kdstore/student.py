@@ -12,7 +12,7 @@ import torch
 from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel, EncDecRNNTBPEModel
 
 from kdstore import losses
-from kdstore.data import AudioBatch, KDRows, TranscribedAudioDataset, collate
+from kdstore.data import AudioBatch, DurationBucketSampler, KDRows, TranscribedAudioDataset, collate
 from kdstore.errors import IncompatibleStoreError
 from kdstore.kd_config import KDSettings
 from kdstore.manifest import read_manifest
@@ -89,10 +89,14 @@ class KDMixin:
             store = self._kd_store
         dataset = TranscribedAudioDataset(entries, self.tokenizer.text_to_ids, int(data_cfg.sample_rate), store)
         collate_fn = collate_nemo_tuple if nemo_tuples else collate
-        return torch.utils.data.DataLoader(
-            dataset, batch_size=int(data_cfg.batch_size), shuffle=shuffle, collate_fn=collate_fn,
-            num_workers=int(data_cfg.get("num_workers", 0) or 0), drop_last=False,
-        )
+        workers = int(data_cfg.get("num_workers", 0) or 0)
+        if shuffle:
+            sampler = DurationBucketSampler([e.duration for e in entries], int(data_cfg.batch_size),
+                                            seed=torch.initial_seed() % (1 << 31))  # set by run.seed
+            return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn,
+                                               num_workers=workers)
+        return torch.utils.data.DataLoader(dataset, batch_size=int(data_cfg.batch_size), shuffle=False,
+                                           collate_fn=collate_fn, num_workers=workers)
 
     def setup_training_data(self, train_data_config):
         if not train_data_config or not train_data_config.get("manifest_filepath"):
