@@ -15,7 +15,7 @@ import torch
 from kdstore.audio import load_audio
 from kdstore.errors import ManifestError
 from kdstore.manifest import ManifestEntry
-from kdstore.store import StoreReader
+from kdstore.store import StoreReader, UtteranceRows
 
 Tokenize = Callable[[str], Sequence[int]]
 
@@ -29,6 +29,7 @@ class KDRows:
     blank_label: torch.Tensor  # float32 (B, T, U+1, 2)
     frames: torch.Tensor  # int64 (B,) stored T per utterance
     labels: torch.Tensor  # int64 (B,) stored U per utterance
+    stored: torch.Tensor | None = None  # bool (B, T, U+1): nodes the store kept (band stores); None = all
 
 
 @dataclass
@@ -77,8 +78,6 @@ class TranscribedAudioDataset(torch.utils.data.Dataset):
             "key": entry.key,
             "index": index,
         }
-        if self.store is not None:
-            item["rows"] = self.store.read_key(entry.key)
         return item
 
 
@@ -90,8 +89,8 @@ def _pad_stack(arrays: Sequence[np.ndarray], dtype: torch.dtype) -> torch.Tensor
     return out
 
 
-def collate(items: Sequence[dict]) -> AudioBatch:
-    """Pad audio, tokens and (when present) store rows into one batch."""
+def collate(items: Sequence[dict], store: StoreReader | None = None) -> AudioBatch:
+    """Pad audio and tokens into one batch; with a store, add the teacher rows (one batch read)."""
     signal_len = torch.tensor([item["audio"].numel() for item in items], dtype=torch.long)
     tokens_len = torch.tensor([item["tokens"].numel() for item in items], dtype=torch.long)
     signal = torch.zeros(len(items), int(signal_len.max()))
@@ -99,18 +98,31 @@ def collate(items: Sequence[dict]) -> AudioBatch:
     for i, item in enumerate(items):
         signal[i, : signal_len[i]] = item["audio"]
         tokens[i, : tokens_len[i]] = item["tokens"]
-    kd = None
-    if "rows" in items[0]:
-        rows = [item["rows"] for item in items]
-        kd = KDRows(
-            logp=_pad_stack([r.logp for r in rows], torch.float32),
-            ids=_pad_stack([r.ids.astype(np.int64) for r in rows], torch.long),
-            blank_label=_pad_stack([r.blank_label for r in rows], torch.float32),
-            frames=torch.tensor([r.num_frames for r in rows], dtype=torch.long),
-            labels=torch.tensor([r.num_labels for r in rows], dtype=torch.long),
-        )
-    return AudioBatch(signal, signal_len, tokens, tokens_len, [item["key"] for item in items],
-                      [item["index"] for item in items], kd)
+    keys = [item["key"] for item in items]
+    kd = kd_rows(store.read_batch(keys)) if store is not None else None
+    return AudioBatch(signal, signal_len, tokens, tokens_len, keys, [item["index"] for item in items], kd)
+
+
+def kd_rows(rows: Sequence[UtteranceRows]) -> KDRows:
+    """Dense store rows of a batch, padded to (B, T, U+1, k)."""
+    return KDRows(
+        logp=_pad_stack([r.logp for r in rows], torch.float32),
+        ids=_pad_stack([r.ids.astype(np.int64) for r in rows], torch.long),
+        blank_label=_pad_stack([r.blank_label for r in rows], torch.float32),
+        frames=torch.tensor([r.num_frames for r in rows], dtype=torch.long),
+        labels=torch.tensor([r.num_labels for r in rows], dtype=torch.long),
+        stored=_pad_stack([r.stored for r in rows], torch.bool),
+    )
+
+
+class StoreCollate:
+    """``collate`` bound to a store; picklable (the reader reopens lazily in each worker)."""
+
+    def __init__(self, store: StoreReader | None) -> None:
+        self.store = store
+
+    def __call__(self, items: Sequence[dict]) -> AudioBatch:
+        return collate(items, self.store)
 
 
 def duration_sorted_batches(entries: Sequence[ManifestEntry], batch_size: int) -> list[list[int]]:

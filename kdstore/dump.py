@@ -1,24 +1,32 @@
 """Stage 1: run a NeMo transducer teacher once over a manifest and write its top-k lattice store.
 
-The batch plan (duration-sorted) is fixed up front from the manifest. Each batch is encoded once,
-the joint is evaluated in time slices, reduced to the top-k per node plus the blank/next-label pair,
-and appended to the store, which becomes visible only when committed at the end.
+The batch plan (duration-sorted batches) is fixed up front from the manifest and dealt to ranks
+round-robin; each rank writes its own part in a background thread. Per batch: encode once, evaluate
+the joint in time slices, keep per node the top-k log-probs and the (blank, next-label) pair, and,
+with ``--band W``, only the W label positions per frame that hold the most of the teacher's own
+alignment occupancy. ``--resume`` recomputes the same batches and skips committed utterances, so
+the finished store equals an uninterrupted dump's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
-from dataclasses import dataclass
+import hashlib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from kdstore import __version__
+from kdstore.banding import gather_band, node_occupancy, select_band
 from kdstore.data import TranscribedAudioDataset, collate, duration_sorted_batches
 from kdstore.manifest import file_sha256, read_manifest
 from kdstore.nemo_files import read_tokenizer_files, restore_model
-from kdstore.store import StoreWriter
+from kdstore.ranks import discover, shutdown
+from kdstore.store import PartWriter, commit_store, open_for_writing
+from kdstore.store.background import BackgroundWriter
 from kdstore.store.layout import label_slot_fill
 from kdstore.store.metadata import Counts, Fingerprint, FrontEnd, StoreMetadata
 from kdstore.teacher import encode_teacher_forced, frames_per_slice_for, lattice_rows, time_sliced_log_probs
@@ -29,8 +37,12 @@ class DumpSettings:
     top_k: int = 8
     batch_size: int = 8
     value_dtype: str = "float16"  # float32 for exactness tests
+    band: int | None = None  # None: full lattice
+    chunk_rows: int | None = None  # rows per chunk (None: ~1 MB of node/logp); 16 chunks per shard
     device: str = "cpu"
+    precision: str = "fp32"  # fp32 | bf16 (teacher forward under autocast)
     overwrite: bool = False
+    resume: bool = False
     progress: bool = False
 
 
@@ -47,72 +59,124 @@ def front_end_of(model) -> FrontEnd:
     )
 
 
+def _autocast(settings: DumpSettings):
+    if settings.precision == "bf16":
+        return torch.autocast(device_type=torch.device(settings.device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def utterance_rows(values: torch.Tensor, ids: torch.Tensor, blank_label: torch.Tensor, labels: int,
+                   band: int | None) -> dict:
+    """One utterance's per-node top-k and (blank, label) pairs, (T, U+1, ...), -> what a part stores.
+
+    With a band, the teacher's node occupancy (forward-backward over its own blank/label log-probs)
+    picks the W label positions per frame to keep (docs/store-format.md, "Band").
+    """
+    frames = values.shape[0]
+    arrays = {"logp": values.cpu().numpy(), "ids": ids.cpu().numpy(), "blank_label": blank_label.cpu().numpy()}
+    starts = np.zeros(frames, dtype=np.int32)
+    occupancy = None
+    if band is not None:
+        occ = node_occupancy(blank_label[..., 0].double(), blank_label[..., 1].double(), labels)  # (T, U+1)
+        width = band if frames > 1 else labels + 1  # one frame: every label is emitted in it
+        starts = select_band(occ, width).astype(np.int32)
+        arrays = {name: gather_band(array, starts, width) for name, array in arrays.items()}
+        occupancy = gather_band(occ.cpu().numpy(), starts, width)
+    out = {name: array.reshape(-1, *array.shape[2:]) for name, array in arrays.items()}  # (T * W', ...)
+    out["occupancy"] = occupancy.reshape(-1) if occupancy is not None else None
+    return {"frames": frames, "labels": labels, "band_start": starts, **out}
+
+
 def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str | Path,
-                 settings: DumpSettings = DumpSettings()) -> StoreMetadata:
-    """Write ``out`` (a kdstore/1 Zarr store) from the teacher's teacher-forced lattices."""
+                 settings: DumpSettings = DumpSettings()) -> StoreMetadata | None:
+    """Write ``out`` (a kdstore/1 store). Returns the metadata on the committing rank, else None."""
     from tqdm import tqdm
 
-    entries = read_manifest(manifest_path)
-    model = restore_model(teacher_path, map_location=settings.device)
-    vocab = int(model.decoder.vocab_size)
-    blank = int(model.decoder.blank_idx)
-    top_k = min(settings.top_k, vocab + 1)
-    front_end = front_end_of(model)
-    dataset = TranscribedAudioDataset(entries, model.tokenizer.text_to_ids, front_end.sample_rate)
-    plan = duration_sorted_batches(entries, settings.batch_size)
-    fill = label_slot_fill(np.dtype(settings.value_dtype))
+    ranks = discover()
+    try:
+        entries = read_manifest(manifest_path)
+        model = restore_model(teacher_path, map_location=settings.device)
+        vocab, blank = int(model.decoder.vocab_size), int(model.decoder.blank_idx)
+        top_k = min(settings.top_k, vocab + 1)
+        front_end = front_end_of(model)
+        teacher_sha, manifest_sha = file_sha256(teacher_path), file_sha256(manifest_path)
+        pending = {"teacher_sha256": teacher_sha, "manifest_sha256": manifest_sha, "top_k": top_k,
+                   "value_dtype": settings.value_dtype, "band": settings.band, "batch_size": settings.batch_size,
+                   "world_size": ranks.world, "chunk_rows": settings.chunk_rows}
+        if ranks.is_main:
+            group = open_for_writing(out, pending, overwrite=settings.overwrite, resume=settings.resume)
+        ranks.barrier()
+        if not ranks.is_main:
+            group = open_for_writing(out, pending, create=False)
+        part = PartWriter(group, ranks.rank, top_k=top_k, vocab_size=vocab, value_dtype=settings.value_dtype,
+                          with_occupancy=settings.band is not None, resume=settings.resume,
+                          chunk_rows=settings.chunk_rows)
+        committed = set(part.committed_keys)
+        writer = BackgroundWriter(part)
+        dataset = TranscribedAudioDataset(entries, model.tokenizer.text_to_ids, front_end.sample_rate)
+        plan = [b for n, b in enumerate(duration_sorted_batches(entries, settings.batch_size)) if ranks.owns(n)]
+        fill = label_slot_fill(np.dtype(settings.value_dtype))
+        bar = tqdm(total=sum(len(b) for b in plan), desc=f"dump-teacher[{ranks.rank}]", unit="utt",
+                   disable=not settings.progress, initial=len(committed))
+        try:
+            for batch_indices in plan:
+                todo = [entries[i].key not in committed for i in batch_indices]
+                if not any(todo):
+                    continue  # the whole batch was committed before an interruption
+                _dump_batch(model, dataset, batch_indices, todo, writer, settings, top_k, blank, vocab, fill)
+                bar.update(sum(todo))
+            writer.close()
+        except BaseException:
+            writer.abandon()  # committed utterances stay, --resume continues from there
+            raise
+        finally:
+            bar.close()
+        ranks.barrier()
+        if not ranks.is_main:
+            return None
+        tokenizer_files = read_tokenizer_files(teacher_path)
+        metadata = StoreMetadata(
+            top_k=top_k, value_dtype=settings.value_dtype,  # type: ignore[arg-type]
+            id_dtype=str(part.id_dtype),  # type: ignore[arg-type]
+            blank_id=blank, vocab_size=vocab,
+            lattice="full" if settings.band is None else "band", band_width=settings.band,
+            fingerprint=Fingerprint(
+                teacher_sha256=teacher_sha, teacher_class=type(model).__name__,
+                teacher_params=int(sum(p.numel() for p in model.parameters())),
+                tokenizer_sha256=hashlib.sha256(tokenizer_files["tokenizer.model"]).hexdigest(),
+                manifest_sha256=manifest_sha,
+            ),
+            front_end=front_end,
+            counts=Counts(utterances=0, nodes=0, frames=0, hours=round(sum(e.duration for e in entries) / 3600, 6)),
+            kdstore_version=__version__,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            extra={"teacher_path": str(teacher_path), "manifest_path": str(manifest_path),
+                   "settings": {k: v for k, v in asdict(settings).items() if k not in ("overwrite", "resume", "progress")}},
+        )
+        return commit_store(group, metadata, tokenizer_files)
+    finally:
+        shutdown(ranks)
 
-    writer = StoreWriter(out, top_k=top_k, vocab_size=vocab, value_dtype=settings.value_dtype,
-                         overwrite=settings.overwrite)
-    bar = tqdm(total=len(entries), desc="dump-teacher", unit="utt", disable=not settings.progress)
-    with torch.inference_mode():
-        for batch_indices in plan:
-            batch = collate([dataset[i] for i in batch_indices])
-            encoded = encode_teacher_forced(model, batch.signal.to(settings.device), batch.signal_len.to(settings.device),
-                                            batch.tokens.to(settings.device), batch.tokens_len.to(settings.device))
-            nodes = encoded.prediction.shape[-1]
-            slice_frames = frames_per_slice_for(len(batch_indices), nodes, vocab + 1)
-            rows: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in batch_indices]
-            for t0, log_probs in time_sliced_log_probs(model, encoded, slice_frames):  # (B, t, U+1, V+1)
-                for b in range(len(batch_indices)):
-                    frames_b = int(encoded.encoded_len[b]) - t0
-                    if frames_b <= 0:
-                        continue
+
+def _dump_batch(model, dataset, batch_indices, todo, writer, settings, top_k, blank, vocab, fill) -> None:
+    """Teacher forward on one planned batch; rows of the not-yet-committed utterances to the writer."""
+    batch = collate([dataset[i] for i in batch_indices])
+    device = settings.device
+    with torch.inference_mode(), _autocast(settings):
+        encoded = encode_teacher_forced(model, batch.signal.to(device), batch.signal_len.to(device),
+                                        batch.tokens.to(device), batch.tokens_len.to(device))
+        nodes = encoded.prediction.shape[-1]
+        slice_frames = frames_per_slice_for(len(batch_indices), nodes, vocab + 1)
+        pieces: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in batch_indices]
+        for t0, log_probs in time_sliced_log_probs(model, encoded, slice_frames):  # (B, t, U+1, V+1)
+            for b in range(len(batch_indices)):
+                frames_b = int(encoded.encoded_len[b]) - t0
+                if todo[b] and frames_b > 0:
                     labels_b = int(batch.tokens_len[b])
-                    rows[b].append(lattice_rows(log_probs[b, :frames_b, : labels_b + 1], batch.tokens[b].to(log_probs.device),
-                                              labels_b, top_k, blank, fill))
-            for b, key in enumerate(batch.keys):
-                values, ids, blank_label = (torch.cat(parts, 0).cpu().numpy() for parts in zip(*rows[b]))
-                writer.add_utterance(key, values, ids, blank_label)
-            bar.update(len(batch_indices))
-    bar.close()
-
-    hours = sum(e.duration for e in entries) / 3600.0
-    metadata = StoreMetadata(
-        top_k=top_k,
-        value_dtype=settings.value_dtype,  # type: ignore[arg-type]
-        id_dtype=str(writer.id_dtype),  # type: ignore[arg-type]
-        blank_id=blank,
-        vocab_size=vocab,
-        fingerprint=Fingerprint(
-            teacher_sha256=file_sha256(teacher_path),
-            teacher_class=type(model).__name__,
-            teacher_params=int(sum(p.numel() for p in model.parameters())),
-            tokenizer_sha256=_sha256_bytes(read_tokenizer_files(teacher_path)["tokenizer.model"]),
-            manifest_sha256=file_sha256(manifest_path),
-        ),
-        front_end=front_end,
-        counts=Counts(utterances=writer.num_utterances, nodes=writer.num_nodes, frames=writer.num_frames,
-                      hours=round(hours, 6)),
-        kdstore_version=__version__,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        extra={"teacher_path": str(teacher_path), "manifest_path": str(manifest_path)},
-    )
-    writer.commit(metadata, read_tokenizer_files(teacher_path))
-    return metadata
-
-
-def _sha256_bytes(payload: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(payload).hexdigest()
+                    pieces[b].append(lattice_rows(log_probs[b, :frames_b, : labels_b + 1].float(),
+                                                  batch.tokens[b].to(log_probs.device), labels_b, top_k, blank, fill))
+        for b, key in enumerate(batch.keys):
+            if todo[b]:
+                values, ids, blank_label = (torch.cat(parts, dim=0) for parts in zip(*pieces[b], strict=True))
+                writer.add_utterance(key, **utterance_rows(values, ids, blank_label, int(batch.tokens_len[b]),
+                                                           settings.band))

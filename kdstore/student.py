@@ -12,7 +12,7 @@ import torch
 from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel, EncDecRNNTBPEModel
 
 from kdstore import losses
-from kdstore.data import AudioBatch, DurationBucketSampler, KDRows, TranscribedAudioDataset, collate
+from kdstore.data import AudioBatch, DurationBucketSampler, KDRows, StoreCollate, TranscribedAudioDataset, collate
 from kdstore.errors import IncompatibleStoreError
 from kdstore.kd_config import KDSettings
 from kdstore.manifest import read_manifest
@@ -38,6 +38,8 @@ def kd_node_loss(log_probs: torch.Tensor, rows: KDRows, tokens: torch.Tensor, bl
     frames, nodes = rows.logp.shape[1], rows.logp.shape[2]
     lattice = log_probs[:, :frames, :nodes]  # (B, T, U+1, V+1)
     mask = losses.lattice_mask(rows.frames.to(lattice.device), rows.labels.to(lattice.device), frames, nodes - 1)
+    if rows.stored is not None:
+        mask = mask & rows.stored.to(lattice.device)  # band stores: only the kept nodes
     if settings.loss == "topk_rest":
         node_kl = losses.topk_rest_kl(lattice, rows.logp.to(lattice.device), rows.ids.to(lattice.device),
                                       settings.temperature)
@@ -88,7 +90,7 @@ class KDMixin:
                 self._kd_store = StoreReader(self.kd_settings.store)
             store = self._kd_store
         dataset = TranscribedAudioDataset(entries, self.tokenizer.text_to_ids, int(data_cfg.sample_rate), store)
-        collate_fn = collate_nemo_tuple if nemo_tuples else collate
+        collate_fn = collate_nemo_tuple if nemo_tuples else StoreCollate(store)
         workers = int(data_cfg.get("num_workers", 0) or 0)
         if shuffle:
             sampler = DurationBucketSampler([e.duration for e in entries], int(data_cfg.batch_size),

@@ -66,7 +66,7 @@ def test_dump_rows_match_live_teacher_and_student_lattice_shape(teacher_nemo, sm
     from kdstore.manifest import read_manifest
     from kdstore.nemo_files import restore_model
     from kdstore.store import StoreReader
-    from kdstore.store.summary import verify_store
+    from kdstore.store.verify import verify_store
     from kdstore.teacher import full_lattice
 
     store = tmp_path / "t.zarr"
@@ -108,7 +108,7 @@ def test_offline_kd_from_exact_store_equals_online_kd(teacher_nemo, exact_store,
     assert reader.metadata.top_k == teacher.decoder.vocab_size + 1
     entries = read_manifest(small_manifest)
     dataset = TranscribedAudioDataset(entries, teacher.tokenizer.text_to_ids, 16000, store=reader)
-    batch = collate([dataset[i] for i in (0, 3, 5, 1)])  # a different padding than the dump's batches
+    batch = collate([dataset[i] for i in (0, 3, 5, 1)], reader)  # a different padding than the dump's batches
     enc, _ = student.forward(input_signal=batch.signal, input_signal_length=batch.signal_len)
     pred, _, _ = student.decoder(targets=batch.tokens, target_length=batch.tokens_len)
     log_probs = student.joint.joint(enc.transpose(1, 2), pred.transpose(1, 2)).log_softmax(-1)

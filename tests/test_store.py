@@ -1,94 +1,260 @@
-"""Store writer/reader round trip on a real Zarr v3 store on disk (no NeMo)."""
+"""Store writer/reader/verify on real Zarr v3 stores on disk (no NeMo): full and band layouts,
+crash + resume, multi-part commit, corruption detection."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import zarr
 
 from kdstore.errors import StoreError, StoreNotFoundError
-from kdstore.store import StoreReader, StoreWriter
+from kdstore.store import PartWriter, StoreReader, commit_store, open_for_writing
 from kdstore.store.metadata import Counts, Fingerprint, FrontEnd, StoreMetadata
+from kdstore.store.verify import verify_store
+
+K, VOCAB = 4, 30
 
 
-def make_metadata(top_k: int, vocab: int, value_dtype: str = "float16") -> StoreMetadata:
+def make_metadata(value_dtype: str = "float16", lattice: str = "full", width=None) -> StoreMetadata:
     return StoreMetadata(
-        top_k=top_k,
-        value_dtype=value_dtype,
-        id_dtype="uint16",
-        blank_id=vocab,
-        vocab_size=vocab,
+        top_k=K, value_dtype=value_dtype, id_dtype="uint16", blank_id=VOCAB, vocab_size=VOCAB,
+        lattice=lattice, band_width=width,
         fingerprint=Fingerprint(teacher_sha256="t", teacher_class="C", teacher_params=1,
                                 tokenizer_sha256="tok", manifest_sha256="m"),
         front_end=FrontEnd(sample_rate=16000, window_size=0.025, window_stride=0.01, features=80,
                            normalize="per_feature", subsampling_factor=8),
-        counts=Counts(utterances=0, nodes=0, frames=0, hours=0.0),
-        kdstore_version="test",
-        created="now",
+        counts=Counts(utterances=0, nodes=0, frames=0, hours=0.0), kdstore_version="test", created="now",
     )
 
 
-def random_utterance(rng, frames, labels, k, vocab):
-    logits = rng.normal(size=(frames, labels + 1, vocab + 1))
+def random_utterance(rng, frames: int, labels: int, width: int | None):
+    """Dense rows plus band starts obeying the rules (monotone, last frame covers u = U)."""
+    logits = rng.normal(size=(frames, labels + 1, VOCAB + 1))
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    ids = np.argsort(-logp, axis=-1)[..., :k]
-    values = np.take_along_axis(logp, ids, -1)
-    blank_label = np.stack([logp[..., vocab], logp[..., 0]], -1)
-    return values.astype(np.float32), ids, blank_label.astype(np.float32)
+    ids = np.argsort(-logp, axis=-1)[..., :K]
+    values = np.take_along_axis(logp, ids, -1).astype(np.float32)
+    blank_label = np.stack([logp[..., VOCAB], logp[..., 0]], -1).astype(np.float32)
+    w = labels + 1 if width is None or frames == 1 else min(width, labels + 1)
+    last = labels + 1 - w
+    starts = np.sort(rng.integers(0, last + 1, size=frames)).astype(np.int32)
+    starts[0], starts[-1] = 0, last
+    u = starts[:, None] + np.arange(w)[None, :]
+    t = np.arange(frames)[:, None]
+    band = {"logp": values[t, u], "ids": ids[t, u], "blank_label": blank_label[t, u]}
+    return {"dense": (values, ids, blank_label), "starts": starts, "width": w, "band": band}
+
+
+def utterances(seed: int, count: int, width: int | None):
+    rng = np.random.default_rng(seed)
+    return {f"a/{i}.wav|0.000|{i}.000": (int(rng.integers(1, 30)), int(rng.integers(0, 10)))
+            for i in range(count)}, rng
+
+
+def write_part(group, part, items, width, *, value_dtype="float16", resume=False, stop_after=None, shard_rows=256):
+    writer = PartWriter(group, part, top_k=K, vocab_size=VOCAB, value_dtype=value_dtype, resume=resume)
+    writer._shard_rows = shard_rows  # several shard flushes on small data
+    done = set(writer.committed_keys)
+    for n, (key, utt) in enumerate(items.items()):
+        if key in done:
+            continue
+        if stop_after is not None and n >= stop_after:
+            return writer  # "crash": never closed
+        writer.add_utterance(key, frames=utt["dense"][0].shape[0], labels=utt["dense"][0].shape[1] - 1,
+                             band_start=utt["starts"], logp=utt["band"]["logp"].reshape(-1, K),
+                             ids=utt["band"]["ids"].reshape(-1, K), blank_label=utt["band"]["blank_label"].reshape(-1, 2))
+    writer.close()
+    return writer
+
+
+def build(seed=0, count=40, width=None):
+    shapes, rng = utterances(seed, count, width)
+    return {key: random_utterance(rng, t, u, width) for key, (t, u) in shapes.items()}
 
 
 @pytest.mark.parametrize("value_dtype", ["float16", "float32"])
-def test_round_trip_many_utterances_across_shards(tmp_path, value_dtype):
-    rng = np.random.default_rng(0)
-    k, vocab = 4, 30
-    utts = {f"a/{i}.wav|0.000|{i}.000": random_utterance(rng, rng.integers(1, 40), rng.integers(0, 12), k, vocab)
-            for i in range(60)}
+@pytest.mark.parametrize("width", [None, 3])
+def test_round_trip_dense_and_band(tmp_path, value_dtype, width):
+    items = build(width=width)
     path = tmp_path / "s.zarr"
-    writer = StoreWriter(path, top_k=k, vocab_size=vocab, value_dtype=value_dtype)
-    writer._shard_rows = 512  # force several shard flushes on small data
-    for key, (values, ids, bl) in utts.items():
-        writer.add_utterance(key, values, ids, bl)
-    assert not path.exists(), "nothing may be visible before commit"
-    writer.commit(make_metadata(k, vocab, value_dtype), {"tokenizer.model": b"\x00\x01abc"})
+    group = open_for_writing(path, {"k": K})
+    write_part(group, 0, items, width, value_dtype=value_dtype)
+    with pytest.raises(StoreError, match="no committed kdstore metadata"):
+        StoreReader(path)  # not visible before commit
+    commit_store(group, make_metadata(value_dtype, "band" if width else "full", width), {"tokenizer.model": b"\x00ab"})
+    assert verify_store(path)
     reader = StoreReader(path)
-    assert len(reader) == len(utts)
-    for key, (values, ids, bl) in utts.items():
+    assert len(reader) == len(items)
+    for key, utt in items.items():
         rows = reader.read_key(key)
-        assert rows.logp.shape == values.shape
-        np.testing.assert_array_equal(rows.ids, ids)
-        np.testing.assert_array_equal(rows.logp, values.astype(value_dtype))
-        np.testing.assert_array_equal(rows.blank_label, bl.astype(value_dtype))
-    assert reader.tokenizer_files() == {"tokenizer.model": b"\x00\x01abc"}
-    batch = reader.read_batch(list(utts)[::-7])
-    assert [r.key for r in batch] == list(utts)[::-7]
+        values, ids, bl = utt["dense"]
+        stored = rows.stored
+        assert rows.logp.shape == values.shape and stored.shape == values.shape[:2]
+        assert stored.sum() == values.shape[0] * utt["width"]
+        np.testing.assert_array_equal(rows.logp[stored], values.astype(value_dtype)[stored])
+        np.testing.assert_array_equal(rows.ids[stored], ids[stored])
+        np.testing.assert_array_equal(rows.blank_label[stored], bl.astype(value_dtype)[stored])
+        band = reader.read_key(key, dense=False)
+        np.testing.assert_array_equal(band.band_start, utt["starts"])
+        np.testing.assert_array_equal(band.ids, utt["band"]["ids"])
+    assert reader.tokenizer_files() == {"tokenizer.model": b"\x00ab"}
+    keys = list(items)[::-7]
+    assert [r.key for r in reader.read_batch(keys)] == keys
 
 
-def test_uncommitted_store_does_not_read_as_valid(tmp_path):
+def _arrays(path):
+    group = zarr.open_group(str(path), mode="r")
+    out = {}
+    def walk(g, prefix=""):
+        for name, arr in g.arrays():
+            out[prefix + name] = np.asarray(arr[:])
+        for name, sub in g.groups():
+            walk(sub, prefix + name + "/")
+    walk(group)
+    return out
+
+
+def test_crash_then_resume_gives_identical_arrays(tmp_path):
+    items = build(seed=3, count=60, width=4)
+    ref = tmp_path / "ref.zarr"
+    group = open_for_writing(ref, {"k": K})
+    write_part(group, 0, items, 4)
+    commit_store(group, make_metadata(lattice="band", width=4), {"tokenizer.model": b"x"})
+
     path = tmp_path / "s.zarr"
-    writer = StoreWriter(path, top_k=2, vocab_size=5)
-    writer.add_utterance("x", *random_utterance(np.random.default_rng(1), 3, 2, 2, 5))
-    # simulate a crash: never commit
-    with pytest.raises(StoreNotFoundError, match="unfinished dump"):
-        StoreReader(path)
+    group = open_for_writing(path, {"k": K})
+    crashed = write_part(group, 0, items, 4, stop_after=45)
+    assert 0 < crashed.committed_utterances < 45  # some committed, a tail lost
+    with pytest.raises(StoreError, match="--resume"):
+        open_for_writing(path, {"k": K})
+    with pytest.raises(StoreError, match="settings differ"):
+        open_for_writing(path, {"k": K + 1}, resume=True)
+    group = open_for_writing(path, {"k": K}, resume=True)
+    write_part(group, 0, items, 4, resume=True)
+    commit_store(group, make_metadata(lattice="band", width=4), {"tokenizer.model": b"x"})
+    assert verify_store(path)
+    a, b = _arrays(ref), _arrays(path)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
-def test_existing_store_needs_overwrite_and_unknown_key_is_clear(tmp_path):
+def test_two_parts_commit_and_read(tmp_path):
+    items = build(seed=5, count=30)
+    keys = list(items)
     path = tmp_path / "s.zarr"
-    writer = StoreWriter(path, top_k=2, vocab_size=5)
-    writer.add_utterance("x", *random_utterance(np.random.default_rng(1), 3, 2, 2, 5))
-    writer.commit(make_metadata(2, 5), {})
-    with pytest.raises(StoreError, match="overwrite"):
-        StoreWriter(path, top_k=2, vocab_size=5)
+    group = open_for_writing(path, {"k": K})
+    write_part(group, 0, {k: items[k] for k in keys[::2]}, None)
+    write_part(group, 1, {k: items[k] for k in keys[1::2]}, None)
+    meta = commit_store(group, make_metadata(), {"tokenizer.model": b"x"})
+    assert meta.counts.utterances == 30
+    assert verify_store(path)
+    reader = StoreReader(path)
+    for key in keys:
+        np.testing.assert_array_equal(reader.read_key(key).ids, items[key]["dense"][1])
+
+
+def test_incomplete_part_cannot_be_committed(tmp_path):
+    items = build(seed=6, count=10)
+    group = open_for_writing(tmp_path / "s.zarr", {"k": K})
+    write_part(group, 0, items, None, stop_after=5)
+    with pytest.raises(StoreError, match="not complete"):
+        commit_store(group, make_metadata(), {})
+
+
+def test_flipped_byte_fails_verify_naming_the_array(tmp_path):
+    items = build(seed=7, count=20)
+    path = tmp_path / "s.zarr"
+    group = open_for_writing(path, {"k": K})
+    write_part(group, 0, items, None, shard_rows=1 << 20)
+    commit_store(group, make_metadata(), {"tokenizer.model": b"x"})
+    shard = next((path / "parts" / "00000" / "node" / "ids" / "c").rglob("*"))
+    while shard.is_dir():
+        shard = next(shard.iterdir())
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="node/ids"):
+        verify_store(path)
+
+
+def test_missing_store_and_unknown_key_are_clear(tmp_path):
+    with pytest.raises(StoreNotFoundError, match="no kdstore store"):
+        StoreReader(tmp_path / "nope.zarr")
+    items = build(seed=8, count=3)
+    path = tmp_path / "s.zarr"
+    group = open_for_writing(path, {"k": K})
+    write_part(group, 0, items, None)
+    commit_store(group, make_metadata(), {"tokenizer.model": b"x"})
     with pytest.raises(StoreError, match="not in store"):
         StoreReader(path).read_key("y")
+    with pytest.raises(StoreError, match="already a complete store"):
+        open_for_writing(path, {"k": K}, resume=True)
 
 
 def test_reader_survives_pickling_for_worker_processes(tmp_path):
     import pickle
 
+    items = build(seed=9, count=3)
     path = tmp_path / "s.zarr"
-    writer = StoreWriter(path, top_k=2, vocab_size=5)
-    values, ids, bl = random_utterance(np.random.default_rng(2), 4, 1, 2, 5)
-    writer.add_utterance("x", values, ids, bl)
-    writer.commit(make_metadata(2, 5), {})
+    group = open_for_writing(path, {"k": K})
+    write_part(group, 0, items, None)
+    commit_store(group, make_metadata(), {"tokenizer.model": b"x"})
     clone = pickle.loads(pickle.dumps(StoreReader(path)))
-    np.testing.assert_array_equal(clone.read(0).ids, ids)
+    key = next(iter(items))
+    np.testing.assert_array_equal(clone.read_key(key).ids, items[key]["dense"][1])
+
+
+def test_hdf5_mirror_round_trips_and_verifies(tmp_path):
+    from kdstore.store.convert import convert
+
+    items = build(seed=10, count=25, width=3)
+    path = tmp_path / "s.zarr"
+    group = open_for_writing(path, {"k": K})
+    write_part(group, 0, items, 3)
+    commit_store(group, make_metadata(lattice="band", width=3), {"tokenizer.model": b"tok"})
+    h5 = tmp_path / "s.h5"
+    convert(path, h5)
+    assert verify_store(h5)
+    zarr_reader, h5_reader = StoreReader(path), StoreReader(h5)
+    assert h5_reader.metadata == zarr_reader.metadata and h5_reader.keys == zarr_reader.keys
+    for key in items:
+        a, b = zarr_reader.read_key(key), h5_reader.read_key(key)
+        np.testing.assert_array_equal(a.logp, b.logp)
+        np.testing.assert_array_equal(a.stored, b.stored)
+    assert h5_reader.tokenizer_files() == {"tokenizer.model": b"tok"}
+    back = tmp_path / "back.zarr"
+    convert(h5, back)
+    assert verify_store(back)
+    original, restored = _arrays(path), _arrays(back)
+    assert original.keys() == restored.keys()
+    for name in original:
+        np.testing.assert_array_equal(original[name], restored[name], err_msg=name)
+    with pytest.raises(StoreError, match="overwrite"):
+        convert(path, h5)
+
+
+def test_reads_through_an_fsspec_url(tmp_path):
+    items = build(seed=12, count=5)
+    path = tmp_path / "s.zarr"
+    group = open_for_writing(path, {"k": K})
+    write_part(group, 0, items, None)
+    commit_store(group, make_metadata(), {"tokenizer.model": b"x"})
+    reader = StoreReader(f"file://{path}")
+    key = next(iter(items))
+    np.testing.assert_array_equal(reader.read_key(key).ids, items[key]["dense"][1])
+
+
+def test_tensorstore_backend_reads_the_same_rows(tmp_path):
+    pytest.importorskip("tensorstore")
+    items = build(seed=13, count=12, width=3)
+    path = tmp_path / "s.zarr"
+    group = open_for_writing(path, {"k": K})
+    write_part(group, 0, items, 3)
+    commit_store(group, make_metadata(lattice="band", width=3), {"tokenizer.model": b"x"})
+    default, fast = StoreReader(path), StoreReader(path, backend="tensorstore")
+    keys = list(items)[::-1]
+    for a, b in zip(default.read_batch(keys), fast.read_batch(keys), strict=True):
+        assert a.key == b.key
+        np.testing.assert_array_equal(a.logp, b.logp)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.stored, b.stored)

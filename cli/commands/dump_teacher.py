@@ -15,24 +15,42 @@ from kdstore.cli.common import friendly_errors, quiet_nemo, set_threads
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--dtype", "value_dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Value encoding; float32 for exactness tests.")
+@click.option("--band", default="full", show_default=True,
+              help="Lattice layout: 'full', or a width W to keep W label positions per frame around the "
+                   "teacher's alignment (k2-style pruning; ~(U+1)/W times smaller).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the teacher (cpu, cuda).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="Teacher forward precision (bf16 autocast, for GPUs).")
+@click.option("--chunk-rows", type=int, default=None, help="Rows per chunk (default: ~1 MB of log-probs).")
 @click.option("--threads", default=1, show_default=True, help="Torch CPU threads.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted dump (same teacher, manifest and options).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @friendly_errors
-def command(teacher, manifest, out, top_k, batch_size, value_dtype, device, threads, overwrite, progress):
+def command(teacher, manifest, out, top_k, batch_size, value_dtype, band, device, precision, chunk_rows, threads,
+            overwrite, resume, progress):
     """Run TEACHER once over MANIFEST (teacher-forced on the transcripts) and write OUT.
 
     \b
     Example:
-      kdstore dump-teacher --teacher teacher.nemo --manifest train.json --out teacher.zarr --top-k 8
+      kdstore dump-teacher --teacher teacher.nemo --manifest train.json --out teacher.zarr --top-k 8 --band 6
+    \b
+    Several processes (one part each, committed by rank 0):
+      torchrun --nproc-per-node 4 $(which kdstore) dump-teacher ... --device cuda
     """
     quiet_nemo()
     set_threads(threads)
     from kdstore.dump import DumpSettings, dump_teacher
 
-    settings = DumpSettings(top_k=top_k, batch_size=batch_size, value_dtype=value_dtype, device=device,
-                            overwrite=overwrite, progress=progress)
+    if band != "full" and not band.isdigit():
+        raise click.BadParameter("expected 'full' or a positive integer width", param_hint="--band")
+    settings = DumpSettings(top_k=top_k, batch_size=batch_size, value_dtype=value_dtype,
+                            band=None if band == "full" else int(band), device=device, precision=precision,
+                            overwrite=overwrite, resume=resume, progress=progress, chunk_rows=chunk_rows)
     meta = dump_teacher(teacher, manifest, out, settings)
+    if meta is None:  # a non-committing rank under torchrun
+        return
     c = meta.counts
-    click.echo(f"wrote {out}: {c.utterances} utterances, {c.hours:.3f} h, {c.nodes} nodes, top-{meta.top_k} {meta.value_dtype}")
+    layout = "full lattice" if meta.band_width is None else f"band W={meta.band_width}"
+    click.echo(f"wrote {out}: {c.utterances} utterances, {c.hours:.3f} h, {c.nodes} nodes, top-{meta.top_k} "
+               f"{meta.value_dtype}, {layout}")

@@ -21,7 +21,8 @@ def command(store, verify, as_json):
     Example:
       kdstore inspect teacher.zarr --verify
     """
-    from kdstore.store.summary import summarize, verify_store
+    from kdstore.store.summary import summarize
+    from kdstore.store.verify import verify_store
 
     summary = summarize(store)
     if verify:

@@ -1,10 +1,12 @@
-"""The kdstore Zarr store: format metadata, a writer, a reader and a verifier.
+"""The kdstore Zarr store: format metadata, part writers, commit, a reader and a verifier.
 
 No NeMo imports here: this package is the reusable core and must stay fast to import and test.
 """
 
 from kdstore.store.metadata import FORMAT_VERSION, StoreMetadata
+from kdstore.store.part_writer import PartWriter
 from kdstore.store.reader import StoreReader, UtteranceRows
-from kdstore.store.writer import StoreWriter
+from kdstore.store.root import commit_store, open_for_writing
 
-__all__ = ["FORMAT_VERSION", "StoreMetadata", "StoreReader", "StoreWriter", "UtteranceRows"]
+__all__ = ["FORMAT_VERSION", "PartWriter", "StoreMetadata", "StoreReader", "UtteranceRows", "commit_store",
+           "open_for_writing"]

@@ -1,28 +1,44 @@
-"""Array names, dtypes and chunking of the ``kdstore/1`` layout, shared by writer, reader and verifier.
+"""Array names, dtypes, chunking and codecs of the ``kdstore/1`` layout (docs/store-format.md).
 
-Utterances are laid flat along a node axis (CSR): utterance i owns nodes
-``node_offset[i]:node_offset[i+1]``, ordered t-major (node = t * (U+1) + u).
+Shared by the writer, reader, verifier and converter, so the names live in one place.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-KEY_BYTES = "utt/key_bytes"  # uint8, the UTF-8 keys concatenated
+# root index (written by the commit step)
+KEY_BYTES = "utt/key_bytes"  # uint8, UTF-8 keys concatenated
 KEY_OFFSET = "utt/key_offset"  # int64 [N+1]
-NODE_OFFSET = "utt/node_offset"  # int64 [N+1]
-FRAMES = "utt/T"  # int32 [N]
-LABELS = "utt/U"  # int32 [N]
-LOGP = "node/logp"  # [nodes, k] float16|float32, sorted descending
-IDS = "node/ids"  # [nodes, k] uint16|uint32
-BLANK_LABEL = "node/blank_label"  # [nodes, 2]: log p(blank), log p(next reference token)
+UTT_PART = "utt/part"  # int32 [N]
+UTT_INDEX_IN_PART = "utt/index_in_part"  # int64 [N]
 TOKENIZER_GROUP = "tokenizer"  # one uint8 array per tokenizer file
+PARTS_GROUP = "parts"
 
+# per part (relative to parts/<p>/)
+FRAMES = "utt/T"  # int32 [n]
+LABELS = "utt/U"  # int32 [n]
+NODE_OFFSET = "utt/node_offset"  # int64 [n+1]
+FRAME_OFFSET = "utt/frame_offset"  # int64 [n+1]
+BAND_START = "frame/band_start"  # int32 [frames]
+LOGP = "node/logp"  # [rows, k] sorted descending
+IDS = "node/ids"  # [rows, k]
+BLANK_LABEL = "node/blank_label"  # [rows, 2]: log p(blank), log p(next reference token)
+OCCUPANCY = "node/occupancy"  # [rows] optional
+
+PART_INDEX_ARRAYS = (KEY_BYTES, KEY_OFFSET, FRAMES, LABELS, NODE_OFFSET, FRAME_OFFSET)
 NODE_ARRAYS = (LOGP, IDS, BLANK_LABEL)
-UTT_ARRAYS = (KEY_BYTES, KEY_OFFSET, NODE_OFFSET, FRAMES, LABELS)
 
 TARGET_CHUNK_BYTES = 1 << 20  # ~1 MB chunks: few calls per read, small read amplification
 CHUNKS_PER_SHARD = 16  # shards keep the file count small (field notes: 3-5x faster writes)
+INDEX_CHUNK = 1 << 16  # entries per chunk of the small index arrays
+
+PART_PROGRESS_ATTR = "kdstore_part"  # {"utterances": n, "nodes": r, "frames": f, "complete": bool}
+PENDING_ATTR = "kdstore_pending"  # dump settings, present while a dump is running or resumable
+
+
+def part_name(part: int) -> str:
+    return f"{PARTS_GROUP}/{part:05d}"
 
 
 def id_dtype_for(vocab_size: int) -> np.dtype:
@@ -39,3 +55,10 @@ def node_chunk_rows(top_k: int, value_dtype: np.dtype) -> int:
 def label_slot_fill(value_dtype: np.dtype) -> float:
     """Value of ``blank_label[..., 1]`` at u = U, where no next token exists (masked by readers)."""
     return float(np.finfo(value_dtype).min)
+
+
+def compressors() -> list:
+    """Blosc zstd with byte shuffle, then a CRC-32C per chunk so corruption is caught on read."""
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
+    return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()]

@@ -62,8 +62,8 @@ class StoreMetadata:
     id_dtype: Literal["uint16", "uint32"]
     blank_id: int
     vocab_size: int  # without blank; the joint has vocab_size + 1 outputs
-    lattice: Literal["full"] = "full"
-    band_width: int | None = None
+    lattice: Literal["full", "band"] = "full"
+    band_width: int | None = None  # W for band stores
     fingerprint: Fingerprint
     front_end: FrontEnd
     counts: Counts

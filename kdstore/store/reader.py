@@ -1,7 +1,9 @@
-"""Read utterances' lattice rows back from a committed ``kdstore/1`` store.
+"""Read utterances' teacher rows from a committed ``kdstore/1`` store (Zarr or HDF5).
 
-The reader opens Zarr lazily and drops its handles when pickled, so one reader object can be
-handed to forked or spawned DataLoader workers: each worker reopens the store on first use.
+Rows come back either dense in lattice coordinates (T, U+1, k), with a ``stored`` mask saying
+which nodes the store kept (all of them for full stores), or as the band itself (T, W', k) with
+its per-frame starts. The reader pickles without open handles, so one object can be handed to
+forked or spawned DataLoader workers: each reopens the store on first use.
 """
 
 from __future__ import annotations
@@ -10,89 +12,94 @@ import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
-import zarr
 
-from kdstore.errors import StoreError, StoreNotFoundError
+from kdstore.errors import StoreError
 from kdstore.store import layout
-from kdstore.store.metadata import ATTRS_KEY, StoreMetadata
+from kdstore.store.backend import Source, TensorstoreRows, is_hdf5
+from kdstore.store.metadata import StoreMetadata
 
 
 @dataclass(frozen=True)
 class UtteranceRows:
-    """One utterance's stored lattice: node (t, u) is row ``[t, u]``."""
+    """One utterance's stored teacher rows. Dense: node (t, u) is ``[t, u]``; band: ``[t, u - s_t]``."""
 
     key: str
-    logp: np.ndarray  # (T, U+1, k) log-probs at temperature 1, sorted descending
-    ids: np.ndarray  # (T, U+1, k) vocabulary ids (blank = vocab_size)
-    blank_label: np.ndarray  # (T, U+1, 2) log p(blank), log p(next reference token); [:, U, 1] masked
+    num_frames: int
+    num_labels: int
+    band_start: np.ndarray  # (T,) int32, s_t
+    logp: np.ndarray  # (T, U+1, k) dense or (T, W', k) band; sorted descending
+    ids: np.ndarray  # same leading shape, vocabulary ids (blank = V)
+    blank_label: np.ndarray  # (..., 2): log p(blank), log p(next token); masked at u = U
+    stored: np.ndarray | None  # (T, U+1) bool in dense form: which nodes the store kept
+    occupancy: np.ndarray | None = None
 
     @property
-    def num_frames(self) -> int:
-        return self.logp.shape[0]
-
-    @property
-    def num_labels(self) -> int:
-        return self.logp.shape[1] - 1
+    def is_dense(self) -> bool:
+        return self.stored is not None
 
 
-def open_group(path: str | Path) -> zarr.Group:
-    """Open a committed store (local path or fsspec URL) read-only, or raise a clear error."""
-    path_str = str(path)
-    if "://" not in path_str:
-        local = Path(path_str)
-        if not local.exists():
-            partial = local.with_name(local.name + ".partial")
-            hint = " (an unfinished dump is at {partial}; re-run dump-teacher)" if partial.exists() else ""
-            raise StoreNotFoundError(f"no kdstore store at {local}{hint}".format(partial=partial))
-    try:
-        group = zarr.open_group(path_str, mode="r", zarr_format=3)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        raise StoreNotFoundError(f"{path_str} is not a Zarr v3 group ({err}); is it a kdstore store?") from None
-    if ATTRS_KEY not in group.attrs:
-        raise StoreError(
-            f"{path_str} has no committed kdstore metadata: the dump did not finish; re-run dump-teacher"
-        )
-    return group
+@dataclass(frozen=True)
+class _PartIndex:
+    frames: np.ndarray
+    labels: np.ndarray
+    node_offset: np.ndarray
+    frame_offset: np.ndarray
+
+
+def _keys(source: Source, bytes_name: str, offset_name: str) -> list[str]:
+    offsets = np.asarray(source.array(offset_name)[:])
+    payload = np.asarray(source.array(bytes_name)[:]).tobytes()
+    return [payload[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets)]
+
+
+def scatter_rows(rows: np.ndarray, band_start: np.ndarray, num_labels: int, fill: float = 0) -> np.ndarray:
+    """(T, W', ...) band rows -> (T, U+1, ...) dense lattice, ``fill`` outside the band."""
+    frames, width = rows.shape[:2]
+    dense = np.full((frames, num_labels + 1, *rows.shape[2:]), fill, dtype=rows.dtype)
+    u = band_start[:, None].astype(np.int64) + np.arange(width)[None, :]
+    dense[np.arange(frames)[:, None], u] = rows
+    return dense
 
 
 class StoreReader:
     """Random access to utterance rows by index or key."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | os.PathLike, backend: str = "zarr") -> None:
+        """``backend``: "zarr" (zarr-python or h5py, the default) or "tensorstore" (optional, faster)."""
         self.path = str(path)
-        group = open_group(self.path)
-        self.metadata = StoreMetadata.from_json(group.attrs[ATTRS_KEY])
-        self.node_offset = np.asarray(group[layout.NODE_OFFSET][:])
-        self.frames = np.asarray(group[layout.FRAMES][:])
-        self.labels = np.asarray(group[layout.LABELS][:])
-        key_bytes = np.asarray(group[layout.KEY_BYTES][:]).tobytes()
-        key_offset = np.asarray(group[layout.KEY_OFFSET][:])
-        self.keys = [key_bytes[a:b].decode("utf-8") for a, b in itertools.pairwise(key_offset)]
+        self._source = Source(self.path)
+        if backend not in ("zarr", "tensorstore"):
+            raise StoreError(f"unknown reader backend {backend!r}; use 'zarr' or 'tensorstore'")
+        self._fast = TensorstoreRows(self.path) if backend == "tensorstore" and not is_hdf5(self.path) else None
+        self.metadata = StoreMetadata.from_json(self._source.metadata_json)
+        source = self._source
+        self.keys = _keys(source, layout.KEY_BYTES, layout.KEY_OFFSET)
+        self.part_of = np.asarray(source.array(layout.UTT_PART)[:])
+        self.index_in_part = np.asarray(source.array(layout.UTT_INDEX_IN_PART)[:])
         self._index = {key: i for i, key in enumerate(self.keys)}
-        self._group: zarr.Group | None = group
-        self._pid = os.getpid()
-
-    # Fork/spawn safety: never carry an open Zarr handle into another process.
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_group"] = None
-        return state
-
-    def _arrays(self) -> zarr.Group:
-        if self._group is None or self._pid != os.getpid():
-            self._group = zarr.open_group(self.path, mode="r", zarr_format=3)
-            self._pid = os.getpid()
-        return self._group
+        self.parts: dict[int, _PartIndex] = {}
+        for part in sorted(set(self.part_of.tolist())):
+            base = layout.part_name(part)
+            self.parts[part] = _PartIndex(*(np.asarray(source.array(f"{base}/{name}")[:]) for name in
+                                            (layout.FRAMES, layout.LABELS, layout.NODE_OFFSET, layout.FRAME_OFFSET)))
+        self.has_occupancy = bool(self.parts) and source.has(f"{layout.part_name(next(iter(self.parts)))}/{layout.OCCUPANCY}")
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __contains__(self, key: str) -> bool:
         return key in self._index
+
+    @property
+    def frames(self) -> np.ndarray:
+        """T per utterance, in index order."""
+        return np.array([self.parts[p].frames[j] for p, j in zip(self.part_of, self.index_in_part, strict=True)])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([self.parts[p].labels[j] for p, j in zip(self.part_of, self.index_in_part, strict=True)])
 
     def index_of(self, key: str) -> int:
         try:
@@ -103,38 +110,90 @@ class StoreReader:
                 "(keys are audio_filepath as written, offset and duration)"
             ) from None
 
-    def read(self, index: int) -> UtteranceRows:
-        """Rows of utterance ``index`` in lattice coordinates."""
-        group = self._arrays()
-        start, stop = int(self.node_offset[index]), int(self.node_offset[index + 1])
-        frames, labels = int(self.frames[index]), int(self.labels[index])
-        shape = (frames, labels + 1)
-        logp = np.asarray(group[layout.LOGP][start:stop])
-        ids = np.asarray(group[layout.IDS][start:stop])
-        blank_label = np.asarray(group[layout.BLANK_LABEL][start:stop])
-        return UtteranceRows(
-            key=self.keys[index],
-            logp=logp.reshape(*shape, -1),
-            ids=ids.reshape(*shape, -1),
-            blank_label=blank_label.reshape(*shape, 2),
-        )
+    def locate(self, index: int) -> tuple[int, int, int, int, int]:
+        """(part, node start, node stop, frame start, frame stop) of utterance ``index``."""
+        part, j = int(self.part_of[index]), int(self.index_in_part[index])
+        p = self.parts[part]
+        return part, int(p.node_offset[j]), int(p.node_offset[j + 1]), int(p.frame_offset[j]), int(p.frame_offset[j + 1])
 
-    def read_key(self, key: str) -> UtteranceRows:
-        return self.read(self.index_of(key))
+    def _read_ranges(self, name: str, ranges: list[tuple[int, int]]) -> list[np.ndarray]:
+        """Rows [a, b) for each range, in as few store calls as the backend allows.
 
-    def read_batch(self, keys: Sequence[str]) -> list[UtteranceRows]:
-        """Rows for several keys, read in store order (sequential I/O), returned in request order."""
+        zarr-python pays ~0.5 ms per call, so a batch is fetched with one orthogonal selection per
+        array (its chunks are then fetched concurrently); h5py calls are cheap, so it reads slices.
+        """
+        if self._fast is not None:
+            return self._fast.read_ranges(name, ranges)
+        array = self._source.array(name)
+        if len(ranges) == 1 or not hasattr(array, "oindex"):
+            return [np.asarray(array[a:b]) for a, b in ranges]
+        index = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges])
+        data = np.asarray(array.oindex[index]) if index.size else np.asarray(array[0:0])
+        bounds = np.cumsum([0] + [b - a for a, b in ranges])
+        return [data[bounds[i] : bounds[i + 1]] for i in range(len(ranges))]
+
+    def _read_many(self, indices: list[int], dense: bool) -> dict[int, UtteranceRows]:
+        """Rows of several utterances of possibly several parts, a few calls per part and array."""
+        out: dict[int, UtteranceRows] = {}
+        by_part: dict[int, list[int]] = {}
+        for i in indices:
+            by_part.setdefault(int(self.part_of[i]), []).append(i)
+        for part, members in by_part.items():
+            members.sort(key=lambda i: int(self.index_in_part[i]))
+            spans = [self.locate(i) for i in members]
+            base = layout.part_name(part)
+            node_ranges = [(n0, n1) for _, n0, n1, _, _ in spans]
+            arrays = {name: self._read_ranges(f"{base}/{name}", node_ranges)
+                      for name in (layout.LOGP, layout.IDS, layout.BLANK_LABEL)
+                      + ((layout.OCCUPANCY,) if self.has_occupancy else ())}
+            starts = self._read_ranges(f"{base}/{layout.BAND_START}", [(f0, f1) for _, _, _, f0, f1 in spans])
+            for n, i in enumerate(members):
+                j = int(self.index_in_part[i])
+                out[i] = self._assemble(i, int(self.parts[part].frames[j]), int(self.parts[part].labels[j]),
+                                        starts[n], {name: rows[n] for name, rows in arrays.items()}, dense)
+        return out
+
+    def _assemble(self, index: int, frames: int, labels: int, band_start: np.ndarray, rows: dict[str, np.ndarray],
+                  dense: bool) -> UtteranceRows:
+        width = rows[layout.LOGP].shape[0] // frames
+        logp = rows[layout.LOGP].reshape(frames, width, -1)
+        ids = rows[layout.IDS].reshape(frames, width, -1)
+        blank_label = rows[layout.BLANK_LABEL].reshape(frames, width, 2)
+        occupancy = rows[layout.OCCUPANCY].reshape(frames, width) if layout.OCCUPANCY in rows else None
+        stored = None
+        if dense:
+            if width == labels + 1:
+                stored = np.ones((frames, labels + 1), dtype=bool)
+            else:
+                logp = scatter_rows(logp, band_start, labels)
+                ids = scatter_rows(ids, band_start, labels)
+                blank_label = scatter_rows(blank_label, band_start, labels)
+                occupancy = scatter_rows(occupancy, band_start, labels) if occupancy is not None else None
+                stored = scatter_rows(np.ones((frames, width), dtype=bool), band_start, labels, fill=False)
+        return UtteranceRows(self.keys[index], frames, labels, band_start, logp, ids, blank_label, stored, occupancy)
+
+    def read(self, index: int, dense: bool = True) -> UtteranceRows:
+        """Rows of utterance ``index``: dense lattice with a ``stored`` mask, or the band as stored."""
+        return self._read_many([index], dense)[index]
+
+    def read_key(self, key: str, dense: bool = True) -> UtteranceRows:
+        return self.read(self.index_of(key), dense)
+
+    def read_batch(self, keys: Sequence[str], dense: bool = True) -> list[UtteranceRows]:
+        """Rows for several keys, read in storage order with few calls, returned in request order."""
         indices = [self.index_of(key) for key in keys]
-        rows = {i: self.read(i) for i in sorted(set(indices))}
+        rows = self._read_many(sorted(set(indices)), dense)
         return [rows[i] for i in indices]
 
     def tokenizer_files(self) -> dict[str, bytes]:
         """The teacher's tokenizer files, copied into the store at dump time."""
-        group = self._arrays()[layout.TOKENIZER_GROUP]
-        return {name: np.asarray(array[:]).tobytes() for name, array in group.arrays()}
+        return {name: np.asarray(self._source.array(f"{layout.TOKENIZER_GROUP}/{name}")[:]).tobytes()
+                for name in self._source.children(layout.TOKENIZER_GROUP)}
 
-    def write_tokenizer(self, out_dir: str | Path) -> Path:
+    def write_tokenizer(self, out_dir: str | os.PathLike):
         """Materialise the stored tokenizer as a NeMo tokenizer dir (tokenizer.model, vocab.txt)."""
+        from pathlib import Path
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for name, payload in self.tokenizer_files().items():

@@ -1,0 +1,205 @@
+"""One writer's part of a store: append utterances, commit progress, resume after a crash.
+
+Rows are buffered and written in whole shards (no read-modify-write of sharded chunks). After each
+flush the utterances whose rows are fully on disk are *committed*: their index entries are appended
+and only then the part's progress attribute is advanced. A crash therefore loses at most the
+uncommitted tail, and ``resume=True`` truncates the arrays back to the committed prefix and carries on.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+
+from kdstore.errors import StoreError
+from kdstore.store import layout
+
+
+@dataclass
+class _Pending:
+    key: str
+    frames: int
+    labels: int
+    rows: int
+
+
+class PartWriter:
+    """Writes ``parts/<part>`` of the store rooted at ``root`` (an open, writable Zarr group)."""
+
+    def __init__(self, root: zarr.Group, part: int, *, top_k: int, vocab_size: int, value_dtype: str,
+                 with_occupancy: bool = False, resume: bool = False, chunk_rows: int | None = None) -> None:
+        self.part = part
+        self.top_k = top_k
+        self.value_dtype = np.dtype(value_dtype)
+        self.id_dtype = layout.id_dtype_for(vocab_size)
+        self.with_occupancy = with_occupancy
+        name = layout.part_name(part)
+        exists = name in root
+        if exists and resume:
+            self.group = root[name]
+            progress = dict(self.group.attrs.get(layout.PART_PROGRESS_ATTR, {}))
+            if not progress:
+                raise StoreError(f"part {name} has no progress record; dump again with --overwrite")
+        else:
+            self.group = root.create_group(name, overwrite=True)
+            progress = {"utterances": 0, "nodes": 0, "frames": 0, "complete": False}
+            self._create_arrays(chunk_rows or layout.node_chunk_rows(top_k, self.value_dtype))
+        self._chunk_rows = self.group[layout.LOGP].chunks[0]
+        self._shard_rows = self._chunk_rows * layout.CHUNKS_PER_SHARD
+        self.committed_utterances = int(progress["utterances"])
+        self.committed_nodes = int(progress["nodes"])
+        self.committed_frames = int(progress["frames"])
+        self.complete = bool(progress.get("complete", False))
+        self._truncate_to_committed()
+        self.committed_keys = self._read_keys()
+        self._written_rows = self.committed_nodes
+        self._written_frames = self.committed_frames
+        self._buffers: dict[str, list[np.ndarray]] = {n: [] for n in self._row_arrays() + (layout.BAND_START,)}
+        self._buffered_rows = 0
+        self._buffered_frames = 0
+        self._pending: list[_Pending] = []
+
+    # -- creation / resume -------------------------------------------------------------------
+    def _row_arrays(self) -> tuple[str, ...]:
+        return layout.NODE_ARRAYS + ((layout.OCCUPANCY,) if self.with_occupancy else ())
+
+    def _create_arrays(self, chunk_rows: int) -> None:
+        shard_rows = chunk_rows * layout.CHUNKS_PER_SHARD
+        specs = {
+            layout.LOGP: ((self.top_k,), self.value_dtype),
+            layout.IDS: ((self.top_k,), self.id_dtype),
+            layout.BLANK_LABEL: ((2,), self.value_dtype),
+        }
+        if self.with_occupancy:
+            specs[layout.OCCUPANCY] = ((), np.dtype(np.float16))
+        for name, (width, dtype) in specs.items():
+            self.group.create_array(name, shape=(0, *width), chunks=(chunk_rows, *width),
+                                    shards=(shard_rows, *width), dtype=dtype, compressors=layout.compressors(),
+                                    fill_value=0)
+        # Frames: ~4x fewer than rows; same shard-aligned buffering, in frame units.
+        self.group.create_array(layout.BAND_START, shape=(0,), chunks=(chunk_rows,), shards=(shard_rows,),
+                                dtype=np.int32, compressors=layout.compressors(), fill_value=0)
+        for name, dtype in ((layout.KEY_BYTES, np.uint8), (layout.KEY_OFFSET, np.int64), (layout.FRAMES, np.int32),
+                            (layout.LABELS, np.int32), (layout.NODE_OFFSET, np.int64),
+                            (layout.FRAME_OFFSET, np.int64)):
+            self.group.create_array(name, shape=(0,), chunks=(layout.INDEX_CHUNK,), dtype=dtype,
+                                    compressors=layout.compressors(), fill_value=0)
+        for name in (layout.KEY_OFFSET, layout.NODE_OFFSET, layout.FRAME_OFFSET):
+            self._append(name, np.zeros(1, dtype=np.int64))
+
+    def _append(self, name: str, data: np.ndarray) -> None:
+        array = self.group[name]
+        start = array.shape[0]
+        array.resize((start + data.shape[0], *array.shape[1:]))
+        array[start:] = data
+
+    def _truncate_to_committed(self) -> None:
+        """Drop rows/frames/index entries written after the last commit (a crash's leftovers)."""
+        n = self.committed_utterances
+        key_end = int(self.group[layout.KEY_OFFSET][n]) if self.group[layout.KEY_OFFSET].shape[0] > n else 0
+        sizes = {layout.FRAMES: n, layout.LABELS: n, layout.KEY_OFFSET: n + 1, layout.NODE_OFFSET: n + 1,
+                 layout.FRAME_OFFSET: n + 1, layout.KEY_BYTES: key_end, layout.BAND_START: self.committed_frames}
+        sizes.update({name: self.committed_nodes for name in self._row_arrays()})
+        for name, size in sizes.items():
+            array = self.group[name]
+            if array.shape[0] != size:
+                array.resize((size, *array.shape[1:]))
+
+    def _read_keys(self) -> list[str]:
+        offsets = np.asarray(self.group[layout.KEY_OFFSET][:])
+        payload = np.asarray(self.group[layout.KEY_BYTES][:]).tobytes()
+        return [payload[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets)]
+
+    # -- appending ---------------------------------------------------------------------------
+    def add_utterance(self, key: str, *, frames: int, labels: int, band_start: np.ndarray, logp: np.ndarray,
+                      ids: np.ndarray, blank_label: np.ndarray, occupancy: np.ndarray | None = None) -> None:
+        """Append one utterance's rows (rows = frames * W', frame-major). Shapes are checked."""
+        if self.complete:
+            raise StoreError(f"part {self.part} is complete; it cannot take more utterances")
+        rows = logp.shape[0]
+        if (logp.shape[1:] != (self.top_k,) or ids.shape != logp.shape or blank_label.shape != (rows, 2)
+                or band_start.shape != (frames,) or rows % max(frames, 1) or frames <= 0):
+            raise StoreError(f"utterance {key!r}: inconsistent shapes logp {logp.shape}, ids {ids.shape}, "
+                             f"blank_label {blank_label.shape}, band_start {band_start.shape} for T={frames}")
+        if (occupancy is not None) != self.with_occupancy:
+            raise StoreError(f"utterance {key!r}: occupancy given={occupancy is not None}, part expects "
+                             f"{self.with_occupancy}")
+        self._buffers[layout.LOGP].append(logp.astype(self.value_dtype, copy=False))
+        self._buffers[layout.IDS].append(ids.astype(self.id_dtype, copy=False))
+        self._buffers[layout.BLANK_LABEL].append(blank_label.astype(self.value_dtype, copy=False))
+        if occupancy is not None:
+            self._buffers[layout.OCCUPANCY].append(occupancy.astype(np.float16, copy=False))
+        self._buffers[layout.BAND_START].append(band_start.astype(np.int32, copy=False))
+        self._buffered_rows += rows
+        self._buffered_frames += frames
+        self._pending.append(_Pending(key, frames, labels, rows))
+        if self._buffered_rows >= self._shard_rows or self._buffered_frames >= self._shard_rows:
+            self.flush(final=False)
+
+    def flush(self, final: bool) -> None:
+        """Write whole shards of rows/frames (everything when ``final``), then commit what is complete."""
+        self._write_buffer(self._row_arrays(), self._buffered_rows, final, rows=True)
+        self._write_buffer((layout.BAND_START,), self._buffered_frames, final, rows=False)
+        self._commit()
+
+    def _write_buffer(self, names: tuple[str, ...], buffered: int, final: bool, rows: bool) -> None:
+        start = self._written_rows if rows else self._written_frames
+        # Align writes to shard boundaries of the array (the first write after a resume may be partial).
+        boundary = ((start + buffered) // self._shard_rows) * self._shard_rows
+        stop = start + buffered if final else max(start, boundary)
+        count = stop - start
+        if count <= 0:
+            return
+        for name in names:
+            block = np.concatenate(self._buffers[name], axis=0)
+            array = self.group[name]
+            array.resize((stop, *array.shape[1:]))
+            array[start:stop] = block[:count]
+            self._buffers[name] = [block[count:]] if count < block.shape[0] else []
+        if rows:
+            self._written_rows, self._buffered_rows = stop, buffered - count
+        else:
+            self._written_frames, self._buffered_frames = stop, buffered - count
+
+    def _commit(self) -> None:
+        """Append index entries of fully written utterances, then advance the progress attribute."""
+        done: list[_Pending] = []
+        nodes, frames = self.committed_nodes, self.committed_frames
+        for item in self._pending:
+            if nodes + item.rows > self._written_rows or frames + item.frames > self._written_frames:
+                break
+            nodes += item.rows
+            frames += item.frames
+            done.append(item)
+        if not done:
+            return
+        self._pending = self._pending[len(done):]
+        encoded = [item.key.encode("utf-8") for item in done]
+        key_end = int(self.group[layout.KEY_OFFSET][-1])
+        self._append(layout.KEY_BYTES, np.frombuffer(b"".join(encoded), dtype=np.uint8))
+        self._append(layout.KEY_OFFSET, key_end + np.cumsum([len(b) for b in encoded], dtype=np.int64))
+        self._append(layout.FRAMES, np.array([d.frames for d in done], dtype=np.int32))
+        self._append(layout.LABELS, np.array([d.labels for d in done], dtype=np.int32))
+        self._append(layout.NODE_OFFSET, self.committed_nodes + np.cumsum([d.rows for d in done], dtype=np.int64))
+        self._append(layout.FRAME_OFFSET, self.committed_frames + np.cumsum([d.frames for d in done], dtype=np.int64))
+        self.committed_utterances += len(done)
+        self.committed_nodes, self.committed_frames = nodes, frames
+        self.committed_keys.extend(d.key for d in done)
+        self._save_progress(complete=False)
+
+    def _save_progress(self, complete: bool) -> None:
+        self.group.attrs[layout.PART_PROGRESS_ATTR] = {
+            "utterances": self.committed_utterances, "nodes": self.committed_nodes,
+            "frames": self.committed_frames, "complete": complete,
+        }
+
+    def close(self) -> None:
+        """Flush everything and mark the part complete (only a complete part can be committed)."""
+        self.flush(final=True)
+        if self._pending:
+            raise StoreError(f"part {self.part}: {len(self._pending)} utterances could not be committed")
+        self._save_progress(complete=True)
+        self.complete = True

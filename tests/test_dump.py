@@ -1,0 +1,131 @@
+"""Dump robustness with a real NeMo teacher: kill -9 + --resume, two ranks (gloo), band stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from kdstore.store import StoreReader
+from kdstore.store.verify import verify_store
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def teacher(demo_corpus, tmp_path_factory) -> Path:
+    from tests.test_pipeline import build_model
+
+    path = tmp_path_factory.mktemp("dump_teacher") / "teacher.nemo"
+    build_model("tiny", demo_corpus.tokenizer_dir, seed=11).save_to(str(path))
+    return path
+
+
+def dump_args(teacher, manifest, out, *extra):
+    return ["dump-teacher", "--teacher", str(teacher), "--manifest", str(manifest), "--out", str(out),
+            "--top-k", "4", "--batch-size", "2", "--chunk-rows", "64", "--no-progress", *extra]
+
+
+def run_cli(args, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "kdstore.cli.main", *args], check=False, capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=600, **kwargs)
+
+
+def store_content(path) -> dict[str, tuple]:
+    reader = StoreReader(path)
+    return {key: (r.band_start, r.logp, r.ids, r.blank_label, r.occupancy)
+            for key, r in ((k, reader.read_key(k, dense=False)) for k in reader.keys)}
+
+
+def all_arrays(path) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+
+    def walk(group, prefix=""):
+        for name, array in group.arrays():
+            out[prefix + name] = np.asarray(array[:])
+        for name, sub in group.groups():
+            walk(sub, prefix + name + "/")
+
+    walk(zarr.open_group(str(path), mode="r"))
+    return out
+
+
+def part_progress(path: Path) -> int:
+    meta = path / "parts" / "00000" / "zarr.json"
+    try:
+        return int(json.loads(meta.read_text())["attributes"]["kdstore_part"]["utterances"])
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def test_kill_9_then_resume_equals_uninterrupted(teacher, demo_corpus, tmp_path):
+    manifest = demo_corpus.train_manifest
+    ref = tmp_path / "ref.zarr"
+    assert run_cli(dump_args(teacher, manifest, ref, "--band", "3")).returncode == 0
+    out = tmp_path / "out.zarr"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "kdstore.cli.main", *dump_args(teacher, manifest, out, "--band", "3")],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while part_progress(out) < 4 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = part_progress(out)
+    assert 0 < killed_at < len(StoreReader(ref)), "the kill must land mid-way"
+    result = run_cli(["inspect", str(out)])
+    assert result.returncode != 0 and "did not finish" in result.stderr + result.stdout
+    result = run_cli(dump_args(teacher, manifest, out, "--band", "3"))
+    assert result.returncode != 0 and "--resume" in result.stderr
+    result = run_cli(dump_args(teacher, manifest, out, "--band", "3", "--resume"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert verify_store(out)
+    a, b = all_arrays(ref), all_arrays(out)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_two_rank_dump_equals_one_rank(teacher, demo_corpus, tmp_path):
+    manifest = demo_corpus.train_manifest
+    one = tmp_path / "one.zarr"
+    assert run_cli(dump_args(teacher, manifest, one)).returncode == 0
+    two = tmp_path / "two.zarr"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+                "-m", "kdstore.cli.main", *dump_args(teacher, manifest, two)]
+    result = subprocess.run(torchrun, check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert verify_store(two)
+    assert len(StoreReader(two).parts) == 2
+    a, b = store_content(one), store_content(two)
+    assert a.keys() == b.keys()
+    for key in a:
+        for x, y in zip(a[key], b[key], strict=True):
+            if x is not None:
+                np.testing.assert_array_equal(x, y, err_msg=key)
+
+
+def test_band_store_keeps_most_occupancy_and_trains(teacher, demo_corpus, tmp_path):
+    from kdstore.store.summary import summarize
+
+    out = tmp_path / "band.zarr"
+    assert run_cli(dump_args(teacher, demo_corpus.train_manifest, out, "--band", "4")).returncode == 0
+    summary = summarize(out)
+    full = tmp_path / "full.zarr"
+    assert run_cli(dump_args(teacher, demo_corpus.train_manifest, full)).returncode == 0
+    assert summary["nodes"] < summarize(full)["nodes"]
+    assert 0.0 < summary["band_occupancy_kept"] <= 1.0
+    reader = StoreReader(out)
+    rows = reader.read(0)
+    assert rows.stored.sum() == rows.num_frames * min(4, rows.num_labels + 1) or rows.num_frames == 1
