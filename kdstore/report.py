@@ -41,6 +41,17 @@ def _read_curve(path: Path) -> dict[str, list[float]]:
     return columns
 
 
+def _smooth(values: list[float], window: int = 25) -> list[float]:
+    """Trailing moving average, so the trend shows through batch-to-batch noise."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def plot_report(rows: list[ModelRow], out_png: Path) -> Path:
     """Left: WER/CER bars per model. Right: training loss (RNN-T part) per step for each trained model."""
     import matplotlib
@@ -65,15 +76,14 @@ def plot_report(rows: list[ModelRow], out_png: Path) -> Path:
         if r.curve_csv and Path(r.curve_csv).is_file():
             data = _read_curve(Path(r.curve_csv))
             color = colors[i % len(colors)]
-            if "train_rnnt_loss" in data and "step" in data:
-                curves.plot(data["step"], data["train_rnnt_loss"], color=color, linewidth=1,
-                            label=f"{r.name}: RNN-T loss")
-            if "train_kd_loss" in data:
-                curves.plot(data["step"], data["train_kd_loss"], color=color, linewidth=1, linestyle="--",
-                            label=f"{r.name}: KD term (KL)")
+            for column, style, what in (("train_rnnt_loss", "-", "RNN-T loss"), ("train_kd_loss", "--", "KD term (KL)")):
+                if column in data and "step" in data:
+                    curves.plot(data["step"], data[column], color=color, linewidth=0.5, alpha=0.25)
+                    curves.plot(data["step"], _smooth(data[column]), color=color, linewidth=1.4, linestyle=style,
+                                label=f"{r.name}: {what}")
     curves.set_yscale("log")
     curves.set_xlabel("step")
-    curves.set_title("Training curves")
+    curves.set_title("Training curves (faint: per step; bold: moving average of 25)")
     curves.legend(fontsize=8)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)

@@ -258,3 +258,43 @@ def test_tensorstore_backend_reads_the_same_rows(tmp_path):
         np.testing.assert_array_equal(a.logp, b.logp)
         np.testing.assert_array_equal(a.ids, b.ids)
         np.testing.assert_array_equal(a.stored, b.stored)
+
+
+class KeyDataset:
+    """Keys only; rows are read by the collate function inside each worker process."""
+
+    def __init__(self, keys):
+        self.keys = keys
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __getitem__(self, i):
+        return self.keys[i]
+
+
+class ReadRows:
+    def __init__(self, reader):
+        self.reader = reader
+
+    def __call__(self, keys):
+        return [(r.key, r.ids) for r in self.reader.read_batch(keys)]
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_dataloader_workers_read_the_store(tmp_path, context):
+    import torch
+
+    items = build(seed=14, count=12, width=3)
+    path = tmp_path / "s.zarr"
+    group = open_for_writing(path, {"k": K})
+    write_part(group, 0, items, 3)
+    commit_store(group, make_metadata(lattice="band", width=3), {"tokenizer.model": b"x"})
+    reader = StoreReader(path)
+    reader.read(0)  # the parent has used the store before forking
+    loader = torch.utils.data.DataLoader(KeyDataset(list(items)), batch_size=4, num_workers=2,
+                                         collate_fn=ReadRows(reader), multiprocessing_context=context)
+    seen = {key: ids for batch in loader for key, ids in batch}
+    assert seen.keys() == items.keys()
+    for key, ids in seen.items():
+        np.testing.assert_array_equal(ids, reader.read_key(key).ids)
