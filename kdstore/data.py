@@ -135,7 +135,8 @@ class DurationBucketSampler(torch.utils.data.Sampler[list[int]]):
     """Shuffled batches of similar duration: less padding, so less wasted encoder compute.
 
     Each epoch shuffles the utterances, sorts them by duration within pools of ``pool_batches``
-    batches, cuts batches, and shuffles the batch order. Deterministic given the epoch's seed.
+    batches, cuts batches, and shuffles the batch order. Deterministic given the epoch's seed; under
+    DDP every rank builds the same plan and takes its own share of the batches.
     """
 
     def __init__(self, durations: Sequence[float], batch_size: int, seed: int = 0, pool_batches: int = 50) -> None:
@@ -153,8 +154,22 @@ class DurationBucketSampler(torch.utils.data.Sampler[list[int]]):
         for start in range(0, len(order), self.pool):
             pool = sorted(order[start : start + self.pool], key=lambda i: self.durations[i])
             batches.extend(pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size))
-        for index in torch.randperm(len(batches), generator=gen).tolist():
+        order = torch.randperm(len(batches), generator=gen).tolist()
+        rank, world = _rank_and_world()
+        usable = len(order) - len(order) % world if world > 1 else len(order)  # equal batch counts per rank
+        for index in order[rank:usable:world]:
             yield batches[index]
 
     def __len__(self) -> int:
-        return (len(self.durations) + self.batch_size - 1) // self.batch_size
+        batches = (len(self.durations) + self.batch_size - 1) // self.batch_size
+        _, world = _rank_and_world()
+        return batches // world if world > 1 else batches
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """Under DDP each rank takes every world-th batch of the same shuffled plan (same seed everywhere)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

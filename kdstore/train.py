@@ -27,6 +27,8 @@ class TrainResult:
     params: int
     curve_csv: Path
     final_losses: dict[str, float]
+    log_dir: Path | None = None  # exp_manager's folder (TensorBoard, checkpoints)
+    best_model: Path | None = None  # best-by-val-WER .nemo, when validation ran
 
 
 def check_store_compatible(cfg, store_path: str) -> object:
@@ -94,6 +96,8 @@ class CurveRecorder(pl.Callback):
         self.path, self.rows, self.start, self.print_every = path, [], time.time(), print_every
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_rank != 0:
+            return  # one curve per run: rank 0's
         logs = getattr(pl_module, "last_step_logs", {})
         row = {"step": trainer.global_step, "seconds": round(time.time() - self.start, 3), **logs}
         self.rows.append(row)
@@ -104,7 +108,8 @@ class CurveRecorder(pl.Callback):
             self.write()
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.write()
+        if trainer.global_rank == 0:
+            self.write()
 
     def write(self) -> None:
         """Rewrite the CSV (cheap: a few thousand rows), so a killed run still leaves its curve."""
@@ -113,6 +118,26 @@ class CurveRecorder(pl.Callback):
             writer = csv.DictWriter(handle, fieldnames=keys)
             writer.writeheader()
             writer.writerows(self.rows)
+
+
+def start_exp_manager(trainer, cfg, output: Path) -> Path | None:
+    """NeMo's exp_manager: loggers, checkpoints (best by val WER), early stopping, resume.
+
+    Checkpoint selection and early stopping watch ``val_wer``, so without a validation manifest they
+    are switched off (the final model is still saved to ``run.output``).
+    """
+    from nemo.utils.exp_manager import exp_manager
+    from omegaconf import OmegaConf
+
+    if cfg.get("exp_manager") is None:
+        return None
+    params = OmegaConf.to_container(cfg.exp_manager, resolve=True)
+    params["exp_dir"] = params.get("exp_dir") or str(output.parent / "logs")
+    if not cfg.model.validation_ds.get("manifest_filepath"):
+        params["create_checkpoint_callback"] = False
+        params["create_early_stopping_callback"] = False
+    log_dir = exp_manager(trainer, OmegaConf.create(params))
+    return Path(log_dir) if log_dir else None
 
 
 def train_student(cfg, progress: bool = False) -> TrainResult:
@@ -141,7 +166,10 @@ def train_student(cfg, progress: bool = False) -> TrainResult:
     trainer_kwargs["enable_progress_bar"] = progress
     trainer_kwargs.setdefault("enable_model_summary", False)
     recorder = CurveRecorder(curve_csv, print_every=0 if progress else int(cfg.trainer.log_every_n_steps))
+    trainer_kwargs.update(logger=False, enable_checkpointing=False)  # exp_manager adds both
+    trainer_kwargs.setdefault("use_distributed_sampler", False)  # our duration buckets shard by rank
     trainer = pl.Trainer(**trainer_kwargs, callbacks=[recorder])
+    log_dir = start_exp_manager(trainer, cfg, output)
 
     model_cfg = cfg.model
     with open_dict(model_cfg):
@@ -153,9 +181,16 @@ def train_student(cfg, progress: bool = False) -> TrainResult:
     start = time.time()
     trainer.fit(model)
     seconds = time.time() - start
+    # With validation, NeMo's checkpoint callback restores the best-by-val-WER weights at the end of
+    # fit (and the trainer's step counter with them): run.output then holds the best model.
+    steps = max((int(row["step"]) for row in recorder.rows), default=int(trainer.global_step))
 
     model.eval()
-    model.save_to(str(output))
-    OmegaConf.save(cfg, workdir / "train_config.yaml", resolve=True)
-    return TrainResult(output, int(trainer.global_step), seconds, params, curve_csv,
-                       dict(getattr(model, "last_step_logs", {})))
+    if trainer.global_rank == 0:
+        model.save_to(str(output))
+        OmegaConf.save(cfg, workdir / "train_config.yaml", resolve=True)
+    if trainer.global_rank != 0:
+        return TrainResult(output, steps, seconds, params, curve_csv, {}, log_dir, None)
+    best = next(iter(sorted(Path(log_dir).rglob(f"{cfg.name}.nemo"))), None) if log_dir else None
+    return TrainResult(output, steps, seconds, params, curve_csv,
+                       dict(getattr(model, "last_step_logs", {})), log_dir, best)

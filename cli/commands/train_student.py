@@ -31,3 +31,7 @@ def command(config, store, progress, overrides):
     result = train_student(cfg, progress=progress)
     click.echo(f"saved {result.model_path} ({result.params / 1e6:.2f}M params, {result.steps} steps, "
                f"{result.seconds:.0f} s); curve: {result.curve_csv}")
+    if result.best_model:
+        click.echo(f"best by validation WER: {result.best_model}")
+    if result.log_dir:
+        click.echo(f"logs (TensorBoard, checkpoints): {result.log_dir}")
