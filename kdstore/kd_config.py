@@ -1,4 +1,8 @@
-"""Typed view of the KD settings in a model config (``model.enable_kd``, ``model.kd.*``...)."""
+"""Typed view of the KD settings in a model config (``model.enable_kd``, ``model.kd.*``...).
+
+The original project's keys keep their meaning: ``model.enable_kd``, ``model.kd_alpha`` (0.5),
+``model.kd_temperature`` (1.0) and ``model.teacher_model_path`` (online KD, teacher in the loop).
+"""
 
 from __future__ import annotations
 
@@ -18,8 +22,10 @@ class KDSettings:
     temperature: float
     store: str | None
     loss: KDLossName
-    node_weights: str
-    teacher_model_path: str | None  # online KD (teacher in the loop)
+    weights: str = "uniform"
+    top_k: int | None = None  # use only the first top_k stored entries (rows are sorted)
+    ctc: bool = True  # KD on a hybrid student's CTC head when the store has CTC rows
+    teacher_model_path: str | None = None  # online KD (teacher in the loop)
 
     @property
     def active(self) -> bool:
@@ -28,24 +34,26 @@ class KDSettings:
     @classmethod
     def from_model_config(cls, cfg: Any) -> KDSettings:
         kd = cfg.get("kd") or {}
+        top_k = kd.get("top_k")
         settings = cls(
             enabled=bool(cfg.get("enable_kd", False)),
             alpha=float(cfg.get("kd_alpha", 0.5)),
             temperature=float(cfg.get("kd_temperature", 1.0)),
             store=kd.get("store") or None,
             loss=kd.get("loss", "topk_rest"),
-            node_weights=kd.get("node_weights", "uniform"),
+            weights=kd.get("weights", "uniform"),
+            top_k=int(top_k) if top_k else None,
+            ctc=bool(kd.get("ctc", True)),
             teacher_model_path=cfg.get("teacher_model_path") or None,
         )
         if settings.loss not in get_args(KDLossName):
             raise ConfigError(f"model.kd.loss: expected one of {get_args(KDLossName)}, got {settings.loss!r}")
-        if settings.node_weights not in NODE_WEIGHTS:
-            raise ConfigError(f"model.kd.node_weights: expected one of {NODE_WEIGHTS}, got {settings.node_weights!r}")
+        if settings.weights not in NODE_WEIGHTS:
+            raise ConfigError(f"model.kd.weights: expected one of {NODE_WEIGHTS}, got {settings.weights!r}")
         if not 0.0 <= settings.alpha <= 1.0:
             raise ConfigError(f"model.kd_alpha: expected a value in [0, 1], got {settings.alpha}")
         if settings.temperature <= 0:
             raise ConfigError(f"model.kd_temperature: expected a positive value, got {settings.temperature}")
-        if settings.node_weights == "occupancy":
-            raise ConfigError("model.kd.node_weights=occupancy needs a store with node/occupancy (not yet written "
-                              "by this kdstore version); use uniform")
+        if settings.top_k is not None and settings.top_k < 1:
+            raise ConfigError(f"model.kd.top_k: expected a positive integer or null, got {settings.top_k}")
         return settings

@@ -12,6 +12,7 @@ import torch
 from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel, EncDecRNNTBPEModel
 
 from kdstore import losses
+from kdstore.alignment import check_alignment_upfront
 from kdstore.data import AudioBatch, DurationBucketSampler, KDRows, StoreCollate, TranscribedAudioDataset, collate
 from kdstore.errors import IncompatibleStoreError
 from kdstore.kd_config import KDSettings
@@ -89,6 +90,7 @@ class KDMixin:
             if self._kd_store is None:
                 self._kd_store = StoreReader(self.kd_settings.store)
             store = self._kd_store
+            check_alignment_upfront(entries, self.tokenizer.text_to_ids, store, store.metadata.front_end)
         dataset = TranscribedAudioDataset(entries, self.tokenizer.text_to_ids, int(data_cfg.sample_rate), store)
         collate_fn = collate_nemo_tuple if nemo_tuples else StoreCollate(store)
         workers = int(data_cfg.get("num_workers", 0) or 0)
@@ -134,7 +136,7 @@ class KDMixin:
 
             teacher = restore_model(self.kd_settings.teacher_model_path, map_location=str(self.device))
             object.__setattr__(self, "_online_teacher", teacher)  # not a submodule: not saved, not optimised
-        return online_rows(teacher, batch, top_k=int(self._cfg.kd.get("online_top_k", 0) or 0))
+        return online_rows(teacher, batch, top_k=self.kd_settings.top_k or 0)
 
     def kd_term(self, log_probs: torch.Tensor, batch: AudioBatch, encoded_len: torch.Tensor) -> torch.Tensor:
         rows = batch.kd if batch.kd is not None else self._online_rows(batch)

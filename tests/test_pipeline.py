@@ -114,7 +114,7 @@ def test_offline_kd_from_exact_store_equals_online_kd(teacher_nemo, exact_store,
     log_probs = student.joint.joint(enc.transpose(1, 2), pred.transpose(1, 2)).log_softmax(-1)
     for temperature in (1.0, 2.0):
         settings = KDSettings(enabled=True, alpha=0.5, temperature=temperature, store=str(exact_store),
-                              loss="topk_rest", node_weights="uniform", teacher_model_path=None)
+                              loss="topk_rest", weights="uniform", teacher_model_path=None)
         offline = kd_node_loss(log_probs, batch.kd, batch.tokens, student.decoder.blank_idx, settings)
         online = kd_node_loss(log_probs, online_rows(teacher, batch), batch.tokens, student.decoder.blank_idx, settings)
         assert offline.item() > 0.01
@@ -177,3 +177,26 @@ def test_manifest_errors_name_file_and_line(tmp_path, demo_corpus):
     bad.write_text(good + "\n" + json.dumps(missing) + "\n")
     with pytest.raises(ManifestError, match=r"bad.json:2: audio file nowhere.wav not found"):
         read_manifest(bad)
+
+
+def test_upfront_alignment_checks_name_the_line(exact_store, small_manifest, demo_corpus, tmp_path):
+    import dataclasses
+
+    from kdstore.alignment import check_alignment_upfront
+    from kdstore.manifest import read_manifest
+    from kdstore.store import StoreReader
+
+    reader = StoreReader(exact_store)
+    entries = read_manifest(small_manifest)
+    teacher_tokens = build_model("tiny", demo_corpus.tokenizer_dir, seed=0).tokenizer.text_to_ids
+    check_alignment_upfront(entries, teacher_tokens, reader, reader.metadata.front_end)  # all good
+    with pytest.raises(IncompatibleStoreError, match=r"six.json:1: .* tokens, the store has U="):
+        check_alignment_upfront(entries, lambda text: [*teacher_tokens(text), 1], reader, reader.metadata.front_end)
+    other_rate = dataclasses.replace(reader.metadata.front_end, subsampling_factor=4)
+    with pytest.raises(IncompatibleStoreError, match=r"six.json:1: .* T=\d+ encoder frames, the store has T="):
+        check_alignment_upfront(entries, teacher_tokens, reader, other_rate)
+    extra = tmp_path / "extra.json"
+    lines = Path(demo_corpus.train_manifest).read_text().splitlines()
+    extra.write_text(Path(small_manifest).read_text() + lines[-1] + "\n")
+    with pytest.raises(IncompatibleStoreError, match=r"extra.json:7: utterance .* is not in store"):
+        check_alignment_upfront(read_manifest(extra), teacher_tokens, reader, reader.metadata.front_end)
