@@ -30,6 +30,9 @@ class KDRows:
     frames: torch.Tensor  # int64 (B,) stored T per utterance
     labels: torch.Tensor  # int64 (B,) stored U per utterance
     stored: torch.Tensor | None = None  # bool (B, T, U+1): nodes the store kept (band stores); None = all
+    occupancy: torch.Tensor | None = None  # float32 (B, T, U+1): the teacher's node posterior (band stores)
+    ctc_logp: torch.Tensor | None = None  # float32 (B, T, k_ctc): hybrid teacher's CTC top-k per frame
+    ctc_ids: torch.Tensor | None = None  # int64 (B, T, k_ctc)
 
 
 @dataclass
@@ -112,6 +115,9 @@ def kd_rows(rows: Sequence[UtteranceRows]) -> KDRows:
         frames=torch.tensor([r.num_frames for r in rows], dtype=torch.long),
         labels=torch.tensor([r.num_labels for r in rows], dtype=torch.long),
         stored=_pad_stack([r.stored for r in rows], torch.bool),
+        occupancy=_pad_stack([r.occupancy for r in rows], torch.float32) if rows[0].occupancy is not None else None,
+        ctc_logp=_pad_stack([r.ctc_logp for r in rows], torch.float32) if rows[0].ctc_logp is not None else None,
+        ctc_ids=_pad_stack([r.ctc_ids.astype(np.int64) for r in rows], torch.long) if rows[0].ctc_ids is not None else None,
     )
 
 

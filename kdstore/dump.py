@@ -22,6 +22,7 @@ import torch
 from kdstore import __version__
 from kdstore.banding import gather_band, node_occupancy, select_band
 from kdstore.data import TranscribedAudioDataset, collate, duration_sorted_batches
+from kdstore.errors import KdstoreError
 from kdstore.manifest import file_sha256, read_manifest
 from kdstore.nemo_files import read_tokenizer_files, restore_model
 from kdstore.ranks import discover, shutdown
@@ -38,6 +39,7 @@ class DumpSettings:
     batch_size: int = 8
     value_dtype: str = "float16"  # float32 for exactness tests
     band: int | None = None  # None: full lattice
+    ctc: bool = False  # hybrid teachers: also store the CTC head's top-k log-probs per frame
     chunk_rows: int | None = None  # rows per chunk (None: ~1 MB of node/logp); 16 chunks per shard
     device: str = "cpu"
     precision: str = "fp32"  # fp32 | bf16 (teacher forward under autocast)
@@ -98,18 +100,21 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
         model = restore_model(teacher_path, map_location=settings.device)
         vocab, blank = int(model.decoder.vocab_size), int(model.decoder.blank_idx)
         top_k = min(settings.top_k, vocab + 1)
+        if settings.ctc and getattr(model, "ctc_decoder", None) is None:
+            raise KdstoreError(f"--ctc needs a hybrid RNNT-CTC teacher; {type(model).__name__} has no CTC head")
+        ctc_top_k = top_k if settings.ctc else None
         front_end = front_end_of(model)
         teacher_sha, manifest_sha = file_sha256(teacher_path), file_sha256(manifest_path)
         pending = {"teacher_sha256": teacher_sha, "manifest_sha256": manifest_sha, "top_k": top_k,
                    "value_dtype": settings.value_dtype, "band": settings.band, "batch_size": settings.batch_size,
-                   "world_size": ranks.world, "chunk_rows": settings.chunk_rows}
+                   "world_size": ranks.world, "chunk_rows": settings.chunk_rows, "ctc": settings.ctc}
         if ranks.is_main:
             group = open_for_writing(out, pending, overwrite=settings.overwrite, resume=settings.resume)
         ranks.barrier()
         if not ranks.is_main:
             group = open_for_writing(out, pending, create=False)
         part = PartWriter(group, ranks.rank, top_k=top_k, vocab_size=vocab, value_dtype=settings.value_dtype,
-                          with_occupancy=settings.band is not None, resume=settings.resume,
+                          with_occupancy=settings.band is not None, ctc_top_k=ctc_top_k, resume=settings.resume,
                           chunk_rows=settings.chunk_rows)
         committed = set(part.committed_keys)
         writer = BackgroundWriter(part)
@@ -139,7 +144,7 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
             top_k=top_k, value_dtype=settings.value_dtype,  # type: ignore[arg-type]
             id_dtype=str(part.id_dtype),  # type: ignore[arg-type]
             blank_id=blank, vocab_size=vocab,
-            lattice="full" if settings.band is None else "band", band_width=settings.band,
+            lattice="full" if settings.band is None else "band", band_width=settings.band, ctc_top_k=ctc_top_k,
             fingerprint=Fingerprint(
                 teacher_sha256=teacher_sha, teacher_class=type(model).__name__,
                 teacher_params=int(sum(p.numel() for p in model.parameters())),
@@ -175,8 +180,15 @@ def _dump_batch(model, dataset, batch_indices, todo, writer, settings, top_k, bl
                     labels_b = int(batch.tokens_len[b])
                     pieces[b].append(lattice_rows(log_probs[b, :frames_b, : labels_b + 1].float(),
                                                   batch.tokens[b].to(log_probs.device), labels_b, top_k, blank, fill))
+        ctc = None
+        if settings.ctc:  # (B, T, V+1) log-probs of the CTC head; blank is last, as in the joint
+            ctc = model.ctc_decoder(encoder_output=encoded.encoded).float().log_softmax(-1).topk(top_k, dim=-1)
         for b, key in enumerate(batch.keys):
             if todo[b]:
                 values, ids, blank_label = (torch.cat(parts, dim=0) for parts in zip(*pieces[b], strict=True))
-                writer.add_utterance(key, **utterance_rows(values, ids, blank_label, int(batch.tokens_len[b]),
-                                                           settings.band))
+                rows = utterance_rows(values, ids, blank_label, int(batch.tokens_len[b]), settings.band)
+                if ctc is not None:
+                    frames_b = int(encoded.encoded_len[b])
+                    rows["ctc_logp"] = ctc.values[b, :frames_b].cpu().numpy()
+                    rows["ctc_ids"] = ctc.indices[b, :frames_b].cpu().numpy()
+                writer.add_utterance(key, **rows)

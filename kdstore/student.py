@@ -35,24 +35,44 @@ def collate_nemo_tuple(items):
 
 def kd_node_loss(log_probs: torch.Tensor, rows: KDRows, tokens: torch.Tensor, blank: int,
                  settings: KDSettings) -> torch.Tensor:
-    """Batch KD term (without tau^2) from student log-probs (B, T, U+1, V+1) and teacher rows."""
+    """Batch KD term (without tau^2) from student log-probs (B, T, U+1, V+1) and teacher rows.
+
+    Only the k stored ids are gathered from the student; the teacher side stays k-wide.
+    """
     frames, nodes = rows.logp.shape[1], rows.logp.shape[2]
+    device = log_probs.device
     lattice = log_probs[:, :frames, :nodes]  # (B, T, U+1, V+1)
-    mask = losses.lattice_mask(rows.frames.to(lattice.device), rows.labels.to(lattice.device), frames, nodes - 1)
+    mask = losses.lattice_mask(rows.frames.to(device), rows.labels.to(device), frames, nodes - 1)
     if rows.stored is not None:
-        mask = mask & rows.stored.to(lattice.device)  # band stores: only the kept nodes
+        mask = mask & rows.stored.to(device)  # band stores: only the kept nodes
+    teacher_logp, teacher_ids = rows.logp.to(device), rows.ids.to(device)
+    if settings.top_k:
+        teacher_logp, teacher_ids = losses.truncate_topk(teacher_logp, teacher_ids, settings.top_k)
     if settings.loss == "topk_rest":
-        node_kl = losses.topk_rest_kl(lattice, rows.logp.to(lattice.device), rows.ids.to(lattice.device),
-                                      settings.temperature)
+        node_kl = losses.topk_rest_kl(lattice, teacher_logp, teacher_ids, settings.temperature)
     elif settings.loss == "topk_renorm":
-        node_kl = losses.topk_renorm_kl(lattice, rows.logp.to(lattice.device), rows.ids.to(lattice.device),
-                                        settings.temperature)
+        node_kl = losses.topk_renorm_kl(lattice, teacher_logp, teacher_ids, settings.temperature)
     else:
-        u = torch.arange(nodes, device=lattice.device)[None, None, :]
-        label_valid = mask & (u < rows.labels.to(lattice.device)[:, None, None])
-        node_kl = losses.collapsed_kl(lattice, rows.blank_label.to(lattice.device), tokens, label_valid, blank,
+        u = torch.arange(nodes, device=device)[None, None, :]
+        label_valid = mask & (u < rows.labels.to(device)[:, None, None])
+        node_kl = losses.collapsed_kl(lattice, rows.blank_label.to(device), tokens, label_valid, blank,
                                       settings.temperature)
-    return losses.reduce_nodes(node_kl, mask)
+    weights = losses.node_weights(
+        settings.weights, mask, blank_label=rows.blank_label.to(device), frames=rows.frames.to(device),
+        labels=rows.labels.to(device), occupancy=rows.occupancy.to(device) if rows.occupancy is not None else None)
+    return losses.reduce_nodes(node_kl, weights)
+
+
+def ctc_kd_loss(ctc_log_probs: torch.Tensor, rows: KDRows, settings: KDSettings) -> torch.Tensor:
+    """KD on a hybrid student's CTC head: ``topk_rest`` KL per frame against the teacher's CTC top-k,
+    mean over each utterance's frames, then over the batch (same scale as the lattice term)."""
+    frames = rows.ctc_logp.shape[1]
+    student = ctc_log_probs[:, :frames]  # (B, T, V+1)
+    teacher_logp, teacher_ids = rows.ctc_logp.to(student.device), rows.ctc_ids.to(student.device)
+    if settings.top_k:
+        teacher_logp, teacher_ids = losses.truncate_topk(teacher_logp, teacher_ids, settings.top_k)
+    mask = torch.arange(frames, device=student.device)[None, :] < rows.frames.to(student.device)[:, None]
+    return losses.reduce_nodes(losses.topk_rest_kl(student, teacher_logp, teacher_ids, settings.temperature), mask)
 
 
 def check_alignment(batch: AudioBatch, rows: KDRows, encoded_len: torch.Tensor) -> None:
@@ -158,10 +178,15 @@ class KDMixin:
             logs["train_kd_loss"] = kd.detach()
         ctc_weight = float(getattr(self, "ctc_loss_weight", 0.0) or 0.0)
         if ctc_weight > 0:
-            ctc_log_probs = self.ctc_decoder(encoder_output=encoded)
+            ctc_log_probs = self.ctc_decoder(encoder_output=encoded)  # (B, T, V+1)
             ctc = self.ctc_loss(log_probs=ctc_log_probs, targets=batch.tokens, input_lengths=encoded_len,
                                 target_lengths=batch.tokens_len)
             logs["train_ctc_loss"] = ctc.detach()
+            rows = batch.kd
+            if settings.active and settings.ctc and rows is not None and rows.ctc_logp is not None:
+                ctc_kd = ctc_kd_loss(ctc_log_probs.float().log_softmax(-1), rows, settings)
+                ctc = (1 - settings.alpha) * ctc + settings.alpha * settings.temperature**2 * ctc_kd
+                logs["train_ctc_kd_loss"] = ctc_kd.detach()
             loss = (1 - ctc_weight) * loss + ctc_weight * ctc
         logs["train_loss"] = loss.detach()
         logs["learning_rate"] = torch.tensor(self._optimizer.param_groups[0]["lr"]) if self._optimizer else torch.tensor(0.0)

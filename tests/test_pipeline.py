@@ -200,3 +200,45 @@ def test_upfront_alignment_checks_name_the_line(exact_store, small_manifest, dem
     extra.write_text(Path(small_manifest).read_text() + lines[-1] + "\n")
     with pytest.raises(IncompatibleStoreError, match=r"extra.json:7: utterance .* is not in store"):
         check_alignment_upfront(read_manifest(extra), teacher_tokens, reader, reader.metadata.front_end)
+
+
+def test_hybrid_teacher_ctc_rows_train_a_hybrid_student_with_both_kd_terms(teacher_nemo, small_manifest, tmp_path):
+    from kdstore.config import load_train_config
+    from kdstore.dump import DumpSettings, dump_teacher
+    from kdstore.store import StoreReader
+    from kdstore.store.verify import verify_store
+    from kdstore.train import train_student
+
+    store = tmp_path / "ctc.zarr"
+    meta = dump_teacher(teacher_nemo, small_manifest, store, DumpSettings(top_k=4, batch_size=3, band=3, ctc=True))
+    assert meta.ctc_top_k == 4 and verify_store(store)
+    rows = StoreReader(store).read(0)
+    assert rows.ctc_logp.shape == (rows.num_frames, 4) and rows.occupancy is not None
+    out = tmp_path / "hybrid-student.nemo"
+    cfg = load_train_config("tiny-teacher", [
+        f"model.train_ds.manifest_filepath={small_manifest}", f"run.output={out}", "trainer.max_steps=2",
+        "model.train_ds.batch_size=3", "trainer.accelerator=cpu", "model.encoder.n_layers=1",
+        "model.kd.weights=occupancy", "model.kd.top_k=2"], store=str(store))
+    result = train_student(cfg)
+    losses = result.final_losses
+    assert losses["train_kd_loss"] > 0 and losses["train_ctc_kd_loss"] > 0, losses
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json; from nemo.collections.asr.models import ASRModel; "
+            f"print(json.dumps(type(ASRModel.restore_from({str(out)!r}, map_location='cpu')).__name__))")
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == "EncDecHybridRNNTCTCBPEModel"
+
+
+def test_occupancy_weights_from_a_full_store_train(exact_store, small_manifest, tmp_path):
+    from kdstore.config import load_train_config
+    from kdstore.train import train_student
+
+    cfg = load_train_config("tiny", [f"model.train_ds.manifest_filepath={small_manifest}",
+                                     f"run.output={tmp_path / 's.nemo'}", "trainer.max_steps=1",
+                                     "model.train_ds.batch_size=3", "trainer.accelerator=cpu",
+                                     "model.kd.weights=occupancy", "model.kd.loss=collapsed"], store=str(exact_store))
+    result = train_student(cfg)
+    assert 0 < result.final_losses["train_kd_loss"] < float("inf")

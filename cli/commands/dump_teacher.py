@@ -18,6 +18,8 @@ from kdstore.cli.common import friendly_errors, quiet_nemo, set_threads
 @click.option("--band", default="full", show_default=True,
               help="Lattice layout: 'full', or a width W to keep W label positions per frame around the "
                    "teacher's alignment (k2-style pruning; ~(U+1)/W times smaller).")
+@click.option("--ctc/--no-ctc", default=False, show_default=True,
+              help="Hybrid RNNT-CTC teachers: also store the CTC head's top-k log-probs per frame.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the teacher (cpu, cuda).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="Teacher forward precision (bf16 autocast, for GPUs).")
@@ -27,7 +29,7 @@ from kdstore.cli.common import friendly_errors, quiet_nemo, set_threads
 @click.option("--resume", is_flag=True, help="Continue an interrupted dump (same teacher, manifest and options).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @friendly_errors
-def command(teacher, manifest, out, top_k, batch_size, value_dtype, band, device, precision, chunk_rows, threads,
+def command(teacher, manifest, out, top_k, batch_size, value_dtype, band, ctc, device, precision, chunk_rows, threads,
             overwrite, resume, progress):
     """Run TEACHER once over MANIFEST (teacher-forced on the transcripts) and write OUT.
 
@@ -45,7 +47,7 @@ def command(teacher, manifest, out, top_k, batch_size, value_dtype, band, device
     if band != "full" and not band.isdigit():
         raise click.BadParameter("expected 'full' or a positive integer width", param_hint="--band")
     settings = DumpSettings(top_k=top_k, batch_size=batch_size, value_dtype=value_dtype,
-                            band=None if band == "full" else int(band), device=device, precision=precision,
+                            band=None if band == "full" else int(band), ctc=ctc, device=device, precision=precision,
                             overwrite=overwrite, resume=resume, progress=progress, chunk_rows=chunk_rows)
     meta = dump_teacher(teacher, manifest, out, settings)
     if meta is None:  # a non-committing rank under torchrun

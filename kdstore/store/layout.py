@@ -25,6 +25,8 @@ LOGP = "node/logp"  # [rows, k] sorted descending
 IDS = "node/ids"  # [rows, k]
 BLANK_LABEL = "node/blank_label"  # [rows, 2]: log p(blank), log p(next reference token)
 OCCUPANCY = "node/occupancy"  # [rows] optional
+CTC_LOGP = "frame/ctc_logp"  # [frames, k_ctc] optional: a hybrid teacher's CTC top-k log-probs per frame
+CTC_IDS = "frame/ctc_ids"  # [frames, k_ctc] optional
 
 PART_INDEX_ARRAYS = (KEY_BYTES, KEY_OFFSET, FRAMES, LABELS, NODE_OFFSET, FRAME_OFFSET)
 NODE_ARRAYS = (LOGP, IDS, BLANK_LABEL)

@@ -64,6 +64,7 @@ class StoreMetadata:
     vocab_size: int  # without blank; the joint has vocab_size + 1 outputs
     lattice: Literal["full", "band"] = "full"
     band_width: int | None = None  # W for band stores
+    ctc_top_k: int | None = None  # hybrid teachers dumped with --ctc: k of frame/ctc_logp
     fingerprint: Fingerprint
     front_end: FrontEnd
     counts: Counts

@@ -30,12 +30,14 @@ class PartWriter:
     """Writes ``parts/<part>`` of the store rooted at ``root`` (an open, writable Zarr group)."""
 
     def __init__(self, root: zarr.Group, part: int, *, top_k: int, vocab_size: int, value_dtype: str,
-                 with_occupancy: bool = False, resume: bool = False, chunk_rows: int | None = None) -> None:
+                 with_occupancy: bool = False, ctc_top_k: int | None = None, resume: bool = False,
+                 chunk_rows: int | None = None) -> None:
         self.part = part
         self.top_k = top_k
         self.value_dtype = np.dtype(value_dtype)
         self.id_dtype = layout.id_dtype_for(vocab_size)
         self.with_occupancy = with_occupancy
+        self.ctc_top_k = ctc_top_k
         name = layout.part_name(part)
         exists = name in root
         if exists and resume:
@@ -57,7 +59,7 @@ class PartWriter:
         self.committed_keys = self._read_keys()
         self._written_rows = self.committed_nodes
         self._written_frames = self.committed_frames
-        self._buffers: dict[str, list[np.ndarray]] = {n: [] for n in self._row_arrays() + (layout.BAND_START,)}
+        self._buffers: dict[str, list[np.ndarray]] = {n: [] for n in self._row_arrays() + self._frame_arrays()}
         self._buffered_rows = 0
         self._buffered_frames = 0
         self._pending: list[_Pending] = []
@@ -65,6 +67,9 @@ class PartWriter:
     # -- creation / resume -------------------------------------------------------------------
     def _row_arrays(self) -> tuple[str, ...]:
         return layout.NODE_ARRAYS + ((layout.OCCUPANCY,) if self.with_occupancy else ())
+
+    def _frame_arrays(self) -> tuple[str, ...]:
+        return (layout.BAND_START,) + ((layout.CTC_LOGP, layout.CTC_IDS) if self.ctc_top_k else ())
 
     def _create_arrays(self, chunk_rows: int) -> None:
         shard_rows = chunk_rows * layout.CHUNKS_PER_SHARD
@@ -82,6 +87,11 @@ class PartWriter:
         # Frames: ~4x fewer than rows; same shard-aligned buffering, in frame units.
         self.group.create_array(layout.BAND_START, shape=(0,), chunks=(chunk_rows,), shards=(shard_rows,),
                                 dtype=np.int32, compressors=layout.compressors(), fill_value=0)
+        if self.ctc_top_k:
+            for name, dtype in ((layout.CTC_LOGP, self.value_dtype), (layout.CTC_IDS, self.id_dtype)):
+                self.group.create_array(name, shape=(0, self.ctc_top_k), chunks=(chunk_rows, self.ctc_top_k),
+                                        shards=(shard_rows, self.ctc_top_k), dtype=dtype,
+                                        compressors=layout.compressors(), fill_value=0)
         for name, dtype in ((layout.KEY_BYTES, np.uint8), (layout.KEY_OFFSET, np.int64), (layout.FRAMES, np.int32),
                             (layout.LABELS, np.int32), (layout.NODE_OFFSET, np.int64),
                             (layout.FRAME_OFFSET, np.int64)):
@@ -101,7 +111,8 @@ class PartWriter:
         n = self.committed_utterances
         key_end = int(self.group[layout.KEY_OFFSET][n]) if self.group[layout.KEY_OFFSET].shape[0] > n else 0
         sizes = {layout.FRAMES: n, layout.LABELS: n, layout.KEY_OFFSET: n + 1, layout.NODE_OFFSET: n + 1,
-                 layout.FRAME_OFFSET: n + 1, layout.KEY_BYTES: key_end, layout.BAND_START: self.committed_frames}
+                 layout.FRAME_OFFSET: n + 1, layout.KEY_BYTES: key_end}
+        sizes.update({name: self.committed_frames for name in self._frame_arrays()})
         sizes.update({name: self.committed_nodes for name in self._row_arrays()})
         for name, size in sizes.items():
             array = self.group[name]
@@ -115,7 +126,8 @@ class PartWriter:
 
     # -- appending ---------------------------------------------------------------------------
     def add_utterance(self, key: str, *, frames: int, labels: int, band_start: np.ndarray, logp: np.ndarray,
-                      ids: np.ndarray, blank_label: np.ndarray, occupancy: np.ndarray | None = None) -> None:
+                      ids: np.ndarray, blank_label: np.ndarray, occupancy: np.ndarray | None = None,
+                      ctc_logp: np.ndarray | None = None, ctc_ids: np.ndarray | None = None) -> None:
         """Append one utterance's rows (rows = frames * W', frame-major). Shapes are checked."""
         if self.complete:
             raise StoreError(f"part {self.part} is complete; it cannot take more utterances")
@@ -133,6 +145,11 @@ class PartWriter:
         if occupancy is not None:
             self._buffers[layout.OCCUPANCY].append(occupancy.astype(np.float16, copy=False))
         self._buffers[layout.BAND_START].append(band_start.astype(np.int32, copy=False))
+        if self.ctc_top_k:
+            if ctc_logp is None or ctc_ids is None or ctc_logp.shape != (frames, self.ctc_top_k) or ctc_ids.shape != ctc_logp.shape:
+                raise StoreError(f"utterance {key!r}: CTC rows must be ({frames}, {self.ctc_top_k}) log-probs and ids")
+            self._buffers[layout.CTC_LOGP].append(ctc_logp.astype(self.value_dtype, copy=False))
+            self._buffers[layout.CTC_IDS].append(ctc_ids.astype(self.id_dtype, copy=False))
         self._buffered_rows += rows
         self._buffered_frames += frames
         self._pending.append(_Pending(key, frames, labels, rows))
@@ -142,7 +159,7 @@ class PartWriter:
     def flush(self, final: bool) -> None:
         """Write whole shards of rows/frames (everything when ``final``), then commit what is complete."""
         self._write_buffer(self._row_arrays(), self._buffered_rows, final, rows=True)
-        self._write_buffer((layout.BAND_START,), self._buffered_frames, final, rows=False)
+        self._write_buffer(self._frame_arrays(), self._buffered_frames, final, rows=False)
         self._commit()
 
     def _write_buffer(self, names: tuple[str, ...], buffered: int, final: bool, rows: bool) -> None:

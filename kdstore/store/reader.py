@@ -8,6 +8,7 @@ forked or spawned DataLoader workers: each reopens the store on first use.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from collections.abc import Sequence
@@ -34,6 +35,8 @@ class UtteranceRows:
     blank_label: np.ndarray  # (..., 2): log p(blank), log p(next token); masked at u = U
     stored: np.ndarray | None  # (T, U+1) bool in dense form: which nodes the store kept
     occupancy: np.ndarray | None = None
+    ctc_logp: np.ndarray | None = None  # (T, k_ctc): a hybrid teacher's CTC top-k per frame (--ctc stores)
+    ctc_ids: np.ndarray | None = None
 
     @property
     def is_dense(self) -> bool:
@@ -84,7 +87,9 @@ class StoreReader:
             base = layout.part_name(part)
             self.parts[part] = _PartIndex(*(np.asarray(source.array(f"{base}/{name}")[:]) for name in
                                             (layout.FRAMES, layout.LABELS, layout.NODE_OFFSET, layout.FRAME_OFFSET)))
-        self.has_occupancy = bool(self.parts) and source.has(f"{layout.part_name(next(iter(self.parts)))}/{layout.OCCUPANCY}")
+        first = layout.part_name(next(iter(self.parts))) if self.parts else ""
+        self.has_occupancy = bool(self.parts) and source.has(f"{first}/{layout.OCCUPANCY}")
+        self.has_ctc = bool(self.parts) and source.has(f"{first}/{layout.CTC_LOGP}")
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -146,11 +151,18 @@ class StoreReader:
             arrays = {name: self._read_ranges(f"{base}/{name}", node_ranges)
                       for name in (layout.LOGP, layout.IDS, layout.BLANK_LABEL)
                       + ((layout.OCCUPANCY,) if self.has_occupancy else ())}
-            starts = self._read_ranges(f"{base}/{layout.BAND_START}", [(f0, f1) for _, _, _, f0, f1 in spans])
+            frame_ranges = [(f0, f1) for _, _, _, f0, f1 in spans]
+            starts = self._read_ranges(f"{base}/{layout.BAND_START}", frame_ranges)
+            ctc = {name: self._read_ranges(f"{base}/{name}", frame_ranges)
+                   for name in ((layout.CTC_LOGP, layout.CTC_IDS) if self.has_ctc else ())}
             for n, i in enumerate(members):
                 j = int(self.index_in_part[i])
-                out[i] = self._assemble(i, int(self.parts[part].frames[j]), int(self.parts[part].labels[j]),
-                                        starts[n], {name: rows[n] for name, rows in arrays.items()}, dense)
+                rows = self._assemble(i, int(self.parts[part].frames[j]), int(self.parts[part].labels[j]),
+                                      starts[n], {name: rows[n] for name, rows in arrays.items()}, dense)
+                if ctc:
+                    rows = dataclasses.replace(rows, ctc_logp=np.asarray(ctc[layout.CTC_LOGP][n]),
+                                               ctc_ids=np.asarray(ctc[layout.CTC_IDS][n]))
+                out[i] = rows
         return out
 
     def _assemble(self, index: int, frames: int, labels: int, band_start: np.ndarray, rows: dict[str, np.ndarray],
