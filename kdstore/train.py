@@ -51,6 +51,10 @@ def check_store_compatible(cfg, store_path: str) -> object:
                 "student and teacher must share the preprocessor and subsampling factor (set "
                 f"model.{'encoder' if name == 'subsampling_factor' else 'preprocessor'}.{name}={stored})"
             )
+    top_k = (cfg.model.get("kd") or {}).get("top_k")
+    if top_k and int(top_k) > meta.top_k:
+        raise IncompatibleStoreError(f"model.kd.top_k={top_k} but store {store_path} holds only k={meta.top_k} per node; "
+                                     f"use model.kd.top_k<={meta.top_k} (or null for all)")
     augmentor = cfg.model.train_ds.get("augmentor") or {}
     if "speed" in augmentor:
         raise IncompatibleStoreError("speed perturbation changes the number of frames T: remove "
