@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -242,3 +243,53 @@ def test_occupancy_weights_from_a_full_store_train(exact_store, small_manifest, 
                                      "model.kd.weights=occupancy", "model.kd.loss=collapsed"], store=str(exact_store))
     result = train_student(cfg)
     assert 0 < result.final_losses["train_kd_loss"] < float("inf")
+
+
+def test_collapsed_from_topk_store_equals_full_store_and_band_equals_restricted_dense(
+        teacher_nemo, exact_store, small_manifest, demo_corpus, tmp_path):
+    from kdstore.data import TranscribedAudioDataset, collate
+    from kdstore.dump import DumpSettings, dump_teacher
+    from kdstore.kd_config import KDSettings
+    from kdstore.manifest import read_manifest
+    from kdstore.store import StoreReader
+    from kdstore.student import kd_node_loss
+
+    small = tmp_path / "k4.zarr"
+    dump_teacher(teacher_nemo, small_manifest, small, DumpSettings(top_k=4, batch_size=4, value_dtype="float32"))
+    band = tmp_path / "band.zarr"
+    dump_teacher(teacher_nemo, small_manifest, band, DumpSettings(top_k=4, batch_size=4, value_dtype="float32", band=2))
+    student = build_model("tiny", demo_corpus.tokenizer_dir, seed=9)
+    entries = read_manifest(small_manifest)
+    dataset = TranscribedAudioDataset(entries, student.tokenizer.text_to_ids, 16000)
+    items = [dataset[i] for i in range(len(entries))]
+    batches = {name: collate(items, StoreReader(path)) for name, path in
+               (("full", exact_store), ("k4", small), ("band", band))}
+    b = batches["full"]
+    enc, _ = student.forward(input_signal=b.signal, input_signal_length=b.signal_len)
+    pred, _, _ = student.decoder(targets=b.tokens, target_length=b.tokens_len)
+    log_probs = student.joint.joint(enc.transpose(1, 2), pred.transpose(1, 2)).log_softmax(-1)
+
+    def settings(loss):
+        return KDSettings(enabled=True, alpha=0.5, temperature=1.0, store="x", loss=loss)
+
+    blank = student.decoder.blank_idx
+    full_collapsed = kd_node_loss(log_probs, batches["full"].kd, b.tokens, blank, settings("collapsed"))
+    k4_collapsed = kd_node_loss(log_probs, batches["k4"].kd, b.tokens, blank, settings("collapsed"))
+    assert abs(full_collapsed.item() - k4_collapsed.item()) < 1e-6
+    # band rows == the k4 rows restricted (masked) to the band's nodes
+    restricted = dataclasses.replace(batches["k4"].kd, stored=batches["band"].kd.stored)
+    band_loss = kd_node_loss(log_probs, batches["band"].kd, b.tokens, blank, settings("topk_rest"))
+    dense_loss = kd_node_loss(log_probs, restricted, b.tokens, blank, settings("topk_rest"))
+    assert batches["band"].kd.stored.sum() < batches["k4"].kd.stored.sum()
+    assert abs(band_loss.item() - dense_loss.item()) < 1e-6
+
+
+def test_speed_perturbation_with_kd_is_refused(exact_store, small_manifest, tmp_path):
+    from kdstore.config import load_train_config
+    from kdstore.train import train_student
+
+    cfg = load_train_config("tiny", [f"model.train_ds.manifest_filepath={small_manifest}",
+                                     f"run.output={tmp_path / 's.nemo'}", "trainer.accelerator=cpu",
+                                     "+model.train_ds.augmentor.speed.prob=0.5"], store=str(exact_store))
+    with pytest.raises(IncompatibleStoreError, match="speed perturbation"):
+        train_student(cfg)
