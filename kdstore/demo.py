@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kdstore.errors import KdstoreError
+from kdstore.nemo_files import read_tokenizer_files
 
 REPO_DEMO_TEACHER = Path(__file__).resolve().parent.parent / "demo" / "teacher.nemo"
 
@@ -122,18 +124,27 @@ def run_demo(workdir: str | Path, quick: bool = False, seed: int = 0, progress: 
     echo(f"[demo] corpus: {dict(corpus.utterances)} utterances, {dict(corpus.hours)} h")
 
     teacher_path = work / "teacher.nemo"
+    teacher_tokenizer = work / "teacher-tokenizer"
 
     def train_teacher() -> dict[str, Any]:
         if REPO_DEMO_TEACHER.is_file():
-            raise KdstoreError("a committed demo teacher exists but its corpus pairing is not wired yet")
-        echo(f"[demo] NOTE: training a teacher from scratch for {plan.teacher_steps} steps on this CPU; it will be "
-             "WEAK (a teacher good enough to show KD's gain comes with the committed demo checkpoint).")
+            echo(f"[demo] teacher: the committed demo teacher {REPO_DEMO_TEACHER} (see demo/README.md)")
+            shutil.copyfile(REPO_DEMO_TEACHER, teacher_path)
+            scores = json.loads((REPO_DEMO_TEACHER.parent / "teacher-scores.json").read_text())
+            return {"model": str(teacher_path), "curve_csv": str(REPO_DEMO_TEACHER.parent / "teacher-train.log.csv"),
+                    "committed": True, "train_seconds": scores.get("train_seconds"), "steps": scores.get("steps")}
+        echo(f"[demo] NOTE: no committed demo teacher: training one from scratch for {plan.teacher_steps} steps on "
+             "this CPU; it will be WEAK (`kdstore demo --train-teacher` builds the committed one).")
         _run_parallel({"teacher": _train_command("tiny-teacher", teacher_path, corpus.train_manifest,
                                                  corpus.tokenizer_dir, plan.teacher_steps, plan, 2,
                                                  ["model.enable_kd=false"])}, work / "logs")
         return _curve_summary(teacher_path)
 
     teacher_info = _step(work, "teacher", train_teacher, echo)
+    # Both students use the teacher's tokenizer, so they differ only in the KD term.
+    teacher_tokenizer.mkdir(exist_ok=True)
+    for name, payload in read_tokenizer_files(teacher_path).items():
+        (teacher_tokenizer / name).write_bytes(payload)
 
     store_path = work / "teacher.zarr"
 
@@ -152,7 +163,7 @@ def run_demo(workdir: str | Path, quick: bool = False, seed: int = 0, progress: 
         _run_parallel({
             "student-kd": _train_command("tiny", kd_path, corpus.train_manifest, None, plan.student_steps, plan, 1,
                                          ["--store", str(store_path)]),
-            "student-nokd": _train_command("tiny", plain_path, corpus.train_manifest, corpus.tokenizer_dir,
+            "student-nokd": _train_command("tiny", plain_path, corpus.train_manifest, teacher_tokenizer,
                                            plan.student_steps, plan, 1, ["model.enable_kd=false"]),
         }, work / "logs")
         return {"kd": _curve_summary(kd_path), "nokd": _curve_summary(plain_path)}
@@ -199,6 +210,8 @@ def write_report(work: Path, plan: DemoPlan, corpus, scores: dict, teacher_info:
     rows = []
     for name, summary in scores.items():
         seconds, steps = _train_seconds(curves[name])
+        if name == "teacher" and teacher_info.get("committed"):
+            seconds, steps = teacher_info.get("train_seconds"), teacher_info.get("steps")
         rows.append(ModelRow(name, summary["wer"], summary["cer"], summary["params"], seconds, steps, Path(curves[name])))
     store_bytes = sum(f.stat().st_size for f in store_path.rglob("*") if f.is_file())
     table = format_table(rows, store_bytes)
@@ -211,8 +224,10 @@ def write_report(work: Path, plan: DemoPlan, corpus, scores: dict, teacher_info:
         f"Corpus: synthetic voice commands, {dict(corpus.utterances)} utterances ({dict(corpus.hours)} h); "
         "test voices unseen in training.\n"
         f"Plan: {asdict(plan)}\n\n"
-        "The teacher here was trained from scratch on this CPU within the demo budget and is weak; KD can only "
-        "pass on what the teacher knows.\n\n"
+        + ("The teacher is the committed demo teacher (demo/README.md: how it was trained, its scores).\n\n"
+           if teacher_info.get("committed") else
+           "The teacher here was trained from scratch on this CPU within the demo budget and is weak; KD can only "
+           "pass on what the teacher knows.\n\n") +
         f"{table}\n\n![WER and training curves](report.png)\n\n"
         f"ONNX export: `{onnx_info['onnx_dir']}` (sherpa-onnx layout); onnxruntime transcripts:\n\n{samples}\n"
     )

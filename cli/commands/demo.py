@@ -12,8 +12,11 @@ from kdstore.cli.common import friendly_errors, quiet_nemo
 @click.option("--quick", is_flag=True, help="A few minutes instead of ~30: smaller corpus, fewer steps.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--train-teacher", is_flag=True,
+              help="Instead of the demo: (re)build the committed demo teacher demo/teacher.nemo (~1 h, resumable).")
+@click.option("--teacher-steps", default=6000, show_default=True, help="With --train-teacher: training steps.")
 @friendly_errors
-def command(workdir, quick, seed, progress):
+def command(workdir, quick, seed, progress, train_teacher, teacher_steps):
     """prepare-demo -> teacher -> dump-teacher -> students (KD and not) -> eval -> export -> report.
 
     Re-running reuses finished steps (delete WORKDIR/steps/NAME.json to redo one).
@@ -21,8 +24,14 @@ def command(workdir, quick, seed, progress):
     \b
     Example:
       kdstore demo --workdir demo-run --quick
+      kdstore demo --workdir teacher-run --train-teacher     # rebuild demo/teacher.nemo
     """
     quiet_nemo()
+    if train_teacher:
+        from kdstore.demo_teacher import TeacherRecipe, train_demo_teacher
+
+        train_demo_teacher(workdir, TeacherRecipe(seed=seed, steps=teacher_steps), echo=click.echo)
+        return
     from kdstore.demo import run_demo
 
     run_demo(workdir, quick=quick, seed=seed, progress=progress, echo=click.echo)
