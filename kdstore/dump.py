@@ -11,6 +11,7 @@ the finished store equals an uninterrupted dump's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 from dataclasses import asdict, dataclass
@@ -22,15 +23,22 @@ import torch
 from kdstore import __version__
 from kdstore.banding import gather_band, node_occupancy, select_band
 from kdstore.data import TranscribedAudioDataset, collate, duration_sorted_batches
-from kdstore.errors import KdstoreError
-from kdstore.manifest import file_sha256, read_manifest
+from kdstore.errors import AudioError, KdstoreError
+from kdstore.manifest import file_sha256
 from kdstore.nemo_files import read_tokenizer_files, restore_model
 from kdstore.ranks import discover, shutdown
+from kdstore.screening import BadInputPolicy, rules_for, screened_manifest
 from kdstore.store import PartWriter, commit_store, open_for_writing
 from kdstore.store.background import BackgroundWriter
 from kdstore.store.layout import label_slot_fill
-from kdstore.store.metadata import Counts, Fingerprint, FrontEnd, StoreMetadata
-from kdstore.teacher import encode_teacher_forced, frames_per_slice_for, lattice_rows, time_sliced_log_probs
+from kdstore.store.metadata import Counts, Fingerprint, StoreMetadata
+from kdstore.teacher import (
+    encode_teacher_forced,
+    frames_per_slice_for,
+    front_end_of,
+    lattice_rows,
+    time_sliced_log_probs,
+)
 
 
 @dataclass(frozen=True)
@@ -45,20 +53,8 @@ class DumpSettings:
     precision: str = "fp32"  # fp32 | bf16 (teacher forward under autocast)
     overwrite: bool = False
     resume: bool = False
+    skip_bad: bool = False  # skip unusable manifest lines (listed in <out>.skipped.jsonl) instead of stopping
     progress: bool = False
-
-
-def front_end_of(model) -> FrontEnd:
-    """The settings that decide T, read from a NeMo model's config."""
-    pre = model.cfg.preprocessor
-    return FrontEnd(
-        sample_rate=int(pre.get("sample_rate", model.cfg.sample_rate)),
-        window_size=float(pre.get("window_size", 0.02)),
-        window_stride=float(pre.get("window_stride", 0.01)),
-        features=int(pre.get("features", 64)),
-        normalize=str(pre.get("normalize", "per_feature")),
-        subsampling_factor=int(model.cfg.encoder.get("subsampling_factor", 1)),
-    )
 
 
 def _autocast(settings: DumpSettings):
@@ -96,7 +92,6 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
 
     ranks = discover()
     try:
-        entries = read_manifest(manifest_path)
         model = restore_model(teacher_path, map_location=settings.device)
         vocab, blank = int(model.decoder.vocab_size), int(model.decoder.blank_idx)
         top_k = min(settings.top_k, vocab + 1)
@@ -104,10 +99,16 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
             raise KdstoreError(f"--ctc needs a hybrid RNNT-CTC teacher; {type(model).__name__} has no CTC head")
         ctc_top_k = top_k if settings.ctc else None
         front_end = front_end_of(model)
+        side_file = Path(str(out) + ".skipped.jsonl") if ranks.is_main and settings.skip_bad else None
+        if side_file is not None and side_file.exists():
+            side_file.unlink()
+        policy = BadInputPolicy(skip_bad=settings.skip_bad, side_file=side_file)
+        entries = screened_manifest(manifest_path, model.tokenizer.text_to_ids, rules_for(model, front_end), policy)
         teacher_sha, manifest_sha = file_sha256(teacher_path), file_sha256(manifest_path)
         pending = {"teacher_sha256": teacher_sha, "manifest_sha256": manifest_sha, "top_k": top_k,
                    "value_dtype": settings.value_dtype, "band": settings.band, "batch_size": settings.batch_size,
-                   "world_size": ranks.world, "chunk_rows": settings.chunk_rows, "ctc": settings.ctc}
+                   "world_size": ranks.world, "chunk_rows": settings.chunk_rows, "ctc": settings.ctc,
+                   "skip_bad": settings.skip_bad}
         if ranks.is_main:
             group = open_for_writing(out, pending, overwrite=settings.overwrite, resume=settings.resume)
         ranks.barrier()
@@ -128,7 +129,7 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
                 todo = [entries[i].key not in committed for i in batch_indices]
                 if not any(todo):
                     continue  # the whole batch was committed before an interruption
-                _dump_batch(model, dataset, batch_indices, todo, writer, settings, top_k, blank, vocab, fill)
+                _dump_batch(model, dataset, batch_indices, todo, writer, settings, top_k, blank, vocab, fill, policy)
                 bar.update(sum(todo))
             writer.close()
         except BaseException:
@@ -158,23 +159,46 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
             extra={"teacher_path": str(teacher_path), "manifest_path": str(manifest_path),
                    "settings": {k: v for k, v in asdict(settings).items() if k not in ("overwrite", "resume", "progress")}},
         )
+        if policy.skipped:
+            metadata = dataclasses.replace(metadata, extra={**metadata.extra, "skipped_lines": len(policy.skipped),
+                                                            "skipped_file": str(side_file)})
         return commit_store(group, metadata, tokenizer_files)
     finally:
         shutdown(ranks)
 
 
-def _dump_batch(model, dataset, batch_indices, todo, writer, settings, top_k, blank, vocab, fill) -> None:
+def _load_items(dataset, batch_indices, todo, policy: BadInputPolicy) -> tuple[list[dict], list[bool]]:
+    """Audio + tokens for a planned batch; with --skip-bad, an utterance whose audio fails to decode is
+    dropped (deterministically, so a resumed dump drops it again) and reported."""
+    items, kept_todo = [], []
+    for index, needed in zip(batch_indices, todo, strict=True):
+        try:
+            items.append(dataset[index])
+            kept_todo.append(needed)
+        except AudioError as err:
+            if not policy.skip_bad:
+                raise
+            if needed:
+                policy.reject(dataset.entries[index], str(err).split(": ", 1)[-1])
+    return items, kept_todo
+
+
+def _dump_batch(model, dataset, batch_indices, todo, writer, settings, top_k, blank, vocab, fill,
+                policy) -> None:
     """Teacher forward on one planned batch; rows of the not-yet-committed utterances to the writer."""
-    batch = collate([dataset[i] for i in batch_indices])
+    items, todo = _load_items(dataset, batch_indices, todo, policy)
+    if not any(todo):
+        return
+    batch = collate(items)
     device = settings.device
     with torch.inference_mode(), _autocast(settings):
         encoded = encode_teacher_forced(model, batch.signal.to(device), batch.signal_len.to(device),
                                         batch.tokens.to(device), batch.tokens_len.to(device))
         nodes = encoded.prediction.shape[-1]
-        slice_frames = frames_per_slice_for(len(batch_indices), nodes, vocab + 1)
-        pieces: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in batch_indices]
+        slice_frames = frames_per_slice_for(len(items), nodes, vocab + 1)
+        pieces: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in items]
         for t0, log_probs in time_sliced_log_probs(model, encoded, slice_frames):  # (B, t, U+1, V+1)
-            for b in range(len(batch_indices)):
+            for b in range(len(items)):
                 frames_b = int(encoded.encoded_len[b]) - t0
                 if todo[b] and frames_b > 0:
                     labels_b = int(batch.tokens_len[b])

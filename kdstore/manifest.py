@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +47,54 @@ def _resolve(audio_filepath: str, manifest: Path) -> Path:
     return beside if beside.exists() or not path.exists() else path.resolve()
 
 
-def read_manifest(path: str | Path, *, require_text: bool = True, check_audio: bool = True) -> list[ManifestEntry]:
-    """Parse every line; raise ManifestError naming ``file:line`` for the first bad one."""
+@dataclass(frozen=True)
+class BadLine:
+    """A manifest line that cannot be used, and why (for --skip-bad side files)."""
+
+    manifest: Path
+    line: int
+    reason: str
+    raw: str
+
+    @property
+    def message(self) -> str:
+        return f"{self.manifest}:{self.line}: {self.reason}"
+
+
+OnBadLine = Callable[[BadLine], None]
+
+
+def _parse_line(raw: str, number: int, manifest: Path, require_text: bool, check_audio: bool) -> ManifestEntry:
+    """One line -> entry, or ManifestError with a reason (without the file:line prefix)."""
+    try:
+        item = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"not a JSON object ({err.msg}); each line must be one JSON object") from None
+    if not isinstance(item, dict):
+        raise ManifestError(f"expected a JSON object, got {type(item).__name__}")
+    for field in ("audio_filepath", "duration"):
+        if field not in item:
+            raise ManifestError(f"missing field {field!r}")
+    try:
+        duration = float(item["duration"])
+        offset = float(item.get("offset") or 0.0)
+    except (TypeError, ValueError):
+        raise ManifestError("duration/offset must be numbers") from None
+    if duration <= 0:
+        raise ManifestError(f"duration must be positive, got {duration}")
+    text = str(item.get("text") or "").strip()
+    if require_text and not text:
+        raise ManifestError("empty transcript; remove the line or give it a 'text'")
+    audio_path = _resolve(str(item["audio_filepath"]), manifest)
+    if check_audio and not audio_path.is_file():
+        raise ManifestError(f"audio file {item['audio_filepath']} not found (looked at {audio_path})")
+    return ManifestEntry(str(item["audio_filepath"]), audio_path, duration, offset, text, number, manifest)
+
+
+def read_manifest(path: str | Path, *, require_text: bool = True, check_audio: bool = True,
+                  on_bad_line: OnBadLine | None = None) -> list[ManifestEntry]:
+    """Parse every line. A bad line raises ManifestError naming ``file:line``, unless ``on_bad_line``
+    is given: then it is reported there and skipped (``--skip-bad``)."""
     manifest = Path(path)
     if not manifest.is_file():
         raise ManifestError(f"manifest {manifest} does not exist")
@@ -56,32 +103,14 @@ def read_manifest(path: str | Path, *, require_text: bool = True, check_audio: b
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
-            where = f"{manifest}:{number}"
             try:
-                item = json.loads(raw)
-            except json.JSONDecodeError as err:
-                raise ManifestError(f"{where}: not a JSON object ({err.msg}); each line must be one JSON object") from None
-            if not isinstance(item, dict):
-                raise ManifestError(f"{where}: expected a JSON object, got {type(item).__name__}")
-            for field in ("audio_filepath", "duration"):
-                if field not in item:
-                    raise ManifestError(f"{where}: missing field {field!r}")
-            try:
-                duration = float(item["duration"])
-                offset = float(item.get("offset") or 0.0)
-            except (TypeError, ValueError):
-                raise ManifestError(f"{where}: duration/offset must be numbers") from None
-            if duration <= 0:
-                raise ManifestError(f"{where}: duration must be positive, got {duration}")
-            text = str(item.get("text", "")).strip()
-            if require_text and not text:
-                raise ManifestError(f"{where}: empty transcript; remove the line or give it a 'text'")
-            audio_path = _resolve(str(item["audio_filepath"]), manifest)
-            if check_audio and not audio_path.is_file():
-                raise ManifestError(f"{where}: audio file {item['audio_filepath']} not found (looked at {audio_path})")
-            entries.append(ManifestEntry(str(item["audio_filepath"]), audio_path, duration, offset, text, number, manifest))
+                entries.append(_parse_line(raw, number, manifest, require_text, check_audio))
+            except ManifestError as err:
+                if on_bad_line is None:
+                    raise ManifestError(f"{manifest}:{number}: {err}") from None
+                on_bad_line(BadLine(manifest, number, str(err), raw.rstrip("\n")))
     if not entries:
-        raise ManifestError(f"manifest {manifest} has no entries")
+        raise ManifestError(f"manifest {manifest} has no usable entries")
     return entries
 
 

@@ -7,6 +7,8 @@ transcribe, export, save/restore) is NeMo's own. The model is saved under the pl
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel, EncDecRNNTBPEModel
@@ -16,11 +18,11 @@ from kdstore.alignment import check_alignment_upfront
 from kdstore.data import AudioBatch, DurationBucketSampler, KDRows, StoreCollate, TranscribedAudioDataset, collate
 from kdstore.errors import IncompatibleStoreError
 from kdstore.kd_config import KDSettings
-from kdstore.manifest import read_manifest
 from kdstore.rnnt_loss import VectorizedRNNTLoss
+from kdstore.screening import BadInputPolicy, rules_for, screened_manifest
 from kdstore.store import StoreReader
 from kdstore.store.layout import label_slot_fill
-from kdstore.teacher import full_lattice, lattice_rows
+from kdstore.teacher import front_end_of, full_lattice, lattice_rows
 
 PLAIN_TARGETS = {
     "rnnt": "nemo.collections.asr.models.rnnt_bpe_models.EncDecRNNTBPEModel",
@@ -101,7 +103,12 @@ class KDMixin:
         return KDSettings.from_model_config(self._cfg)
 
     def _kd_loader(self, data_cfg, *, with_store: bool, shuffle: bool, nemo_tuples: bool):
-        entries = read_manifest(data_cfg.manifest_filepath)
+        skipped_file = data_cfg.get("skipped_file")
+        policy = BadInputPolicy(skip_bad=bool(data_cfg.get("skip_bad", False)),
+                                side_file=Path(skipped_file) if skipped_file else None)
+        entries = screened_manifest(data_cfg.manifest_filepath, self.tokenizer.text_to_ids,
+                                    rules_for(self, front_end_of(self)), policy)
+        self.skipped_lines = getattr(self, "skipped_lines", 0) + len(policy.skipped)
         max_duration = data_cfg.get("max_duration")
         if max_duration:
             entries = [e for e in entries if e.duration <= float(max_duration)]

@@ -29,6 +29,7 @@ class TrainResult:
     final_losses: dict[str, float]
     log_dir: Path | None = None  # exp_manager's folder (TensorBoard, checkpoints)
     best_model: Path | None = None  # best-by-val-WER .nemo, when validation ran
+    skipped_lines: int = 0  # manifest lines skipped under model.train_ds.skip_bad
 
 
 def check_store_compatible(cfg, store_path: str) -> object:
@@ -158,6 +159,8 @@ def train_student(cfg, progress: bool = False) -> TrainResult:
     torch.set_num_threads(int(cfg.run.num_threads))
     pl.seed_everything(int(cfg.run.seed), verbose=False)
 
+    if cfg.model.train_ds.get("skip_bad") and not cfg.model.train_ds.get("skipped_file"):
+        cfg.model.train_ds.skipped_file = str(output.with_suffix(".skipped.jsonl"))
     settings = KDSettings.from_model_config(cfg.model)
     if settings.enabled and settings.store:
         reader = check_store_compatible(cfg, settings.store)
@@ -197,4 +200,4 @@ def train_student(cfg, progress: bool = False) -> TrainResult:
         return TrainResult(output, steps, seconds, params, curve_csv, {}, log_dir, None)
     best = next(iter(sorted(Path(log_dir).rglob(f"{cfg.name}.nemo"))), None) if log_dir else None
     return TrainResult(output, steps, seconds, params, curve_csv,
-                       dict(getattr(model, "last_step_logs", {})), log_dir, best)
+                       dict(getattr(model, "last_step_logs", {})), log_dir, best, int(getattr(model, "skipped_lines", 0)))

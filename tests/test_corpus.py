@@ -1,4 +1,4 @@
-"""Tests for kdstore.corpus: the demo TTS corpus, its grammar and texts, and LibriSpeech manifests."""
+"""Tests for kdstore.corpus: the demo TTS corpus, its grammar and texts (LibriSpeech: test_librispeech.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import soundfile
 from click.testing import CliRunner
 
-from kdstore.corpus import demo, grammar, prepare_demo, prepare_librispeech, texts, tts
-from kdstore.errors import DependencyError, KdstoreError, ManifestError
+from kdstore.corpus import demo, grammar, prepare_demo, texts, tts
+from kdstore.errors import DependencyError, KdstoreError
 
 
 def read_manifest(path: Path) -> list[dict]:
@@ -235,55 +235,6 @@ def test_open_sentences_from_text_packages(tmp_path):
         assert all(texts.sentence_split(s) == split for s in sentences)
 
 
-# ---------------------------------------------------------------- LibriSpeech
-
-
-def make_librispeech(root: Path) -> None:
-    """Two subsets, two chapters, three utterances: the real layout in miniature."""
-    layout = {
-        "dev-clean": {("84", "121123"): ["GO DO YOU HEAR", "BUT IN LESS THAN FIVE MINUTES"]},
-        "test-clean": {("1089", "134686"): ["HE HOPED THERE WOULD BE STEW FOR DINNER"]},
-    }
-    for subset, chapters in layout.items():
-        for (speaker, chapter), lines in chapters.items():
-            folder = root / subset / speaker / chapter
-            folder.mkdir(parents=True)
-            trans = []
-            for i, text in enumerate(lines):
-                utt = f"{speaker}-{chapter}-{i:04d}"
-                soundfile.write(
-                    str(folder / f"{utt}.flac"), np.zeros(16000 + 800 * i, dtype="float32"), 16000
-                )
-                trans.append(f"{utt} {text}")
-            (folder / f"{speaker}-{chapter}.trans.txt").write_text("\n".join(trans) + "\n")
-
-
-def test_librispeech_manifests(tmp_path):
-    make_librispeech(tmp_path / "LibriSpeech")
-    manifests = prepare_librispeech(tmp_path / "LibriSpeech", tmp_path / "out")
-    assert sorted(manifests) == ["dev-clean", "test-clean"]
-    rows = read_manifest(manifests["dev-clean"])
-    assert [r["text"] for r in rows] == ["go do you hear", "but in less than five minutes"]
-    assert [r["duration"] for r in rows] == [1.0, 1.05]
-    assert all(Path(r["audio_filepath"]).is_absolute() for r in rows)
-    only = prepare_librispeech(tmp_path / "LibriSpeech", tmp_path / "only", subsets=["test-clean"])
-    assert list(only) == ["test-clean"]
-
-
-def test_librispeech_errors_name_the_file(tmp_path):
-    root = tmp_path / "LibriSpeech"
-    make_librispeech(root)
-    trans = root / "dev-clean/84/121123/84-121123.trans.txt"
-    trans.write_text(trans.read_text() + "84-121123-0009\n")
-    with pytest.raises(ManifestError, match=r"84-121123\.trans\.txt:3"):
-        prepare_librispeech(root, tmp_path / "out")
-    trans.write_text("84-121123-0000 GO DO YOU HEAR\n84-121123-0007 MISSING AUDIO\n")
-    with pytest.raises(ManifestError, match=r"trans\.txt:2.*84-121123-0007\.flac"):
-        prepare_librispeech(root, tmp_path / "out")
-    with pytest.raises(ManifestError, match="no LibriSpeech subset"):
-        prepare_librispeech(tmp_path / "out", tmp_path / "out2")
-
-
 # ---------------------------------------------------------------- CLI
 
 
@@ -320,17 +271,3 @@ def test_cli_prepare_demo_open_task(tmp_path):
     assert all(5 <= len(r["text"].split()) <= 20 for r in rows)
     result = CliRunner().invoke(cli, ["prepare-demo", str(tmp_path / "d"), "--hours", "0.01"])
     assert result.exit_code != 0 and "--overwrite" in result.output and "Traceback" not in result.output
-
-
-def test_cli_prepare_librispeech(tmp_path):
-    from kdstore.cli.main import cli
-
-    make_librispeech(tmp_path / "LS")
-    result = CliRunner().invoke(
-        cli, ["prepare-librispeech", str(tmp_path / "LS"), str(tmp_path / "m"), "--subset", "dev-clean"]
-    )
-    assert result.exit_code == 0, result.output
-    assert "dev-clean" in result.output and (tmp_path / "m" / "dev-clean.json").is_file()
-    assert not (tmp_path / "m" / "test-clean.json").exists()
-    result = CliRunner().invoke(cli, ["prepare-librispeech", str(tmp_path), str(tmp_path / "m")])
-    assert result.exit_code == 1 and "no LibriSpeech subset" in result.output

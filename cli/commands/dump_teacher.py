@@ -27,10 +27,12 @@ from kdstore.cli.common import friendly_errors, quiet_nemo, set_threads
 @click.option("--threads", default=1, show_default=True, help="Torch CPU threads.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted dump (same teacher, manifest and options).")
+@click.option("--skip-bad", is_flag=True,
+              help="Skip unusable manifest lines (listed with reasons in OUT.skipped.jsonl) instead of stopping.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @friendly_errors
 def command(teacher, manifest, out, top_k, batch_size, value_dtype, band, ctc, device, precision, chunk_rows, threads,
-            overwrite, resume, progress):
+            overwrite, resume, skip_bad, progress):
     """Run TEACHER once over MANIFEST (teacher-forced on the transcripts) and write OUT.
 
     \b
@@ -48,7 +50,8 @@ def command(teacher, manifest, out, top_k, batch_size, value_dtype, band, ctc, d
         raise click.BadParameter("expected 'full' or a positive integer width", param_hint="--band")
     settings = DumpSettings(top_k=top_k, batch_size=batch_size, value_dtype=value_dtype,
                             band=None if band == "full" else int(band), ctc=ctc, device=device, precision=precision,
-                            overwrite=overwrite, resume=resume, progress=progress, chunk_rows=chunk_rows)
+                            overwrite=overwrite, resume=resume, skip_bad=skip_bad, progress=progress,
+                            chunk_rows=chunk_rows)
     meta = dump_teacher(teacher, manifest, out, settings)
     if meta is None:  # a non-committing rank under torchrun
         return
@@ -56,3 +59,5 @@ def command(teacher, manifest, out, top_k, batch_size, value_dtype, band, ctc, d
     layout = "full lattice" if meta.band_width is None else f"band W={meta.band_width}"
     click.echo(f"wrote {out}: {c.utterances} utterances, {c.hours:.3f} h, {c.nodes} nodes, top-{meta.top_k} "
                f"{meta.value_dtype}, {layout}")
+    if meta.extra.get("skipped_lines"):
+        click.echo(f"skipped {meta.extra['skipped_lines']} bad manifest lines: see {meta.extra['skipped_file']}")

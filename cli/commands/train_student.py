@@ -10,10 +10,12 @@ from kdstore.cli.common import friendly_errors, quiet_nemo
 @click.command("train-student", context_settings={"ignore_unknown_options": True})
 @click.option("--config", required=True, help="YAML path or a name in configs/models (tiny, tiny-teacher, small, medium, large).")
 @click.option("--store", default=None, help="Teacher store (shorthand for model.kd.store=...; this flag wins).")
+@click.option("--skip-bad", is_flag=True,
+              help="Skip unusable manifest lines (listed in <output>.skipped.jsonl) instead of stopping.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @friendly_errors
-def command(config, store, progress, overrides):
+def command(config, store, skip_bad, progress, overrides):
     """Train a FastConformer-Transducer; with --store, loss = (1-a)*RNNT + a*tau^2*KD.
 
     OVERRIDES are key=value pairs (OmegaConf dot syntax; +key=value adds a key).
@@ -27,10 +29,12 @@ def command(config, store, progress, overrides):
     from kdstore.config import load_train_config
     from kdstore.train import train_student
 
-    cfg = load_train_config(config, list(overrides), store=store)
+    cfg = load_train_config(config, [*(["model.train_ds.skip_bad=true"] if skip_bad else []), *overrides], store=store)
     result = train_student(cfg, progress=progress)
     click.echo(f"saved {result.model_path} ({result.params / 1e6:.2f}M params, {result.steps} steps, "
                f"{result.seconds:.0f} s); curve: {result.curve_csv}")
+    if result.skipped_lines:
+        click.echo(f"skipped {result.skipped_lines} bad manifest lines: see {cfg.model.train_ds.skipped_file}")
     if result.best_model:
         click.echo(f"best by validation WER: {result.best_model}")
     if result.log_dir:
