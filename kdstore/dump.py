@@ -23,7 +23,7 @@ import torch
 from kdstore import __version__
 from kdstore.banding import gather_band, node_occupancy, select_band
 from kdstore.data import TranscribedAudioDataset, collate, duration_sorted_batches
-from kdstore.errors import AudioError, KdstoreError
+from kdstore.errors import AudioError, KdstoreError, StoreError
 from kdstore.manifest import file_sha256
 from kdstore.nemo_files import read_tokenizer_files, restore_model
 from kdstore.ranks import discover, shutdown
@@ -108,7 +108,7 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
         pending = {"teacher_sha256": teacher_sha, "manifest_sha256": manifest_sha, "top_k": top_k,
                    "value_dtype": settings.value_dtype, "band": settings.band, "batch_size": settings.batch_size,
                    "world_size": ranks.world, "chunk_rows": settings.chunk_rows, "ctc": settings.ctc,
-                   "skip_bad": settings.skip_bad}
+                   "skip_bad": settings.skip_bad, "vocab_size": vocab}
         if ranks.is_main:
             group = open_for_writing(out, pending, overwrite=settings.overwrite, resume=settings.resume)
         ranks.barrier()
@@ -132,6 +132,10 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
                 _dump_batch(model, dataset, batch_indices, todo, writer, settings, top_k, blank, vocab, fill, policy)
                 bar.update(sum(todo))
             writer.close()
+        except OSError as err:
+            writer.abandon()
+            raise StoreError(f"writing {out} failed ({err}); what was committed stays valid: fix the disk or "
+                             "permissions and rerun with --resume") from err
         except BaseException:
             writer.abandon()  # committed utterances stay, --resume continues from there
             raise
@@ -162,7 +166,11 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
         if policy.skipped:
             metadata = dataclasses.replace(metadata, extra={**metadata.extra, "skipped_lines": len(policy.skipped),
                                                             "skipped_file": str(side_file)})
-        return commit_store(group, metadata, tokenizer_files)
+        try:
+            return commit_store(group, metadata, tokenizer_files)
+        except OSError as err:
+            raise StoreError(f"committing {out} failed ({err}); every part is complete: fix the disk or "
+                             "permissions and rerun with --resume to commit") from err
     finally:
         shutdown(ranks)
 

@@ -129,3 +129,37 @@ def test_band_store_keeps_most_occupancy_and_trains(teacher, demo_corpus, tmp_pa
     reader = StoreReader(out)
     rows = reader.read(0)
     assert rows.stored.sum() == rows.num_frames * min(4, rows.num_labels + 1) or rows.num_frames == 1
+
+
+def test_write_failure_mid_dump_keeps_a_valid_committed_prefix_and_resumes(teacher, demo_corpus, tmp_path):
+    import resource
+
+    manifest = demo_corpus.train_manifest
+    out = tmp_path / "out.zarr"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    # An ignored SIGXFSZ is inherited by the child: a write past the file-size limit then fails with
+    # EFBIG (like a full disk) instead of killing the process.
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "kdstore.cli.main", *dump_args(teacher, manifest, out)],
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGXFSZ, previous)
+    deadline = time.time() + 300
+    while part_progress(out) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the dump finished before the failure could be injected"
+    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (1, 1))  # from now on, every file write fails: "disk full"
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in stderr and "failed" in stderr and "--resume" in stderr, stderr[-1500:]
+    committed = part_progress(out)
+    assert committed >= 2
+    result = run_cli(["inspect", str(out), "--verify"])
+    assert result.returncode == 0, result.stderr
+    assert f"unfinished dump: {committed} utterances" in result.stdout
+    result = run_cli(dump_args(teacher, manifest, out, "--resume"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert verify_store(out)
+    assert len(StoreReader(out)) == sum(1 for line in Path(manifest).read_text().splitlines() if line.strip())

@@ -298,3 +298,27 @@ def test_dataloader_workers_read_the_store(tmp_path, context):
     assert seen.keys() == items.keys()
     for key, ids in seen.items():
         np.testing.assert_array_equal(ids, reader.read_key(key).ids)
+
+
+def test_unknown_format_version_and_non_store_paths_are_refused(tmp_path):
+    import json as _json
+
+    items = build(seed=15, count=3)
+    path = tmp_path / "s.zarr"
+    group = open_for_writing(path, {"k": K})
+    write_part(group, 0, items, None)
+    commit_store(group, make_metadata(), {"tokenizer.model": b"x"})
+    meta_file = path / "zarr.json"
+    doc = _json.loads(meta_file.read_text())
+    doc["attributes"]["kdstore"]["format"] = "kdstore/9"
+    meta_file.write_text(_json.dumps(doc))
+    with pytest.raises(StoreError, match="'kdstore/9' is not supported"):
+        StoreReader(path)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("hello")
+    with pytest.raises(StoreError, match="not a Zarr v3 group|no committed kdstore metadata"):
+        StoreReader(plain)
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w").attrs["something"] = 1
+    with pytest.raises(StoreError, match="no committed kdstore metadata"):
+        StoreReader(tmp_path / "other.zarr")

@@ -22,8 +22,13 @@ def command(store, verify, as_json):
       kdstore inspect teacher.zarr --verify
     """
     from kdstore.store.summary import summarize
-    from kdstore.store.verify import verify_store
+    from kdstore.store.verify import is_unfinished, verify_store, verify_unfinished
 
+    if verify and is_unfinished(store):
+        totals = verify_unfinished(store)
+        click.echo(f"unfinished dump: {totals['utterances']} utterances ({totals['nodes']} nodes) committed in "
+                   f"{totals['parts']} part(s), verified; continue it with dump-teacher --resume")
+        return
     summary = summarize(store)
     if verify:
         summary["verified"] = verify_store(store)

@@ -22,7 +22,8 @@ def is_hdf5(path: str) -> bool:
 class Source:
     """A lazily opened, fork-safe handle on a committed store."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, allow_unfinished: bool = False) -> None:
+        """``allow_unfinished``: also open a store whose dump has not committed (for verify/inspect)."""
         self.path = str(path)
         self._handle: Any = None
         self._pid = -1
@@ -31,6 +32,9 @@ class Source:
             hint = f" (an unfinished dump is at {partial}; re-run dump-teacher)" if partial.exists() else ""
             raise StoreNotFoundError(f"no kdstore store at {self.path}{hint}")
         meta = self.attrs().get(ATTRS_KEY)
+        if meta is None and allow_unfinished:
+            self.metadata_json = {}
+            return
         if meta is None:
             raise StoreError(f"{self.path} has no committed kdstore metadata: the dump did not finish; "
                              "continue it with dump-teacher --resume")

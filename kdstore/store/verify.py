@@ -6,6 +6,7 @@ chunk also checks its CRC-32C, so a flipped byte on disk is reported with the ar
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -13,7 +14,8 @@ import numpy as np
 from kdstore.errors import StoreError
 from kdstore.store import layout
 from kdstore.store.backend import Source
-from kdstore.store.reader import StoreReader
+from kdstore.store.metadata import ATTRS_KEY
+from kdstore.store.reader import StoreReader, _PartIndex
 
 ROWS_PER_READ = 1 << 18
 MASS_EPS = {"float16": 2e-2, "float32": 1e-4}
@@ -29,9 +31,11 @@ def row_blocks(array, total: int, name: str):
                              "the store is corrupt, dump it again") from None
 
 
-def _check_part(source: Source, reader: StoreReader, part: int, value_dtype: str, vocab: int, top_k: int) -> None:
+def _check_part(source: Source, p: _PartIndex, part: int, value_dtype: str, vocab: int, top_k: int,
+                exact_shapes: bool = True) -> None:
+    """Rules of one part over its (committed) index ``p``; ``exact_shapes=False`` allows arrays that are
+    longer than the committed prefix (an unfinished dump's uncommitted tail)."""
     base = layout.part_name(part)
-    p = reader.parts[part]
     frames, labels = p.frames.astype(np.int64), p.labels.astype(np.int64)
     for name, offsets, per in ((layout.NODE_OFFSET, p.node_offset, None), (layout.FRAME_OFFSET, p.frame_offset, frames)):
         if offsets.shape != (len(frames) + 1,) or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
@@ -56,7 +60,7 @@ def _check_part(source: Source, reader: StoreReader, part: int, value_dtype: str
     total = int(p.node_offset[-1])
     for name, trailing in ((layout.LOGP, (top_k,)), (layout.IDS, (top_k,)), (layout.BLANK_LABEL, (2,))):
         shape = tuple(source.array(f"{base}/{name}").shape)
-        if shape != (total, *trailing):
+        if shape[1:] != trailing or (shape[0] != total if exact_shapes else shape[0] < total):
             raise StoreError(f"{base}/{name}: shape {shape}, expected {(total, *trailing)}")
     eps = MASS_EPS[value_dtype]
     for start, ids in row_blocks(source.array(f"{base}/{layout.IDS}"), total, f"{base}/{layout.IDS}"):
@@ -97,6 +101,45 @@ def verify_store(path: str | os.PathLike) -> bool:
             raise StoreError(f"fingerprint.{field} is empty")
     if "tokenizer.model" not in source.children(layout.TOKENIZER_GROUP):
         raise StoreError(f"{layout.TOKENIZER_GROUP}/tokenizer.model is missing")
-    for part in reader.parts:
-        _check_part(source, reader, part, meta.value_dtype, meta.vocab_size, meta.top_k)
+    for part, index in reader.parts.items():
+        _check_part(source, index, part, meta.value_dtype, meta.vocab_size, meta.top_k)
     return True
+
+
+def verify_unfinished(path: str | os.PathLike) -> dict[str, int]:
+    """An interrupted dump: check every part's committed prefix (what ``--resume`` keeps).
+
+    Returns {"parts": ..., "utterances": ..., "nodes": ...} committed so far.
+    """
+    source = Source(path, allow_unfinished=True)
+    attrs = source.attrs()
+    pending = attrs.get(layout.PENDING_ATTR)
+    if pending is None:
+        raise StoreError(f"{path} is neither a committed store nor an unfinished dump")
+    pending = json.loads(pending) if isinstance(pending, str) else dict(pending)
+    totals = {"parts": 0, "utterances": 0, "nodes": 0}
+    for name in source.children(layout.PARTS_GROUP):
+        part = int(name)
+        base = layout.part_name(part)
+        progress = dict(source.handle()[base].attrs.get(layout.PART_PROGRESS_ATTR, {}))
+        n = int(progress.get("utterances", 0))
+        index = _PartIndex(*(np.asarray(source.array(f"{base}/{array}")[:size]) for array, size in
+                             ((layout.FRAMES, n), (layout.LABELS, n), (layout.NODE_OFFSET, n + 1),
+                              (layout.FRAME_OFFSET, n + 1))))
+        if int(index.node_offset[-1]) != int(progress.get("nodes", -1)):
+            raise StoreError(f"{base}: committed index and progress record disagree; dump again with --overwrite")
+        _check_part(source, index, part, pending["value_dtype"], int(pending.get("vocab_size", 1 << 31)),
+                    int(pending["top_k"]), exact_shapes=False)
+        totals["parts"] += 1
+        totals["utterances"] += n
+        totals["nodes"] += int(progress.get("nodes", 0))
+    return totals
+
+
+def is_unfinished(path: str | os.PathLike) -> bool:
+    """True for a folder holding an interrupted (uncommitted) dump."""
+    try:
+        attrs = Source(path, allow_unfinished=True).attrs()
+    except StoreError:
+        return False
+    return ATTRS_KEY not in attrs and layout.PENDING_ATTR in attrs
