@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert", "Copy a store between Zarr and one HDF5 file."),
     "train-student": ("train_student", "Train a FastConformer-Transducer student, with KD from a store."),
     "eval": ("evaluate", "Greedy transcripts, WER and CER of one or more .nemo models."),
-    "export-onnx": ("export_onnx", "Export a .nemo transducer to sherpa-onnx's encoder/decoder/joiner."),
+    "export-onnx": ("export_onnx", "Export a .nemo transducer to ONNX (sherpa-onnx or NeMo/onnx-asr layout)."),
     "transcribe": ("transcribe", "Transcribe audio files with an exported ONNX model (onnxruntime)."),
     "demo": ("demo", "Run the whole pipeline on the demo corpus and write a report."),
 }

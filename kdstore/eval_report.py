@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -30,13 +29,13 @@ def summary_table(results: Mapping[str, EvalResult]) -> str:
 
 def comparison_lines(c: Comparison) -> list[str]:
     b = c.bootstrap
-    pct = int(round(100 * b.confidence))
+    pct = round(100 * b.confidence)
     lines = [
-        f"- Accuracy retention (1 - WER_student) / (1 - WER_teacher): **{_pct(c.accuracy_retention)}**; "
-        f"WER ratio student / teacher: {c.wer_ratio:.3f}",
-        f"- WER difference student - teacher: **{100 * b.difference:+.2f}** points, {pct}% CI "
-        f"[{100 * b.low:+.2f}, {100 * b.high:+.2f}] (paired bootstrap over utterances, {b.samples} resamples, "
-        f"seed {b.seed}); student better in {100 * b.p_a_better:.1f}% of resamples",
+        (f"- Accuracy retention (1 - WER_student) / (1 - WER_teacher): **{_pct(c.accuracy_retention)}**; "
+         f"WER ratio student / teacher: {'n/a' if c.wer_ratio is None else f'{c.wer_ratio:.3f}'}"),
+        (f"- WER difference student - teacher: **{100 * b.difference:+.2f}** points, {pct}% CI "
+         f"[{100 * b.low:+.2f}, {100 * b.high:+.2f}] (paired bootstrap over utterances, {b.samples} resamples, "
+         f"seed {b.seed}); student better in {100 * b.p_a_better:.1f}% of resamples"),
     ]
     if c.kaldialign:
         k = c.kaldialign
@@ -48,8 +47,8 @@ def comparison_lines(c: Comparison) -> list[str]:
     return lines
 
 
-def _pct(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{100 * value:.1f}%"
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def write_report(results: Mapping[str, EvalResult], comparison: Comparison | None, out_dir: str | Path) -> Path:
@@ -65,19 +64,20 @@ def write_report(results: Mapping[str, EvalResult], comparison: Comparison | Non
     lines = [
         "# kdstore eval",
         "",
-        f"Manifest: `{first.manifest}` ({first.utterances} utterances, {first.audio_seconds / 60:.1f} min of audio). "
-        f"Greedy decoding on CPU. Text normalisation: `{first.normalizer}` ({NORMALIZER_NOTES[first.normalizer]}).",
+        (f"Manifest: `{first.manifest}` ({first.utterances} utterances, {first.audio_seconds / 60:.1f} min of "
+         f"audio). Greedy decoding on CPU. Text normalisation: `{first.normalizer}` "
+         f"({NORMALIZER_NOTES[first.normalizer]})."),
         "",
         summary_table(results),
         "",
-        "WER = (sub + del + ins) / ref words over the whole set. RTF = decoding seconds / audio seconds "
-        "(audio loading, features, encoder and greedy search; model loading excluded).",
+        ("WER = (sub + del + ins) / ref words over the whole set. RTF = decoding seconds / audio seconds "
+         "(audio loading, features, encoder and greedy search; model loading excluded)."),
     ]
     if comparison is not None:
         lines += ["", "## Student vs teacher", "", *comparison_lines(comparison)]
     lines += ["", f"![per-utterance errors]({png.name})", "",
-              "Files: per-utterance JSONL (`<model>.jsonl`: texts, normalised texts, sub/del/ins, WER), "
-              "NIST trn files for sclite: `sctk sclite -r ref.trn trn -h model.trn trn -i spu_id -o sum stdout`."]
+              ("Files: per-utterance JSONL (`<model>.jsonl`: texts, normalised texts, sub/del/ins, WER), "
+               "NIST trn files for sclite: `sctk sclite -r ref.trn trn -h model.trn trn -i spu_id -o sum stdout`.")]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return report

@@ -9,7 +9,6 @@ so the numbers are the model's, not a re-implementation's. Scoring (S/D/I, CER, 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,14 +52,15 @@ class Comparison:
     """A student against its teacher on the same utterances.
 
     ``accuracy_retention`` = (1 - WER_student) / (1 - WER_teacher): the share of the teacher's word
-    accuracy the student keeps. ``wer_ratio`` = WER_student / WER_teacher. ``bootstrap`` is the
-    paired bootstrap of WER_student - WER_teacher (negative: the student is better).
+    accuracy the student keeps (None when the teacher's WER is 100% or more). ``wer_ratio`` =
+    WER_student / WER_teacher (None when the teacher makes no errors). ``bootstrap`` is the paired
+    bootstrap of WER_student - WER_teacher (negative: the student is better).
     """
 
     student_wer: float
     teacher_wer: float
-    accuracy_retention: float
-    wer_ratio: float
+    accuracy_retention: float | None
+    wer_ratio: float | None
     bootstrap: PairedBootstrap
     kaldialign: dict | None  # kaldialign's bootstrap on the same texts, when installed
 
@@ -134,8 +134,8 @@ def compare(student: EvalResult, teacher: EvalResult, samples: int = 2000, seed:
     teacher_acc = 1.0 - teacher.wer
     return Comparison(
         student_wer=student.wer, teacher_wer=teacher.wer,
-        accuracy_retention=(1.0 - student.wer) / teacher_acc if teacher_acc > 0 else math.nan,
-        wer_ratio=student.wer / teacher.wer if teacher.wer > 0 else math.inf if student.wer > 0 else 1.0,
+        accuracy_retention=(1.0 - student.wer) / teacher_acc if teacher_acc > 0 else None,
+        wer_ratio=student.wer / teacher.wer if teacher.wer > 0 else (None if student.wer > 0 else 1.0),
         bootstrap=boot, kaldialign=cross,
     )
 

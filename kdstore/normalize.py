@@ -76,9 +76,8 @@ _BRITISH = {
     "mum": "mom", "plough": "plow", "pyjamas": "pajamas", "kerb": "curb", "storey": "story",
 }
 _UNITS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen".split())}
-_TENS = {w: 10 * (i + 2) for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())}
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"])}
+_TENS = {w: 10 * (i + 2) for i, w in enumerate(["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"])}
 _SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
 _NUMBER_WORDS = set(_UNITS) | set(_TENS) | set(_SCALES)
 
@@ -116,31 +115,28 @@ def _words_to_number(words: list[str]) -> int | None:
 
 
 def _numbers_to_digits(words: list[str]) -> list[str]:
-    """Replace maximal runs of cardinal number words ('and' allowed after a scale word) by digits."""
+    """Replace runs of cardinal number words by digits, longest valid number first ('and' allowed after a
+    scale word): ``one hundred and five`` -> 105, ``four two`` -> 4 2, ``five fifty`` -> 5 50."""
     out: list[str] = []
     i = 0
     while i < len(words):
-        if words[i] not in _NUMBER_WORDS or words[i] in _SCALES:
+        if words[i] not in _NUMBER_WORDS:
             out.append(words[i])
             i += 1
             continue
-        j, run = i, []
-        while j < len(words):
-            word = words[j]
-            if word in _NUMBER_WORDS:
-                run.append(word)
-                j += 1
-            elif word == "and" and run and run[-1] in _SCALES and j + 1 < len(words) and \
-                    words[j + 1] in _NUMBER_WORDS and words[j + 1] not in _SCALES:
-                j += 1
-            else:
+        j = i  # extend the run of number words (and scale-word 'and's)
+        while j < len(words) and (words[j] in _NUMBER_WORDS or (
+                words[j] == "and" and words[j - 1] in _SCALES and j + 1 < len(words)
+                and words[j + 1] in _NUMBER_WORDS and words[j + 1] not in _SCALES)):
+            j += 1
+        for end in range(j, i, -1):  # the longest prefix that is one number
+            if words[end - 1] == "and":
+                continue
+            value = _words_to_number([w for w in words[i:end] if w != "and"])
+            if value is not None:
+                out.append(str(value))
+                i = end
                 break
-        value = _words_to_number(run)
-        if value is None:  # e.g. "one two three": digit strings, say each number on its own
-            out.extend(str(_UNITS[w]) if w in _UNITS else str(_TENS[w]) if w in _TENS else w for w in run)
-        else:
-            out.append(str(value))
-        i = j
     return out
 
 

@@ -1,4 +1,5 @@
-"""ONNX export (sherpa-onnx layout), the numpy front end, onnxruntime decoding and their CLI commands.
+"""ONNX export (sherpa-onnx and NeMo layouts), preprocessor.ts, the numpy front end, onnxruntime
+decoding, the independent runtimes (sherpa-onnx, onnx-asr) and the CLI commands.
 
 Agreement tests use ``emitting_model`` (tests/conftest.py): a tiny transducer memorised on 10 demo
 utterances, so the runtimes are compared on real token sequences, not on blanks.
@@ -109,6 +110,20 @@ def exported(emitting_model, tmp_path_factory):
     return export_onnx(emitting_model, tmp_path_factory.mktemp("onnx"), int8=True)
 
 
+@pytest.fixture(scope="module")
+def exported_nemo(emitting_model, tmp_path_factory):
+    """NeMo's layout, written by the CLI (which also smoke-tests the files); returns (folder, CLI output)."""
+    from click.testing import CliRunner
+
+    from kdstore.cli.main import cli
+
+    out = tmp_path_factory.mktemp("onnx_nemo") / "model"
+    result = CliRunner().invoke(cli, ["export-onnx", "--model", str(emitting_model), "--out", str(out),
+                                      "--layout", "nemo", "--int8"])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
 def test_export_writes_sherpa_layout(exported, emitting_model):
     import onnx
 
@@ -145,6 +160,52 @@ def test_decoder_states_have_dynamic_batch(exported):
                     [np.array([[exported.vocab_size], [1], [2]], np.int32), np.ones(3, np.int32), state, state]))
     out, _, h, c = session.run(None, feed)
     assert out.shape == (3, hidden, 1) and h.shape == c.shape == (layers, 3, hidden)
+
+
+def test_export_writes_nemo_layout(exported_nemo, emitting_model):
+    from kdstore.export import read_metadata, sha256_file
+
+    out, output = exported_nemo
+    names = {p.name for p in out.iterdir()}
+    assert {"encoder-model.onnx", "decoder_joint-model.onnx", "vocab.txt", "config.json", "preprocessor.ts",
+            "encoder-model.int8.onnx", "decoder_joint-model.int8.onnx"} == names
+    config = json.loads((out / "config.json").read_text())
+    assert config == {"model_type": "nemo-conformer-rnnt", "features_size": 80, "subsampling_factor": 8,
+                      "max_tokens_per_step": 10}
+    vocab = (out / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert vocab[-1] == f"<blk> {len(vocab) - 1}" and all(len(line.split(" ")) == 2 for line in vocab)
+    meta = read_metadata(out / "encoder-model.onnx")
+    assert meta["source_sha256"] == sha256_file(emitting_model) and meta["blank_id"] == str(len(vocab) - 1)
+    assert "checked with onnxruntime on generated audio (fp32: " in output and "int8: " in output
+    assert "preprocessor.ts: traced a wrapper of NeMo's featurizer with dither 0" in output
+
+
+def test_export_refuses_folder_with_other_layout(exported, emitting_model):
+    from kdstore.export import ExportError, export_onnx
+
+    with pytest.raises(ExportError, match="other layout"):
+        export_onnx(emitting_model, exported.out_dir, layout="nemo")
+
+
+def test_preprocessor_ts_matches_nemo(exported, emitting_model, demo_corpus):
+    import torch
+    from nemo.collections.asr.models import ASRModel
+
+    from kdstore.onnx_infer import OnnxTransducer
+    from kdstore.preprocessor_ts import TorchScriptFrontEnd
+
+    waves = _speech(demo_corpus, count=3)
+    ts = TorchScriptFrontEnd(exported.out_dir / "preprocessor.ts")
+    feats, lengths = ts.batch(waves)  # padded batch of three lengths
+    pre = ASRModel.restore_from(str(emitting_model), map_location="cpu").preprocessor.eval()
+    numpy_port = OnnxTransducer(exported.out_dir, frontend="numpy")._frontend(waves)
+    for i, wave in enumerate(waves):
+        with torch.no_grad():
+            ref, ref_len = pre(input_signal=torch.from_numpy(wave)[None], length=torch.tensor([len(wave)]))
+        n = int(ref_len[0])
+        assert int(lengths[i]) == n == int(numpy_port[1][i])
+        assert np.abs(feats[i, :, :n] - ref[0, :, :n].numpy()).max() < 1e-4
+        assert np.abs(numpy_port[0][i, :, :n] - ref[0, :, :n].numpy()).max() < 1e-3
 
 
 def test_export_refuses_missing_model(tmp_path):
@@ -187,17 +248,18 @@ def test_hybrid_model_exports_and_decodes_like_nemo(demo_corpus, tmp_path):
     from kdstore.onnx_infer import OnnxTransducer
 
     nemo_path = _untrained_model(demo_corpus, tmp_path / "hybrid.nemo", hybrid=True)
-    result = export_onnx(nemo_path, tmp_path / "onnx")
-    assert result.metadata["source_class"] == "EncDecHybridRNNTCTCBPEModel"
-    assert result.metadata["model_type"] == "EncDecRNNTBPEModel"
+    results = [export_onnx(nemo_path, tmp_path / layout, layout=layout, preprocessor=False)
+               for layout in ("sherpa", "nemo")]
+    assert results[0].metadata["source_class"] == "EncDecHybridRNNTCTCBPEModel"
+    assert results[0].metadata["model_type"] == "EncDecRNNTBPEModel"
     paths = []
     for i, wave in enumerate(_speech(demo_corpus, count=2)):  # 0.8 s clips: random weights emit a lot
         paths.append(str(tmp_path / f"clip{i}.wav"))
         soundfile.write(paths[-1], wave[: 16000 * 8 // 10], 16000)
-    ours = OnnxTransducer(result.out_dir).transcribe(paths)
     model = ASRModel.restore_from(str(nemo_path), map_location="cpu").eval()
     nemo = [h.text for h in model.transcribe(paths, batch_size=1, verbose=False)]
-    assert ours == nemo  # random weights emit max_symbols per frame: a strict check of the greedy loop
+    for result in results:  # random weights emit max_symbols per frame: a strict check of the greedy loops
+        assert OnnxTransducer(result.out_dir).transcribe(paths) == nemo, result.layout
 
 
 def test_export_refuses_blank_not_as_pad(demo_corpus, tmp_path):
@@ -229,19 +291,37 @@ def onnx_transcripts(exported, emitting_manifest):
     return OnnxTransducer(exported.out_dir).transcribe(_audio_paths(emitting_manifest))
 
 
+def _agreement(ours: list[str], nemo: list[str]) -> int:
+    assert len(ours) == len(nemo) == 10
+    assert sum(bool(n.strip()) for n in nemo) >= 5, f"model emits too little: {nemo}"
+    return sum(a == b for a, b in zip(ours, nemo))
+
+
 def test_onnxruntime_matches_nemo_greedy(nemo_transcripts, onnx_transcripts):
-    pairs = list(zip(nemo_transcripts, onnx_transcripts))
-    assert len(pairs) == 10
-    assert sum(bool(n.strip()) for n in nemo_transcripts) >= 5, f"model emits too little: {nemo_transcripts}"
-    agree = sum(n == o for n, o in pairs)
-    assert agree >= 9, f"{agree}/10 agree: {pairs}"
+    agree = _agreement(onnx_transcripts, nemo_transcripts)
+    assert agree >= 9, f"{agree}/10 agree: {list(zip(nemo_transcripts, onnx_transcripts))}"
 
 
-def test_int8_export_decodes(exported, emitting_manifest, onnx_transcripts):
+@pytest.mark.parametrize("frontend", ["torchscript", "numpy"])
+def test_nemo_layout_matches_nemo_greedy(exported_nemo, emitting_manifest, nemo_transcripts, frontend):
     from kdstore.onnx_infer import OnnxTransducer
 
-    int8 = OnnxTransducer(exported.out_dir, int8=True).transcribe(_audio_paths(emitting_manifest))
-    assert sum(a == b for a, b in zip(int8, onnx_transcripts)) >= 7, list(zip(int8, onnx_transcripts))
+    model = OnnxTransducer(exported_nemo[0], frontend=frontend)
+    assert (model.layout, model.frontend_name) == ("nemo", frontend)
+    texts = model.transcribe(_audio_paths(emitting_manifest), batch_size=4)  # padded batches
+    assert _agreement(texts, nemo_transcripts) >= 9, list(zip(nemo_transcripts, texts))
+
+
+def test_int8_wer_within_one_point_of_fp32(exported, exported_nemo, emitting_manifest):
+    from kdstore.onnx_infer import OnnxTransducer
+    from kdstore.scoring import score
+
+    rows = [json.loads(line) for line in emitting_manifest.read_text().splitlines() if line.strip()]
+    refs, paths = [r["text"] for r in rows], [r["audio_filepath"] for r in rows]
+    for folder in (exported.out_dir, exported_nemo[0]):
+        fp32 = score(refs, OnnxTransducer(folder).transcribe(paths)).wer
+        int8 = score(refs, OnnxTransducer(folder, int8=True).transcribe(paths)).wer
+        assert abs(int8 - fp32) <= 0.01, f"{folder}: WER fp32 {fp32:.4f}, int8 {int8:.4f}"
 
 
 def test_arrays_other_rates_and_stereo(exported, emitting_manifest, onnx_transcripts, tmp_path):
@@ -273,7 +353,30 @@ def test_onnx_infer_refuses_incomplete_folder(tmp_path):
         OnnxTransducer(tmp_path)
 
 
-# --- (d) sherpa-onnx ------------------------------------------------------------------------------
+def test_cuda_provider_without_onnxruntime_gpu_is_a_clear_error(exported):
+    import onnxruntime
+
+    from kdstore.errors import DependencyError
+    from kdstore.onnx_infer import OnnxTransducer
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed here")
+    with pytest.raises(DependencyError, match="needs onnxruntime-gpu"):
+        OnnxTransducer(exported.out_dir, provider="cuda")
+
+
+# --- (d) independent runtimes: onnx-asr and sherpa-onnx --------------------------------------------
+
+
+def test_onnx_asr_loads_nemo_layout_and_agrees(exported_nemo, emitting_manifest, nemo_transcripts):
+    onnx_asr = pytest.importorskip("onnx_asr")
+    paths = _audio_paths(emitting_manifest)
+    for quantization in (None, "int8"):
+        model = onnx_asr.load_model("nemo-conformer-rnnt", path=exported_nemo[0], quantization=quantization)
+        texts = [model.recognize(p) for p in paths]
+        agree = _agreement(texts, nemo_transcripts)
+        assert agree >= 9, f"onnx-asr ({quantization or 'fp32'}) {agree}/10: {list(zip(nemo_transcripts, texts))}"
+
 
 SHERPA_SCRIPT = textwrap.dedent(
     """
@@ -295,7 +398,8 @@ SHERPA_SCRIPT = textwrap.dedent(
 )
 
 
-def test_sherpa_onnx_loads_and_agrees(exported, emitting_manifest, onnx_transcripts):
+@pytest.fixture(scope="module")
+def sherpa_transcripts(exported, emitting_manifest):
     pytest.importorskip("sherpa_onnx")
     # A missing metadata key makes sherpa-onnx exit(255) instead of raising: run it in a subprocess.
     proc = subprocess.run(
@@ -303,12 +407,49 @@ def test_sherpa_onnx_loads_and_agrees(exported, emitting_manifest, onnx_transcri
         check=False, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    sherpa = json.loads(proc.stdout.strip().splitlines()[-1])
-    # sherpa-onnx computes Kaldi-style fbank for NeMo models (povey window, mel bins up to 7.6 kHz,
-    # population std), not NeMo's exact front end, so its transcripts may differ where the tiny model
-    # is unsure; measured 7/10 identical (ours == NeMo on 10/10).
-    agree = sum(s == o for s, o in zip(sherpa, onnx_transcripts))
-    assert agree >= 6, f"{agree}/10 agree: {list(zip(sherpa, onnx_transcripts))}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_sherpa_onnx_loads_and_agrees(sherpa_transcripts, nemo_transcripts):
+    # sherpa-onnx 2.0.1 computes its own Kaldi-style fbank for NeMo transducers and exposes no setting
+    # that makes it NeMo's (see test_sherpa_gap_is_its_front_end): measured 7/10 identical here, while
+    # onnxruntime and onnx-asr on the same graphs give 10/10. README "export-onnx" has the numbers.
+    agree = _agreement(sherpa_transcripts, nemo_transcripts)
+    assert agree >= 6, f"{agree}/10 agree: {list(zip(nemo_transcripts, sherpa_transcripts))}"
+
+
+def _sherpa_style_fbank(wave: np.ndarray) -> tuple[np.ndarray, int]:
+    """What sherpa-onnx (kaldi-native-fbank) computes for a NeMo transducer, written from its documented
+    options: frames centred at t * hop + hop / 2 with reflection at the edges and round(n / hop) of them
+    (snip_edges=false), povey window, pre-emphasis per frame, no DC removal, librosa (Slaney) mel from
+    0 Hz to Nyquist - 400 Hz (high_freq=-400), log(max(x, FLT_EPSILON)), per-feature normalisation with
+    the population standard deviation over all frames."""
+    x, hop, win, n = wave.astype(np.float64), 160, 400, len(wave)
+    frames = (n + hop // 2) // hop
+    idx = (np.arange(frames) * hop + hop // 2 - win // 2)[:, None] + np.arange(win)[None, :]
+    idx = np.where(idx < 0, -idx - 1, idx)
+    idx = np.where(idx >= n, 2 * n - 1 - idx, idx)
+    seg = x[idx]  # (frames, win)
+    seg = np.concatenate([seg[:, :1] * 0.03, seg[:, 1:] - 0.97 * seg[:, :-1]], axis=1)
+    seg *= (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / (win - 1))) ** 0.85
+    power = np.abs(np.fft.rfft(seg, n=512, axis=1)) ** 2
+    mel = np.log(np.maximum(power @ mel_filterbank(16000, 512, 80, 0.0, 7600.0).T, np.finfo(np.float32).eps))
+    std = np.sqrt(np.maximum((mel**2).mean(0) - mel.mean(0) ** 2, 0.0))
+    return ((mel - mel.mean(0)) / (std + 1e-5)).T.astype(np.float32), frames
+
+
+def test_sherpa_gap_is_its_front_end(exported, emitting_manifest, sherpa_transcripts, nemo_transcripts):
+    """Our graphs fed sherpa-style features reproduce sherpa-onnx's transcripts exactly: the graphs and
+    the greedy search agree, and the disagreement with NeMo comes from sherpa's feature extraction."""
+    from kdstore.onnx_infer import OnnxTransducer
+
+    model = OnnxTransducer(exported.out_dir, frontend="numpy")
+    emulated = []
+    for path in _audio_paths(emitting_manifest):
+        feats, frames = _sherpa_style_fbank(soundfile.read(path, dtype="float32")[0])
+        enc = model.encode_features(feats[None], np.array([frames]))[0]
+        emulated.append(model.decode_ids_to_text(model.greedy(enc)))
+    assert emulated == sherpa_transcripts, list(zip(emulated, sherpa_transcripts, nemo_transcripts))
 
 
 # --- (e) CLI --------------------------------------------------------------------------------------
@@ -325,22 +466,46 @@ def test_cli_help(verb):
     assert "Example" in result.output and f"kdstore {verb}" in result.output
 
 
-def test_cli_export_and_transcribe(emitting_model, emitting_manifest, onnx_transcripts, tmp_path):
+@pytest.fixture(scope="module")
+def odd_audio(emitting_manifest, tmp_path_factory):
+    """One utterance as an 8 kHz stereo WAV, a 44.1 kHz FLAC and an OGG/Vorbis file."""
+    import soxr
+
+    out = tmp_path_factory.mktemp("odd_audio")
+    wave, rate = soundfile.read(_audio_paths(emitting_manifest)[0], dtype="float32")
+    narrow = soxr.resample(wave, rate, 8000)
+    soundfile.write(out / "stereo8k.wav", np.stack([narrow, 0.5 * narrow], axis=1), 8000)
+    soundfile.write(out / "clip44k.flac", soxr.resample(wave, rate, 44100), 44100)
+    soundfile.write(out / "clip.ogg", wave, rate, format="OGG", subtype="VORBIS")
+    return [out / "stereo8k.wav", out / "clip44k.flac", out / "clip.ogg"]
+
+
+@pytest.mark.parametrize("layout", ["sherpa", "nemo"])
+def test_cli_transcribe_odd_audio(exported, exported_nemo, odd_audio, nemo_transcripts, layout):
     from click.testing import CliRunner
 
     from kdstore.cli.main import cli
 
-    runner = CliRunner()
-    out = tmp_path / "onnx"
-    result = runner.invoke(cli, ["export-onnx", "--model", str(emitting_model), "--out", str(out)])
+    folder = exported.out_dir if layout == "sherpa" else exported_nemo[0]
+    result = CliRunner().invoke(cli, ["transcribe", "--onnx", str(folder), *map(str, odd_audio)])
     assert result.exit_code == 0, result.output
-    assert (out / "tokens.txt").is_file() and "wrote" in result.output
+    assert result.stdout.splitlines() == [f"{p}\t{nemo_transcripts[0]}" for p in odd_audio]
+    assert "RTF" in result.stderr and f"{layout} layout, torchscript features, cpu" in result.stderr
+
+
+def test_cli_transcribe_json_int8(exported_nemo, emitting_manifest, nemo_transcripts):
+    from click.testing import CliRunner
+
+    from kdstore.cli.main import cli
 
     paths = _audio_paths(emitting_manifest)[:3]
-    result = runner.invoke(cli, ["transcribe", "--onnx", str(out), *paths])
+    result = CliRunner().invoke(cli, ["transcribe", "--onnx", str(exported_nemo[0]), "--int8", "--json",
+                                      "--frontend", "numpy", "--batch-size", "2", *paths])
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    assert lines == [f"{p}\t{t}" for p, t in zip(paths, onnx_transcripts[:3])]
+    data = json.loads(result.stdout)
+    assert [t["text"] for t in data["transcripts"]] == nemo_transcripts[:3]
+    assert data["layout"] == "nemo" and data["frontend"] == "numpy" and data["int8"] is True
+    assert data["rtf"] > 0 and data["audio_seconds"] > 0
 
 
 def test_cli_transcribe_error_is_one_line(tmp_path, emitting_manifest):

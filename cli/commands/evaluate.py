@@ -46,7 +46,7 @@ def command(model, manifest, teacher, out, normalizer, bootstrap_samples, seed, 
     if as_json:
         data = {role: r.summary() for role, r in results.items()}
         if comparison:
-            data["comparison"] = comparison.to_dict()
+            data["model"]["vs_teacher"] = comparison.to_dict()
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(summary_table(results))

@@ -1,4 +1,4 @@
-"""``kdstore export-onnx``: a .nemo transducer -> sherpa-onnx's encoder/decoder/joiner/tokens."""
+"""``kdstore export-onnx``: a .nemo transducer -> ONNX (sherpa-onnx's or NeMo's layout) + preprocessor.ts."""
 
 from __future__ import annotations
 
@@ -12,22 +12,36 @@ from kdstore.cli.common import friendly_errors, quiet_nemo, set_threads
 @click.command(
     "export-onnx",
     epilog="Example:\n\n\b\n  kdstore export-onnx --model student.nemo --out onnx/ --int8\n"
+    "  kdstore export-onnx --model student.nemo --out onnx-nemo/ --layout nemo\n"
     "  kdstore transcribe --onnx onnx/ clip.wav",
 )
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="NeMo RNN-T or hybrid RNN-T/CTC model (.nemo).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for encoder.onnx, decoder.onnx, joiner.onnx and tokens.txt (created).")
+              help="Folder for the ONNX files (created).")
+@click.option("--layout", type=click.Choice(["sherpa", "nemo"]), default="sherpa", show_default=True,
+              help="sherpa: encoder/decoder/joiner.onnx + tokens.txt (sherpa-onnx); nemo: NeMo's model.export "
+                   "files encoder-model.onnx, decoder_joint-model.onnx, vocab.txt, config.json (onnx-asr).")
 @click.option("--int8/--no-int8", default=False, show_default=True,
               help="Also write dynamically int8-quantised *.int8.onnx files.")
+@click.option("--preprocessor/--no-preprocessor", default=True, show_default=True,
+              help="Also write NeMo's preprocessor as TorchScript (preprocessor.ts).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="Torch CPU threads.")
 @friendly_errors
-def command(model_path: Path, out_dir: Path, int8: bool, threads: int) -> None:
-    """Export a NeMo transducer to ONNX in sherpa-onnx's layout, with the metadata it needs."""
+def command(model_path: Path, out_dir: Path, layout: str, int8: bool, preprocessor: bool, threads: int) -> None:
+    """Export a NeMo transducer to ONNX, then decode generated audio with onnxruntime to prove it loads."""
     quiet_nemo()
     set_threads(threads)
-    from kdstore.export import export_onnx
+    from kdstore.export import export_onnx, smoke_test
 
-    result = export_onnx(model_path, out_dir, int8=int8)
+    result = export_onnx(model_path, out_dir, int8=int8, layout=layout, preprocessor=preprocessor)
     for path in result.files:
         click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if result.preprocessor:
+        click.echo(f"preprocessor.ts: {result.preprocessor_method}")
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    check = smoke_test(out_dir, int8=int8)
+    variants = ", ".join(f"{v}: {check[f'{v}_frames']} frames, {check[f'{v}_tokens']} tokens"
+                         for v in ("fp32", "int8") if f"{v}_frames" in check)
+    click.echo(f"checked with onnxruntime on generated audio ({variants})")

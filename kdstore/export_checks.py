@@ -1,0 +1,180 @@
+"""What a .nemo transducer must satisfy before export, and what is read from it.
+
+* :func:`check_exportable` refuses, in one sentence each, models the runtimes cannot serve (TDT,
+  CTC-only, character vocabularies, stateless prediction nets, non-log-mel front ends);
+* :func:`frontend_config_from_nemo` reads the preprocessor settings NeMo actually uses and
+  :func:`check_frontend` proves :mod:`kdstore.features` reproduces them on synthetic audio;
+* :func:`export_metadata` builds the encoder's ``metadata_props`` (sherpa-onnx's keys and kdstore's);
+* :func:`write_tokens` writes ``piece id`` lines (``tokens.txt`` / ``vocab.txt``) with ``<blk>`` last.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdstore import __version__
+from kdstore.errors import ExportError
+from kdstore.features import WINDOW_FUNCTIONS, FrontEndConfig, LogMelFrontEnd, mel_filterbank, resolve_log_guard
+
+BLANK_PIECE = "<blk>"
+SHERPA_MODEL_TYPE = "EncDecRNNTBPEModel"  # what sherpa-onnx expects for any NeMo RNN-T (hybrid too)
+FRONTEND_TOLERANCE = 1e-3  # max |ours - NeMo| on normalised log-mel features, checked at export
+
+
+def load_nemo_model(model_path: Path) -> Any:
+    """Restore a .nemo on CPU in eval mode (``restore_from`` returns it in train mode)."""
+    from nemo.collections.asr.models import ASRModel
+
+    try:
+        model = ASRModel.restore_from(str(model_path), map_location="cpu")
+    except Exception as err:  # NeMo raises many kinds; the user needs one sentence
+        raise ExportError(f"{model_path}: NeMo could not restore this .nemo file ({err})") from err
+    return model.eval()
+
+
+def check_exportable(model: Any) -> None:
+    """Refuse, in one sentence each, the models sherpa-onnx's NeMo transducer path cannot run."""
+    name = type(model).__name__
+    if not hasattr(model, "joint") or not hasattr(model, "decoder"):
+        raise ExportError(f"{name} has no transducer joint: only RNN-T and hybrid RNN-T/CTC models are supported")
+    if getattr(model.joint, "num_extra_outputs", 0):
+        raise ExportError(f"{name} is a TDT model (duration outputs): TDT export is out of scope for kdstore/1")
+    if getattr(model, "tokenizer", None) is None:
+        raise ExportError(f"{name} has no subword tokenizer: only BPE (SentencePiece) models are supported")
+    decoder = model.decoder
+    if not hasattr(decoder, "pred_rnn_layers") or not hasattr(decoder, "pred_hidden"):
+        raise ExportError(f"{name}'s prediction net ({type(decoder).__name__}) is not an LSTM RNNTDecoder")
+    if not getattr(decoder, "blank_as_pad", False):
+        raise ExportError(f"{name} was built with decoder.blank_as_pad=false; export needs blank_as_pad=true")
+    if type(model.preprocessor).__name__ != "AudioToMelSpectrogramPreprocessor":
+        raise ExportError(f"{name} uses {type(model.preprocessor).__name__}; only log-mel preprocessors are supported")
+
+
+def frontend_config_from_nemo(preprocessor: Any) -> FrontEndConfig:
+    """The front-end settings NeMo actually uses: the featurizer's attributes and tensors first, then
+    the module's config (``_cfg``, present on restored models), then the constructor's defaults."""
+    fz = preprocessor.featurizer
+    if getattr(fz, "frame_splicing", 1) != 1:
+        raise ExportError(f"preprocessor.frame_splicing={fz.frame_splicing} is not supported (use 1)")
+    if fz.pad_to == "max":
+        raise ExportError("preprocessor.pad_to='max' is not supported; use an integer (0 or 16)")
+    defaults = {
+        k: p.default for k, p in inspect.signature(type(preprocessor).__init__).parameters.items() if k != "self"
+    }
+    cfg = {**defaults, **dict(getattr(preprocessor, "_cfg", None) or {})}
+    config = FrontEndConfig(
+        sample_rate=int(fz.sample_rate),
+        n_window_size=int(fz.win_length),
+        n_window_stride=int(fz.hop_length),
+        n_fft=int(fz.n_fft),
+        features=int(fz.nfilt),
+        window=_window_name(fz.window),
+        preemph=None if fz.preemph is None else float(fz.preemph),
+        lowfreq=float(cfg["lowfreq"] or 0.0),
+        highfreq=None if cfg["highfreq"] is None else float(cfg["highfreq"]),
+        mag_power=float(fz.mag_power),
+        mel_norm=cfg["mel_norm"],
+        log=bool(fz.log),
+        log_zero_guard_type=str(fz.log_zero_guard_type),
+        log_zero_guard_value=resolve_log_guard(fz.log_zero_guard_value),
+        normalize=str(fz.normalize or ""),
+        exact_pad=bool(fz.exact_pad),
+        pad_to=int(fz.pad_to),
+        pad_value=float(fz.pad_value),
+    )
+    ours = mel_filterbank(config.sample_rate, config.n_fft, config.features, config.lowfreq, config.highfreq,
+                          config.mel_norm)
+    theirs = fz.fb.detach().cpu().numpy().reshape(ours.shape)
+    if not np.allclose(ours, theirs, rtol=1e-4, atol=1e-7):
+        raise ExportError("cannot reproduce the preprocessor's mel filterbank (lowfreq, highfreq, mel_norm); "
+                          "this preprocessor configuration is not supported")
+    return config
+
+
+def _window_name(window: Any) -> str:
+    """Which of NeMo's (symmetric) windows the featurizer holds."""
+    if window is None:
+        return "none"
+    values = window.detach().cpu().numpy().astype(np.float64)
+    for name, fn in WINDOW_FUNCTIONS.items():
+        if fn is not None and np.allclose(fn(len(values)), values, atol=1e-6):
+            return name
+    raise ExportError("the preprocessor's STFT window is none of hann, hamming, blackman, bartlett; not supported")
+
+
+def check_frontend(preprocessor: Any, frontend: FrontEndConfig, seconds: float = 1.37) -> float:
+    """Run NeMo's preprocessor and ours on the same synthetic audio; refuse a mismatch."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    n = int(seconds * frontend.sample_rate)
+    t = np.arange(n) / frontend.sample_rate
+    audio = 0.3 * np.sin(2 * np.pi * (200 + 900 * t) * t) * np.hanning(n) + 0.02 * rng.standard_normal(n)
+    audio = audio.astype(np.float32)
+    ours, length = LogMelFrontEnd(frontend)(audio)
+    was_training = preprocessor.training
+    preprocessor.eval()
+    try:
+        with torch.no_grad():
+            ref, ref_len = preprocessor(input_signal=torch.from_numpy(audio)[None], length=torch.tensor([n]))
+    finally:
+        preprocessor.train(was_training)
+    ref = ref[0].numpy()
+    if ref.shape != ours.shape or int(ref_len[0]) != length:
+        raise ExportError(
+            f"kdstore's front end gives {ours.shape} features ({length} valid), NeMo's {ref.shape} "
+            f"({int(ref_len[0])}): this preprocessor configuration is not supported"
+        )
+    diff = float(np.abs(ref - ours).max())
+    if not diff < FRONTEND_TOLERANCE:
+        raise ExportError(
+            f"kdstore's front end differs from NeMo's preprocessor by {diff:.2e} (> {FRONTEND_TOLERANCE}): "
+            "this preprocessor configuration is not supported"
+        )
+    return diff
+
+
+def export_metadata(model: Any, frontend: FrontEndConfig, source_sha256: str) -> dict[str, str]:
+    """Encoder ``metadata_props``: sherpa-onnx's keys first, then kdstore's."""
+    vocab_size = int(model.joint.num_classes_with_blank) - 1
+    blank_id = int(model.decoder.blank_idx)
+    if blank_id != vocab_size:
+        raise ExportError(f"blank id {blank_id} is not the last joint output ({vocab_size}); cannot export")
+    decoding = model.cfg.get("decoding", None) or {}
+    greedy = decoding.get("greedy", None) or {}
+    max_symbols = greedy.get("max_symbols", None) or 10
+    meta = {
+        "vocab_size": str(vocab_size),
+        "normalize_type": frontend.normalize,
+        "pred_rnn_layers": str(int(model.decoder.pred_rnn_layers)),
+        "pred_hidden": str(int(model.decoder.pred_hidden)),
+        "subsampling_factor": str(int(model.encoder.subsampling_factor)),
+        "model_type": SHERPA_MODEL_TYPE,
+        "feat_dim": str(frontend.features),
+        "kdstore_version": __version__,
+        "source_sha256": source_sha256,
+        "source_class": type(model).__name__,
+        "blank_id": str(blank_id),
+        "max_symbols": str(int(max_symbols)),
+    }
+    meta.update(frontend.to_metadata())
+    return meta
+
+
+def write_tokens(model: Any, path: Path, vocab_size: int) -> Path:
+    """``piece id`` per line for ids 0..V-1, then ``<blk> V``."""
+    pieces = model.tokenizer.ids_to_tokens(list(range(vocab_size)))
+    if len(pieces) != vocab_size:
+        raise ExportError(f"tokenizer gave {len(pieces)} pieces for a joint with {vocab_size} labels")
+    lines = []
+    for i, piece in enumerate(pieces):
+        if not piece or any(c.isspace() for c in piece):
+            raise ExportError(f"token {i} ({piece!r}) is empty or has whitespace; tokens.txt cannot hold it")
+        lines.append(f"{piece} {i}")
+    lines.append(f"{BLANK_PIECE} {vocab_size}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

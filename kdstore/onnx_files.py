@@ -1,0 +1,109 @@
+"""Small edits and checks on ONNX files: metadata, decoder I/O names, static widths, int8 copies.
+
+Needs the ``onnx`` package (and onnxruntime's quantiser for :func:`quantize_int8`), never torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from kdstore.errors import ExportError
+
+DECODER_INPUTS = ("targets", "target_length", "input_states_1", "input_states_2")
+DECODER_OUTPUTS = ("outputs", "prednet_lengths", "output_states_1", "output_states_2")
+
+
+def add_metadata(path: Path, metadata: Mapping[str, str]) -> None:
+    """Set (replace) ``metadata_props`` entries of an ONNX file in place."""
+    import onnx
+
+    model = onnx.load(str(path))
+    keep = [p for p in model.metadata_props if p.key not in metadata]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(model, str(path))
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file as a dict."""
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def fix_decoder_io(path: Path) -> None:
+    """Readable decoder I/O names and a dynamic batch axis on both LSTM states (sherpa layout)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    if len(graph.input) != 4 or len(graph.output) != 4:
+        raise ExportError(f"{path}: expected a decoder with 4 inputs and 4 outputs (LSTM states), got "
+                          f"{len(graph.input)} and {len(graph.output)}")
+    renames = {vi.name: new for vi, new in zip(graph.input, DECODER_INPUTS)}
+    renames.update({vi.name: new for vi, new in zip(graph.output, DECODER_OUTPUTS)})
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = renames.get(name, name)
+        for i, name in enumerate(node.output):
+            node.output[i] = renames.get(name, name)
+    for vi in [*graph.input, *graph.output]:
+        vi.name = renames.get(vi.name, vi.name)
+    for vi in [*graph.input[2:], *graph.output[2:]]:  # (layers, batch, hidden)
+        dim = vi.type.tensor_type.shape.dim[1]
+        dim.Clear()
+        dim.dim_param = "batch"
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def check_output_width(path: Path, width: int) -> None:
+    """The first output's last dim must be the static ``width`` (sherpa-onnx reads the vocabulary from it)."""
+    import onnx
+
+    dims = onnx.load(str(path)).graph.output[0].type.tensor_type.shape.dim
+    if not dims or dims[-1].dim_value != width:
+        got = dims[-1].dim_value or dims[-1].dim_param if dims else "no shape"
+        raise ExportError(f"{path}: output's last dim should be the static {width}, got {got!r}")
+
+
+def check_io_names(path: Path, inputs: Sequence[str], outputs: Sequence[str]) -> None:
+    """Refuse a graph whose input/output names are not the ones a runtime looks up by name."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    have_in, have_out = [i.name for i in graph.input], [o.name for o in graph.output]
+    missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
+    if missing:
+        raise ExportError(f"{path}: expected inputs {list(inputs)} and outputs {list(outputs)}, got {have_in} and "
+                          f"{have_out}; this NeMo version exports other names")
+
+
+def quantize_int8(path: Path, metadata: Mapping[str, str]) -> Path:
+    """Dynamic int8 weights for the MatMul/Gemm layers; writes ``<name>.int8.onnx`` beside ``path``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = path.with_suffix(".int8.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a "consider pre-processing" warning on the root logger
+    try:
+        quantize_dynamic(str(path), str(out), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    add_metadata(out, {**metadata, "quantization": "dynamic-int8"})
+    return out
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
