@@ -152,14 +152,18 @@ class DurationBucketSampler(torch.utils.data.Sampler[list[int]]):
         self.pool = batch_size * pool_batches
         self.epoch = 0
 
-    def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
+    def _batches(self, gen: torch.Generator) -> list[list[int]]:
         order = torch.randperm(len(self.durations), generator=gen).tolist()
         batches: list[list[int]] = []
         for start in range(0, len(order), self.pool):
             pool = sorted(order[start : start + self.pool], key=lambda i: self.durations[i])
             batches.extend(pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size))
+        return batches
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        batches = self._batches(gen)
         order = torch.randperm(len(batches), generator=gen).tolist()
         rank, world = _rank_and_world()
         usable = len(order) - len(order) % world if world > 1 else len(order)  # equal batch counts per rank
@@ -170,6 +174,26 @@ class DurationBucketSampler(torch.utils.data.Sampler[list[int]]):
         batches = (len(self.durations) + self.batch_size - 1) // self.batch_size
         _, world = _rank_and_world()
         return batches // world if world > 1 else batches
+
+
+class StoreOrderBatchSampler(DurationBucketSampler):
+    """Batches of utterances that are neighbours in the store, in shuffled batch order.
+
+    A dump writes utterances in duration-sorted batches, so store neighbours have similar durations
+    (bucketing for free) and a batch is one contiguous read per array: a chunk is decoded once for
+    many utterances instead of once per utterance (docs/benchmarks.md, "Store"). Each epoch the cut
+    points move by a random shift, so batch composition varies between epochs.
+    """
+
+    def __init__(self, positions: Sequence[tuple[int, int]], batch_size: int, seed: int = 0) -> None:
+        super().__init__([0.0] * len(positions), batch_size, seed)
+        self.positions = list(positions)
+
+    def _batches(self, gen: torch.Generator) -> list[list[int]]:
+        order = sorted(range(len(self.positions)), key=lambda i: self.positions[i])
+        shift = int(torch.randint(0, self.batch_size, (1,), generator=gen))
+        cuts = [order[:shift]] + [order[i : i + self.batch_size] for i in range(shift, len(order), self.batch_size)]
+        return [batch for batch in cuts if batch]
 
 
 def _rank_and_world() -> tuple[int, int]:

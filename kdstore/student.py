@@ -15,7 +15,15 @@ from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel, EncDecRNNTB
 
 from kdstore import losses
 from kdstore.alignment import check_alignment_upfront
-from kdstore.data import AudioBatch, DurationBucketSampler, KDRows, StoreCollate, TranscribedAudioDataset, collate
+from kdstore.data import (
+    AudioBatch,
+    DurationBucketSampler,
+    KDRows,
+    StoreCollate,
+    StoreOrderBatchSampler,
+    TranscribedAudioDataset,
+    collate,
+)
 from kdstore.errors import IncompatibleStoreError
 from kdstore.kd_config import KDSettings
 from kdstore.rnnt_loss import VectorizedRNNTLoss
@@ -121,6 +129,12 @@ class KDMixin:
         dataset = TranscribedAudioDataset(entries, self.tokenizer.text_to_ids, int(data_cfg.sample_rate), store)
         collate_fn = collate_nemo_tuple if nemo_tuples else StoreCollate(store)
         workers = int(data_cfg.get("num_workers", 0) or 0)
+        if shuffle and store is not None:
+            positions = [(int(store.part_of[i]), int(store.index_in_part[i]))
+                         for i in (store.index_of(e.key) for e in entries)]
+            sampler = StoreOrderBatchSampler(positions, int(data_cfg.batch_size), seed=torch.initial_seed() % (1 << 31))
+            return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn,
+                                               num_workers=workers)
         if shuffle:
             sampler = DurationBucketSampler([e.duration for e in entries], int(data_cfg.batch_size),
                                             seed=torch.initial_seed() % (1 << 31))  # set by run.seed

@@ -322,3 +322,19 @@ def test_unknown_format_version_and_non_store_paths_are_refused(tmp_path):
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w").attrs["something"] = 1
     with pytest.raises(StoreError, match="no committed kdstore metadata"):
         StoreReader(tmp_path / "other.zarr")
+
+
+def test_store_order_batches_are_contiguous_reads_of_neighbours():
+    from kdstore.data import StoreOrderBatchSampler
+    from kdstore.store.reader import _coalesce
+
+    positions = [(0, 5), (1, 0), (0, 0), (0, 1), (1, 1), (0, 2), (0, 3), (0, 4)]
+    sampler = StoreOrderBatchSampler(positions, batch_size=3, seed=1)
+    epochs = [list(sampler) for _ in range(3)]
+    for batches in epochs:
+        assert sorted(i for batch in batches for i in batch) == list(range(len(positions)))
+        for batch in batches:  # members are store neighbours, in store order
+            keys = [positions[i] for i in batch]
+            assert keys == sorted(keys)
+    assert len({tuple(map(tuple, batches)) for batches in epochs}) > 1  # cut points move between epochs
+    assert _coalesce([(10, 20), (0, 5), (5, 10), (30, 31)]) == [(0, 20), (30, 31)]

@@ -57,6 +57,17 @@ def _keys(source: Source, bytes_name: str, offset_name: str) -> list[str]:
     return [payload[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets)]
 
 
+def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Merge touching or overlapping [a, b) ranges (sorted by start) into spans."""
+    spans: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if spans and a <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], b))
+        else:
+            spans.append((a, b))
+    return spans
+
+
 def scatter_rows(rows: np.ndarray, band_start: np.ndarray, num_labels: int, fill: float = 0) -> np.ndarray:
     """(T, W', ...) band rows -> (T, U+1, ...) dense lattice, ``fill`` outside the band."""
     frames, width = rows.shape[:2]
@@ -130,7 +141,12 @@ class StoreReader:
         if self._fast is not None:
             return self._fast.read_ranges(name, ranges)
         array = self._source.array(name)
-        if len(ranges) == 1 or not hasattr(array, "oindex"):
+        spans = _coalesce(ranges)
+        if len(spans) == 1:  # store neighbours (StoreOrderBatchSampler): one slice read for the batch
+            lo, hi = spans[0]
+            data = np.asarray(array[lo:hi])
+            return [data[a - lo : b - lo] for a, b in ranges]
+        if not hasattr(array, "oindex"):
             return [np.asarray(array[a:b]) for a, b in ranges]
         index = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges])
         data = np.asarray(array.oindex[index]) if index.size else np.asarray(array[0:0])
