@@ -17,7 +17,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import shlex
 import statistics
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
+from _report import machine, write_section  # bench/ is sys.path[0] when run as a script
 
 SECTION = "## RNN-T loss on CPU"
 
@@ -70,18 +70,6 @@ def random_batch(batch: int, frames: int, labels: int, vocab: int, seed: int = 0
     acts = torch.randn(batch, frames, labels + 1, vocab + 1, generator=gen)
     targets = torch.randint(0, vocab, (batch, labels), generator=gen)
     return acts, targets, torch.full((batch,), frames), torch.full((batch,), labels)
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
-        model = match.group(1).strip() if match else model
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return f"{model}, nproc {usable}, {platform.system()} {platform.machine()}, load average {load} at start"
 
 
 def versions() -> str:
@@ -145,18 +133,6 @@ V+1 is the joint output size: V labels plus blank (blank = V, last, as in NeMo).
 """
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the ``SECTION`` of ``path`` (up to the next ``## `` heading) or append it."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text.rstrip("\n") + "\n\n", old, count=1).rstrip("\n") + "\n"
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", type=parse_shape, nargs="+", default=[(8, 250, 80, 256), (8, 50, 20, 256)],
@@ -171,7 +147,7 @@ def main() -> None:
     rows = run(args)
     print(table(rows))
     if args.out:
-        write_section(args.out, section(args, rows, host))
+        write_section(args.out, SECTION, section(args, rows, host))
         print(f"wrote {SECTION!r} to {args.out}")
 
 

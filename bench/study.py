@@ -1,0 +1,479 @@
+"""The distillation study on the demo corpus: test WER of students trained with the same steps and seeds.
+
+Rows (``ROWS``): no KD; online KD (teacher in the loop, ``model.teacher_model_path``, whole vocabulary);
+offline KD from a full-lattice k=8 store; offline KD from a band-6 k=8 store (the main rows, every seed);
+then, with the first seed only, k = 4 and 16 (full lattice; k = 8 is the "offline, full" row), and the
+losses ``collapsed`` (3 classes from ``node/blank_label`` only, so it trains from a k=1 store, the
+smallest that carries it) and ``topk_renorm`` (k=8 full store); ``topk_rest`` is the "offline, full" row.
+
+Every student is ``kdstore train-student --config tiny`` (the demo student) on ``<corpus>/train.json``
+with the same steps, batch size and seed per seed column, one torch thread, run as a subprocess, two at
+a time (``--jobs``); each is then scored on ``<corpus>/test.json`` with ``kdstore eval --json``. The
+teacher's stores are dumped once (``kdstore dump-teacher``) into the work folder. Storage per row is
+the store folder on disk (0 for no KD and online KD, which needs the teacher itself at training time).
+
+Restartable: every finished student leaves ``<workdir>/results/<row>-s<seed>.json`` (and every store a
+``<workdir>/stores/<name>.json``) that a rerun with the same settings reuses; a trained student whose
+evaluation was interrupted is only evaluated again.
+
+    python bench/study.py --quick [--steps 30]            # main rows, 1 seed: ~10 minutes
+    python bench/study.py --out docs/benchmarks.md        # everything, 2 seeds: ~1 hour on 2 cores
+
+Without ``--out`` nothing under docs/ is written: the table is printed and the plot goes to the work folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import hashlib
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+from _report import machine, write_section  # bench/ is sys.path[0] when run as a script
+
+REPO = Path(__file__).resolve().parent.parent
+SECTION = "## Distillation study"
+STORES = {  # name -> dump-teacher options
+    "full-k8": {"top_k": 8, "band": None},
+    "band6-k8": {"top_k": 8, "band": 6},
+    "full-k4": {"top_k": 4, "band": None},
+    "full-k16": {"top_k": 16, "band": None},
+    "full-k1": {"top_k": 1, "band": None},
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    label: str
+    group: str  # main (every seed) | k | loss (first seed only)
+    store: str | None = None
+    online: bool = False
+    kd: bool = True
+    overrides: tuple[str, ...] = ()
+
+
+ROWS = [
+    Row("nokd", "no KD", "main", kd=False),
+    Row("online", "online KD (teacher in the loop, k=V+1)", "main", online=True),
+    Row("offline-full", "offline KD, full lattice, k=8, topk_rest", "main", "full-k8"),
+    Row("offline-band6", "offline KD, band 6, k=8, topk_rest", "main", "band6-k8"),
+    Row("k4", "offline KD, full lattice, k=4", "k", "full-k4"),
+    Row("k16", "offline KD, full lattice, k=16", "k", "full-k16"),
+    Row("collapsed", "offline KD, collapsed (3 classes; k=1 store)", "loss", "full-k1",
+        overrides=("model.kd.loss=collapsed",)),
+    Row("topk_renorm", "offline KD, full lattice, k=8, topk_renorm", "loss", "full-k8",
+        overrides=("model.kd.loss=topk_renorm",)),
+]
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+def default_teacher() -> Path:
+    committed = REPO / "demo/teacher.nemo"
+    return committed if committed.is_file() else REPO / "demo-run/teacher.nemo"
+
+
+def kdstore_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "kdstore.cli.main", *args]
+
+
+def run_logged(command: list[str], log: Path) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with log.open("w") as handle:
+        handle.write("$ " + shlex.join(command) + "\n")
+        handle.flush()
+        return subprocess.run(command, check=False, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                              cwd=REPO).returncode
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def file_id(path: Path) -> str:
+    """Cheap identity of an input file (path, size, first MiB hash): a changed teacher invalidates results."""
+    with path.open("rb") as handle:
+        head = hashlib.sha256(handle.read(1 << 20)).hexdigest()[:16]
+    return f"{path.resolve()}:{path.stat().st_size}:{head}"
+
+
+def parse_eval_json(log: Path) -> dict:
+    """``kdstore eval --json`` prints one indented JSON object; NeMo may print lines before it."""
+    text = log.read_text()
+    start = text.find("\n{\n")
+    if start < 0:
+        raise ValueError(f"no JSON summary in {log}")
+    return json.JSONDecoder().raw_decode(text[start + 1:])[0]
+
+
+def curve_summary(csv_path: Path) -> tuple[int | None, float | None]:
+    if not csv_path.is_file():
+        return None, None
+    rows = list(csv.DictReader(csv_path.open()))
+    if not rows:
+        return None, None
+    return int(float(rows[-1]["step"])), float(rows[-1]["seconds"])
+
+
+# -- stages ----------------------------------------------------------------------------------------------
+class Study:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.work: Path = args.workdir.resolve()
+        self.teacher: Path = args.teacher.resolve()
+        self.corpus: Path = args.corpus_dir.resolve()
+        self.train = self.corpus / "train.json"
+        self.test = self.corpus / "test.json"
+        self.teacher_id = file_id(self.teacher)
+        self.tokenizer = self.work / "teacher-tokenizer"
+
+    def log(self, message: str) -> None:
+        print(f"[study {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    def extract_tokenizer(self) -> None:
+        from kdstore.nemo_files import read_tokenizer_files  # no NeMo import
+
+        self.tokenizer.mkdir(parents=True, exist_ok=True)
+        for name, payload in read_tokenizer_files(self.teacher).items():
+            (self.tokenizer / name).write_bytes(payload)
+
+    # stores
+    def store_path(self, name: str) -> Path:
+        return self.work / "stores" / f"{name}.zarr"
+
+    def dump(self, name: str) -> dict:
+        spec = STORES[name]
+        fingerprint = {"teacher": self.teacher_id, "manifest": file_id(self.train), **spec}
+        marker = self.work / "stores" / f"{name}.json"
+        if marker.is_file():
+            done = json.loads(marker.read_text())
+            if done.get("fingerprint") == fingerprint and self.store_path(name).is_dir():
+                return done
+        command = kdstore_cmd("dump-teacher", "--teacher", str(self.teacher), "--manifest", str(self.train),
+                              "--out", str(self.store_path(name)), "--top-k", str(spec["top_k"]),
+                              "--band", str(spec["band"] or "full"), "--threads", "1", "--overwrite", "--no-progress")
+        self.log(f"dump {name}")
+        start = time.perf_counter()
+        rc = run_logged(command, self.work / "logs" / f"dump-{name}.log")
+        if rc != 0:
+            raise RuntimeError(f"dump {name} failed (rc {rc}); see {self.work / 'logs' / f'dump-{name}.log'}")
+        done = {"fingerprint": fingerprint, "bytes": folder_bytes(self.store_path(name)),
+                "seconds": round(time.perf_counter() - start, 1), "command": shlex.join(command)}
+        marker.write_text(json.dumps(done, indent=2))
+        return done
+
+    # students
+    def fingerprint(self, row: Row, seed: int) -> dict:
+        return {"row": row.name, "seed": seed, "steps": self.args.steps, "batch_size": self.args.batch_size,
+                "config": self.args.config, "teacher": self.teacher_id, "corpus": str(self.corpus),
+                "store": STORES.get(row.store) if row.store else None, "overrides": list(row.overrides),
+                "extra": list(self.args.extra)}
+
+    def train_command(self, row: Row, seed: int, output: Path) -> list[str]:
+        command = kdstore_cmd("train-student", "--config", self.args.config, "--no-progress")
+        if row.store:
+            command += ["--store", str(self.store_path(row.store))]
+        else:
+            command.append(f"model.tokenizer.dir={self.tokenizer}")
+        command += [f"model.train_ds.manifest_filepath={self.train}", f"run.output={output}",
+                    f"trainer.max_steps={self.args.steps}", f"model.train_ds.batch_size={self.args.batch_size}",
+                    f"run.seed={seed}", "run.num_threads=1", "trainer.accelerator=cpu",
+                    f"exp_manager.exp_dir={output.with_suffix('.logs')}"]
+        if not row.kd:
+            command.append("model.enable_kd=false")
+        if row.online:
+            command.append(f"model.teacher_model_path={self.teacher}")
+        return command + list(row.overrides) + list(self.args.extra)
+
+    def evaluate(self, model: Path, log: Path) -> dict:
+        rc = run_logged(kdstore_cmd("eval", "--model", str(model), "--manifest", str(self.test), "--json",
+                                    "--threads", "1"), log)
+        if rc != 0:
+            raise RuntimeError(f"eval of {model} failed (rc {rc}); see {log}")
+        return parse_eval_json(log)["model"]
+
+    def student(self, row: Row, seed: int) -> dict:
+        tag = f"{row.name}-s{seed}"
+        result_path = self.work / "results" / f"{tag}.json"
+        fingerprint = self.fingerprint(row, seed)
+        if result_path.is_file():
+            result = json.loads(result_path.read_text())
+            if result.get("fingerprint") == fingerprint:
+                return result
+        output = self.work / "students" / f"{tag}.nemo"
+        trained = output.with_suffix(".trained.json")
+        command = self.train_command(row, seed, output)
+        if not (trained.is_file() and json.loads(trained.read_text()).get("fingerprint") == fingerprint
+                and output.is_file()):
+            self.log(f"train {tag}")
+            trained.unlink(missing_ok=True)
+            start = time.perf_counter()
+            rc = run_logged(command, self.work / "logs" / f"{tag}.train.log")
+            if rc != 0:
+                raise RuntimeError(f"training {tag} failed (rc {rc}); see {self.work / 'logs' / f'{tag}.train.log'}")
+            trained.write_text(json.dumps({"fingerprint": fingerprint,
+                                           "wall_seconds": round(time.perf_counter() - start, 1)}))
+        self.log(f"eval {tag}")
+        summary = self.evaluate(output, self.work / "logs" / f"{tag}.eval.log")
+        steps, seconds = curve_summary(output.with_suffix(".log.csv"))
+        result = {"fingerprint": fingerprint, "row": row.name, "seed": seed, "wer": summary["wer"],
+                  "cer": summary["cer"], "params": summary["params"], "steps": steps, "train_seconds": seconds,
+                  "wall_seconds": json.loads(trained.read_text()).get("wall_seconds"),
+                  "model": str(output), "command": shlex.join(command)}
+        result_path.parent.mkdir(parents=True, exist_ok=True)
+        result_path.write_text(json.dumps(result, indent=2))
+        self.log(f"done {tag}: WER {100 * result['wer']:.2f}%")
+        return result
+
+    def teacher_score(self) -> dict:
+        result_path = self.work / "results" / "teacher.json"
+        fingerprint = {"teacher": self.teacher_id, "test": file_id(self.test)}
+        if result_path.is_file():
+            result = json.loads(result_path.read_text())
+            if result.get("fingerprint") == fingerprint:
+                return result
+        self.log("eval teacher")
+        summary = self.evaluate(self.teacher, self.work / "logs" / "teacher.eval.log")
+        result = {"fingerprint": fingerprint, "wer": summary["wer"], "cer": summary["cer"], "params": summary["params"]}
+        result_path.parent.mkdir(parents=True, exist_ok=True)
+        result_path.write_text(json.dumps(result, indent=2))
+        return result
+
+
+def run_jobs(jobs: list[tuple[str, callable]], workers: int) -> tuple[dict, dict]:
+    """Run (name, fn) jobs ``workers`` at a time; returns results and errors by name."""
+    results, errors = {}, {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {name: pool.submit(fn) for name, fn in jobs}
+        for name, future in futures.items():
+            try:
+                results[name] = future.result()
+            except Exception as err:  # noqa: BLE001 (one failed job must not lose the others' results)
+                errors[name] = str(err)
+                print(f"[study] FAILED {name}: {err}", flush=True)
+    return results, errors
+
+
+# -- report ----------------------------------------------------------------------------------------------
+def fmt_wer(values: list[float]) -> tuple[str, str]:
+    if not values:
+        return "-", "-"
+    mean = f"{100 * statistics.mean(values):.2f}"
+    if len(values) > 1:
+        mean += f" ± {100 * statistics.stdev(values):.2f}"
+    return mean, ", ".join(f"{100 * v:.2f}" for v in values)
+
+
+def plot(path: Path, rows: list[Row], by_row: dict, storage: dict, teacher: dict, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    styles = {"nokd": ("tab:red", "--"), "online": ("tab:green", ":")}
+    for row in rows:
+        results = by_row.get(row.name, [])
+        if not results:
+            continue
+        wers = [100 * r["wer"] for r in results]
+        mean = statistics.mean(wers)
+        if row.store is None:
+            color, style = styles[row.name]
+            ax.axhline(mean, color=color, linestyle=style, label=f"{row.label}: {mean:.1f}% (no store)")
+            continue
+        mb = storage[row.store] / 1e6
+        marker = {"main": "o", "k": "s", "loss": "^"}[row.group]
+        err = [[mean - min(wers)], [max(wers) - mean]]
+        ax.errorbar([mb], [mean], yerr=err, fmt=marker, capsize=3, label=f"{row.label}: {mean:.1f}%")
+        ax.annotate(row.name, (mb, mean), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if teacher:
+        ax.axhline(100 * teacher["wer"], color="gray", linestyle="-", linewidth=0.8,
+                   label=f"teacher: {100 * teacher['wer']:.1f}%")
+    ax.set_xscale("log")
+    ax.margins(x=0.25)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel("teacher store on disk [MB] (log scale)")
+    ax.set_ylabel("test WER [%] (mean; bars: min-max over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def versions() -> str:
+    names = ("torch", "nemo_toolkit", "kdstore", "zarr")
+    return ", ".join([f"Python {sys.version.split()[0]}"] + [f"{n} {version(n)}" for n in names])
+
+
+def report(study: Study, rows: list[Row], seeds: list[int], by_row: dict, storage: dict, dumps: dict,
+           teacher: dict, errors: dict, started: str, wall: float, loads: list[float], plot_path: Path,
+           command: str) -> str:
+    args = study.args
+    hours = sum(json.loads(line)["duration"] for line in study.train.read_text().splitlines() if line.strip()) / 3600
+    seed_text = (f"Main rows: seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+                 + (f"; the k and loss rows: seed {seeds[0]}." if any(r.group != "main" for r in rows) else "."))
+    lines = [
+        SECTION, "",
+        (f"Students `{args.config}` trained with `kdstore train-student` for {args.steps} steps (batch "
+         f"{args.batch_size}, one torch thread each, {args.jobs} at a time) on `{study.train}` ({hours:.3f} h), "
+         f"scored with `kdstore eval --json` (greedy, `basic` normaliser) on `{study.test}`; every row uses the "
+         f"same steps and seeds (seed s = `run.seed=s`: same initialisation and batch order). {seed_text} "
+         "KD: `kd_alpha` and `kd_temperature` from the config unless set in the command. Storage is the store "
+         "folder on disk (whole train set); online KD needs no store but runs the teacher in every step. The "
+         "online student restores its teacher inside its first step, which draws from torch's random stream "
+         "(`kdstore/student.py`, `_online_rows`), so its dropout and SpecAugment draws differ from the other "
+         "rows' after step 1 (same initialisation and batch order)."),
+        "",
+        f"- Command: `{command}` ({wall / 60:.1f} min wall)",
+        f"- Machine: {machine()}; 1-min load during the run {min(loads):.2f}-{max(loads):.2f}",
+        f"- Date: {started}",
+        f"- Versions: {versions()}",
+        (f"- Teacher: `{study.teacher}` ({teacher.get('params', 0) / 1e6:.2f}M params), test WER "
+         f"{100 * teacher.get('wer', float('nan')):.2f}%, CER {100 * teacher.get('cer', float('nan')):.2f}%"),
+        f"- Work folder (models, stores, logs, per-student result JSON): `{study.work}`",
+        "",
+        ("| row | group | store | storage [MB] | MB per audio hour | seeds | test WER % (mean ± sd) | WER % per seed "
+         "| CER % (mean) | train min per student |"),
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for row in rows:
+        results = sorted(by_row.get(row.name, []), key=lambda r: r["seed"])
+        mean, per_seed = fmt_wer([r["wer"] for r in results])
+        cer = f"{100 * statistics.mean(r['cer'] for r in results):.2f}" if results else "-"
+        minutes = [r["train_seconds"] / 60 for r in results if r.get("train_seconds")]
+        train = f"{statistics.mean(minutes):.1f}" if minutes else "-"
+        if row.store:
+            mb = storage[row.store] / 1e6
+            store, size, per_hour = f"`{row.store}`", f"{mb:.2f}", f"{mb / hours:.1f}"
+        else:
+            store, size, per_hour = "-", "0", "0"
+        failed = [name for name in errors if name.startswith(f"{row.name}-s")]
+        if failed:
+            per_seed += f" (failed: {', '.join(failed)})"
+        lines.append(f"| {row.label} | {row.group} | {store} | {size} | {per_hour} | {len(results)} | {mean} | "
+                     f"{per_seed} | {cer} | {train} |")
+    lines += [""]
+    if args.out and Path(plot_path).is_absolute() is False:
+        link = os.path.relpath(REPO / plot_path, (REPO / args.out).resolve().parent)
+        lines += [f"![test WER against storage]({link})", ""]
+    else:
+        lines += [f"Plot: `{plot_path}` (WER against storage, log scale).", ""]
+    if errors:
+        lines += ["Failures: " + "; ".join(f"{k}: {v}" for k, v in errors.items()), ""]
+    dump_times = ", ".join(f"{name} {d['seconds']} s" for name, d in dumps.items() if d.get("seconds"))
+    if dump_times:
+        lines += [f"Dump times (each store, when it was dumped): {dump_times}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="main rows only (no KD, offline full, offline band 6, online KD), 1 seed, few steps")
+    parser.add_argument("--teacher", type=Path, default=default_teacher(),
+                        help="teacher .nemo (default demo/teacher.nemo if present, else demo-run/teacher.nemo)")
+    parser.add_argument("--corpus-dir", type=Path, default=REPO / "demo-run/corpus",
+                        help="folder with train.json and test.json (the teacher's corpus)")
+    parser.add_argument("--workdir", type=Path, default=REPO / "demo-run-study",
+                        help="models, stores, logs, result JSON (default demo-run-study/, git-ignored)")
+    parser.add_argument("--config", default="tiny", help="student config (configs/models)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per student (1000; 200 with --quick)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds for the main rows (2; 1 with --quick)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--jobs", type=int, default=2, help="students trained at once (one thread each)")
+    parser.add_argument("--rows", default=None, help="comma-separated row names (default: all, or main with --quick)")
+    parser.add_argument("--out", type=Path, default=None, help="Markdown file whose section to write (and the "
+                        "plot to docs/img/study.png)")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG path (default docs/img/study.png with --out, "
+                        "else <workdir>/study.png)")
+    parser.add_argument("extra", nargs="*", help="key=value overrides for every student (e.g. model.kd_alpha=0.7)")
+    args = parser.parse_args()
+    args.steps = args.steps or (200 if args.quick else 1000)
+    seeds = list(range(args.seeds or (1 if args.quick else 2)))
+    rows = [r for r in ROWS if r.group == "main"] if args.quick else list(ROWS)
+    if args.rows:
+        wanted = args.rows.split(",")
+        unknown = set(wanted) - {r.name for r in ROWS}
+        if unknown:
+            parser.error(f"unknown rows {sorted(unknown)}; known: {[r.name for r in ROWS]}")
+        rows = [r for r in ROWS if r.name in wanted]
+    for path, what in ((args.teacher, "--teacher"), (args.corpus_dir / "train.json", "--corpus-dir"),
+                       (args.corpus_dir / "test.json", "--corpus-dir")):
+        if not path.is_file():
+            parser.error(f"{what}: {path} does not exist")
+    plot_path = args.plot or (REPO / "docs/img/study.png" if args.out else args.workdir / "study.png")
+    command = "python bench/study.py " + shlex.join(sys.argv[1:])
+
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    wall = time.perf_counter()
+    loads = [os.getloadavg()[0]]
+    study = Study(args)
+    study.work.mkdir(parents=True, exist_ok=True)
+    study.extract_tokenizer()
+    study.log(f"teacher {study.teacher}, corpus {study.corpus}, {args.steps} steps, seeds {seeds}, "
+              f"rows {[r.name for r in rows]}, work {study.work}")
+
+    # 1. stores (and the teacher's own score), two at a time
+    needed = sorted({r.store for r in rows if r.store}, key=list(STORES).index)
+    stage1 = [(f"dump:{name}", lambda name=name: study.dump(name)) for name in needed]
+    stage1.append(("teacher", study.teacher_score))
+    done, errors = run_jobs(stage1, args.jobs)
+    dumps = {name.split(":", 1)[1]: value for name, value in done.items() if name.startswith("dump:")}
+    teacher = done.get("teacher", {})
+    storage = {name: d["bytes"] for name, d in dumps.items()}
+    loads.append(os.getloadavg()[0])
+
+    # 2. students: the slowest (online KD) first, main rows' seeds before the single-seed rows
+    cost = {"online": 0, "nokd": 2}
+    jobs = []
+    for row in sorted(rows, key=lambda r: (r.group != "main", cost.get(r.name, 1))):
+        for seed in seeds if row.group == "main" else seeds[:1]:
+            if row.store and row.store not in storage:
+                errors[f"{row.name}-s{seed}"] = f"store {row.store} missing"
+                continue
+            jobs.append((f"{row.name}-s{seed}", lambda row=row, seed=seed: study.student(row, seed)))
+    results, student_errors = run_jobs(jobs, args.jobs)
+    errors.update(student_errors)
+    loads.append(os.getloadavg()[0])
+
+    by_row: dict[str, list[dict]] = {}
+    for result in results.values():
+        by_row.setdefault(result["row"], []).append(result)
+    title = (f"{args.config} students, {args.steps} steps, "
+             f"{'seed 0' if len(seeds) == 1 else f'seeds 0-{seeds[-1]}'} (main rows); "
+             f"teacher {teacher.get('params', 0) / 1e6:.1f}M")
+    plot(plot_path, rows, by_row, storage, teacher, title)
+    text = report(study, rows, seeds, by_row, storage, dumps, teacher, errors, started, time.perf_counter() - wall,
+                  loads, plot_path.relative_to(REPO) if plot_path.is_relative_to(REPO) else plot_path, command)
+    (study.work / "study.json").write_text(json.dumps({"results": results, "errors": errors, "storage": storage,
+                                                       "teacher": teacher}, indent=2))
+    (study.work / "study.md").write_text(text)
+    print(text)
+    if args.out:
+        write_section(args.out, SECTION, text)
+        print(f"wrote section {SECTION!r} of {args.out} and {plot_path}")
+    if errors:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
