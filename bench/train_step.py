@@ -344,7 +344,8 @@ def report(args, info: dict, params: dict, timing: dict, memory: dict, data: dic
             f"{label} ({teacher / params[size]:.2f}x params): offline/plain {offline / plain:.2f}x "
             f"({'meets' if offline / plain <= 1.10 else 'misses'} <= 1.10x; {offline_data:.2f}x with the data "
             f"loading in the loop), online/offline {online / offline:.2f}x "
-            f"({'meets' if online / offline >= target else 'misses'} >= {target:.1f}x)")
+            f"({'meets' if online / offline >= target else 'misses'} >= {target:.1f}x; the teacher's no_grad forward "
+            f"alone costs {timing['online_parts'][f'{size}:online'][0] / plain:.2f}x the student's whole plain step)")
     lines += [
         "",
         (f"Data per batch of {args.batch_size} (median; only in \"step + data\", which is what a step costs "
