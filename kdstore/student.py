@@ -175,7 +175,9 @@ class KDMixin:
         if teacher is None:
             from kdstore.nemo_files import restore_model
 
+            rng = torch.get_rng_state()  # restore_from draws random numbers: keep runs comparable by seed
             teacher = restore_model(self.kd_settings.teacher_model_path, map_location=str(self.device))
+            torch.set_rng_state(rng)
             object.__setattr__(self, "_online_teacher", teacher)  # not a submodule: not saved, not optimised
         return online_rows(teacher, batch, top_k=self.kd_settings.top_k or 0)
 
