@@ -15,6 +15,7 @@ import platform
 from pathlib import Path
 
 import numpy as np
+from _report import write_section
 
 from kdstore.store import StoreReader
 
@@ -48,18 +49,6 @@ def encode_uint8_log(logp: np.ndarray, floor: float = -20.0) -> tuple[np.ndarray
     step = -floor / 255.0
     codes = np.round((np.clip(logp, floor, 0.0) - floor) / step)
     return floor + codes * step, logp.shape[-1]
-
-
-def replace_section(path: Path, heading: str, text: str) -> None:
-    """Replace the markdown section starting at ``heading`` (up to the next '## ') or append it."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = old.find(heading)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(heading))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
-    path.write_text(new)
 
 
 def main() -> None:
@@ -112,7 +101,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        replace_section(args.out, "## Value encodings of node/logp", text)
+        write_section(args.out, "## Value encodings of node/logp", text)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import weakref
 from pathlib import Path
 
 import torch
+from _report import write_section
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -48,16 +49,6 @@ class PeakLiveBytes(TorchDispatchMode):
                     self.peak = max(self.peak, self.live)
                     weakref.finalize(storage, self._release, key, size)
         return out
-
-
-def replace_section(path: Path, heading: str, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = old.find(heading)
-    if start < 0:
-        path.write_text(old.rstrip("\n") + "\n\n" + text)
-        return
-    end = old.find("\n## ", start + len(heading))
-    path.write_text(old[:start] + text + (old[end + 1 :] if end >= 0 else ""))
 
 
 def one_step_peak(model, batch) -> float:
@@ -127,7 +118,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        replace_section(args.out, "## Peak memory of a KD step", text)
+        write_section(args.out, "## Peak memory of a KD step", text)
 
 
 if __name__ == "__main__":

@@ -64,3 +64,10 @@ def compressors() -> list:
     from zarr.codecs import BloscCodec, Crc32cCodec
 
     return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()]
+
+
+def decode_keys(offsets, payload: bytes) -> list[str]:
+    """CSR-encoded UTF-8 keys (``utt/key_offset``, ``utt/key_bytes``) -> strings."""
+    import itertools
+
+    return [payload[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets)]

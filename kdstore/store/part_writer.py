@@ -8,7 +8,6 @@ uncommitted tail, and ``resume=True`` truncates the arrays back to the committed
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,7 +121,7 @@ class PartWriter:
     def _read_keys(self) -> list[str]:
         offsets = np.asarray(self.group[layout.KEY_OFFSET][:])
         payload = np.asarray(self.group[layout.KEY_BYTES][:]).tobytes()
-        return [payload[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets)]
+        return layout.decode_keys(offsets, payload)
 
     # -- appending ---------------------------------------------------------------------------
     def add_utterance(self, key: str, *, frames: int, labels: int, band_start: np.ndarray, logp: np.ndarray,

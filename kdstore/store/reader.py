@@ -9,7 +9,6 @@ forked or spawned DataLoader workers: each reopens the store on first use.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ class _PartIndex:
 def _keys(source: Source, bytes_name: str, offset_name: str) -> list[str]:
     offsets = np.asarray(source.array(offset_name)[:])
     payload = np.asarray(source.array(bytes_name)[:]).tobytes()
-    return [payload[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets)]
+    return layout.decode_keys(offsets, payload)
 
 
 def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
