@@ -94,7 +94,7 @@ def test_dump_teacher_stops_or_skips(name, cases, teacher, tmp_path):
     assert len(side) == 1 and side[0]["line"] == number and fragment in side[0]["reason"]
 
 
-@pytest.mark.parametrize("name", ["malformed JSON", "corrupt audio", "unencodable", "too many tokens"])
+@pytest.mark.parametrize("name", CASE_NAMES)
 def test_train_student_stops_or_skips(name, cases, demo_corpus, tmp_path):
     _root, good, bad = cases
     line, fragment = next((line, fragment) for case, line, fragment in bad if case == name)
