@@ -37,6 +37,7 @@ from kdstore.export_checks import (  # noqa: F401  (re-exported: the public name
     export_metadata,
     frontend_config_from_nemo,
     load_nemo_model,
+    restore_rounded_buffers,
     write_tokens,
 )
 from kdstore.onnx_files import (  # noqa: F401
@@ -94,6 +95,7 @@ def export_onnx(model_path: Path, out_dir: Path, int8: bool = False, layout: str
     model = load_nemo_model(model_path)
     check_exportable(model)
     frontend = frontend_config_from_nemo(model.preprocessor)
+    restore_rounded_buffers(model.preprocessor, frontend)
     check_frontend(model.preprocessor, frontend)
     metadata = export_metadata(model, frontend, sha256_file(model_path))
     provenance = {k: metadata[k] for k in PROVENANCE_KEYS}

@@ -89,7 +89,8 @@ def frontend_config_from_nemo(preprocessor: Any) -> FrontEndConfig:
     ours = mel_filterbank(config.sample_rate, config.n_fft, config.features, config.lowfreq, config.highfreq,
                           config.mel_norm)
     theirs = fz.fb.detach().cpu().numpy().reshape(ours.shape)
-    if not np.allclose(ours, theirs, rtol=1e-4, atol=1e-7):
+    # rtol 1e-3: a model saved with fp16 weights (e.g. the demo teacher) holds fp16-rounded buffers.
+    if not np.allclose(ours, theirs, rtol=1e-3, atol=1e-7):
         raise ExportError("cannot reproduce the preprocessor's mel filterbank (lowfreq, highfreq, mel_norm); "
                           "this preprocessor configuration is not supported")
     return config
@@ -101,9 +102,38 @@ def _window_name(window: Any) -> str:
         return "none"
     values = window.detach().cpu().numpy().astype(np.float64)
     for name, fn in WINDOW_FUNCTIONS.items():
-        if fn is not None and np.allclose(fn(len(values)), values, atol=1e-6):
+        # atol 1e-3 accepts fp16-rounded windows (|error| <= 2.5e-4); NeMo's windows differ by >= 0.08.
+        if fn is not None and np.allclose(fn(len(values)), values, atol=1e-3):
             return name
     raise ExportError("the preprocessor's STFT window is none of hann, hamming, blackman, bartlett; not supported")
+
+
+def restore_rounded_buffers(preprocessor: Any, frontend: FrontEndConfig) -> bool:
+    """Put exact float32 values back into a featurizer whose window and filterbank were saved in fp16.
+
+    A model saved after ``model.half()`` (the committed demo teacher, any fp16 checkpoint) restores with
+    fp16-rounded preprocessor buffers. It was trained with the exact ones, and the rounding, amplified by
+    per-feature normalisation of near-silent mel bins, moves features by up to ~0.3: the export (ONNX
+    front end, ``preprocessor.ts``) must reproduce the training-time features, so the exact values win.
+    Returns whether anything was replaced.
+    """
+    import torch
+
+    fz = preprocessor.featurizer
+    exact_fb = mel_filterbank(frontend.sample_rate, frontend.n_fft, frontend.features, frontend.lowfreq,
+                              frontend.highfreq, frontend.mel_norm)
+    replaced = False
+    if fz.fb is not None and not np.array_equal(fz.fb.detach().cpu().numpy().reshape(exact_fb.shape),
+                                                exact_fb.astype(np.float32)):
+        fz.fb.data.copy_(torch.from_numpy(exact_fb.astype(np.float32)).reshape(fz.fb.shape))
+        replaced = True
+    window_fn = WINDOW_FUNCTIONS.get(frontend.window)
+    if fz.window is not None and window_fn is not None:
+        exact_window = window_fn(fz.window.numel()).astype(np.float32)
+        if not np.allclose(fz.window.detach().cpu().numpy(), exact_window, rtol=0, atol=1e-6):
+            fz.window.data.copy_(torch.from_numpy(exact_window))
+            replaced = True
+    return replaced
 
 
 def check_frontend(preprocessor: Any, frontend: FrontEndConfig, seconds: float = 1.37) -> float:
