@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from kdstore import __version__
-from kdstore.banding import gather_band, node_occupancy, select_band
+from kdstore.banding import gather_band, node_occupancy, node_occupancy_batch, select_band
 from kdstore.data import TranscribedAudioDataset, collate, duration_sorted_batches
 from kdstore.errors import AudioError, KdstoreError, StoreError
 from kdstore.manifest import file_sha256
@@ -64,18 +64,20 @@ def _autocast(settings: DumpSettings):
 
 
 def utterance_rows(values: torch.Tensor, ids: torch.Tensor, blank_label: torch.Tensor, labels: int,
-                   band: int | None) -> dict:
+                   band: int | None, occupancy: torch.Tensor | None = None) -> dict:
     """One utterance's per-node top-k and (blank, label) pairs, (T, U+1, ...), -> what a part stores.
 
     With a band, the teacher's node occupancy (forward-backward over its own blank/label log-probs)
-    picks the W label positions per frame to keep (docs/store-format.md, "Band").
+    picks the W label positions per frame to keep (docs/store-format.md, "Band"). ``occupancy`` (T, U+1)
+    is that posterior when the caller computed it for the whole batch at once (``batch_occupancy``).
     """
     frames = values.shape[0]
     arrays = {"logp": values.cpu().numpy(), "ids": ids.cpu().numpy(), "blank_label": blank_label.cpu().numpy()}
     starts = np.zeros(frames, dtype=np.int32)
     occupancy = None
     if band is not None:
-        occ = node_occupancy(blank_label[..., 0].double(), blank_label[..., 1].double(), labels)  # (T, U+1)
+        occ = occupancy if occupancy is not None else node_occupancy(
+            blank_label[..., 0].double(), blank_label[..., 1].double(), labels)  # (T, U+1)
         width = band if frames > 1 else labels + 1  # one frame: every label is emitted in it
         starts = select_band(occ, width).astype(np.int32)
         arrays = {name: gather_band(array, starts, width) for name, array in arrays.items()}
@@ -83,6 +85,25 @@ def utterance_rows(values: torch.Tensor, ids: torch.Tensor, blank_label: torch.T
     out = {name: array.reshape(-1, *array.shape[2:]) for name, array in arrays.items()}  # (T * W', ...)
     out["occupancy"] = occupancy.reshape(-1) if occupancy is not None else None
     return {"frames": frames, "labels": labels, "band_start": starts, **out}
+
+
+def batch_occupancy(blank_labels: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Node occupancy (T_b, U_b+1) float64 of several utterances from one padded forward-backward.
+
+    Per utterance the recursion is T small tensor ops: batching them costs one pass for the whole
+    batch instead of one per utterance, which is most of what a band dump adds to the teacher forward.
+    ``blank_labels`` maps batch position -> the utterance's (T, U+1, 2) blank/label log-probs.
+    """
+    if not blank_labels:
+        return {}
+    order = list(blank_labels)
+    frames = [blank_labels[b].shape[0] for b in order]
+    nodes = [blank_labels[b].shape[1] for b in order]
+    padded = torch.zeros(len(order), max(frames), max(nodes), 2, dtype=torch.float64)
+    for i, b in enumerate(order):
+        padded[i, : frames[i], : nodes[i]] = blank_labels[b].double().cpu()
+    occ = node_occupancy_batch(padded[..., 0], padded[..., 1], frames, [n - 1 for n in nodes])
+    return {b: occ[i, : frames[i], : nodes[i]] for i, b in enumerate(order)}
 
 
 def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str | Path,
@@ -215,10 +236,14 @@ def _dump_batch(model, dataset, batch_indices, todo, writer, settings, top_k, bl
         ctc = None
         if settings.ctc:  # (B, T, V+1) log-probs of the CTC head; blank is last, as in the joint
             ctc = model.ctc_decoder(encoder_output=encoded.encoded).float().log_softmax(-1).topk(top_k, dim=-1)
+        joined = {b: tuple(torch.cat(parts, dim=0) for parts in zip(*pieces[b], strict=True))
+                  for b in range(len(items)) if todo[b]}  # b -> (values, ids, blank_label)
+        occupancy = batch_occupancy({b: rows[2] for b, rows in joined.items()}) if settings.band else {}
         for b, key in enumerate(batch.keys):
             if todo[b]:
-                values, ids, blank_label = (torch.cat(parts, dim=0) for parts in zip(*pieces[b], strict=True))
-                rows = utterance_rows(values, ids, blank_label, int(batch.tokens_len[b]), settings.band)
+                values, ids, blank_label = joined[b]
+                rows = utterance_rows(values, ids, blank_label, int(batch.tokens_len[b]), settings.band,
+                                      occupancy.get(b))
                 if ctc is not None:
                     frames_b = int(encoded.encoded_len[b])
                     rows["ctc_logp"] = ctc.values[b, :frames_b].cpu().numpy()

@@ -278,3 +278,19 @@ def test_gather_scatter_round_trip() -> None:
     np.testing.assert_array_equal(scatter_band(gather_band(flat, zeros, 99), zeros, labels), flat)
     with pytest.raises(ValueError):
         gather_band(dense, starts + 5, width)
+
+
+def test_dump_batch_occupancy_matches_per_utterance() -> None:
+    """The dump computes occupancy for a whole batch at once; it must equal the per-utterance one."""
+    from kdstore.dump import batch_occupancy
+
+    shapes = {0: (7, 3), 2: (1, 0), 5: (4, 5)}  # batch position -> (T, U); positions need not be dense
+    rows, expected = {}, {}
+    for b, (frames, labels) in shapes.items():
+        blank, label, _, _ = _lattice(frames, labels, seed=b)
+        rows[b] = torch.stack([blank, label], dim=-1).float()  # the dump's (T, U+1, 2) blank/label rows
+        expected[b] = node_occupancy(rows[b][..., 0].double(), rows[b][..., 1].double(), labels)
+    got = batch_occupancy(rows)
+    assert sorted(got) == sorted(shapes)
+    for b in shapes:
+        torch.testing.assert_close(got[b], expected[b], rtol=0, atol=1e-12)
