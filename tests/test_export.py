@@ -382,13 +382,14 @@ SHERPA_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import sherpa_onnx, soundfile
-    d = sys.argv[1]
+    from kdstore.sherpa_frames import sherpa_input
+    d, align = sys.argv[1], sys.argv[2] == "align"
     rec = sherpa_onnx.OfflineRecognizer.from_transducer(
         encoder=f"{d}/encoder.onnx", decoder=f"{d}/decoder.onnx", joiner=f"{d}/joiner.onnx",
         tokens=f"{d}/tokens.txt", num_threads=1, decoding_method="greedy_search", model_type="nemo_transducer")
     texts = []
-    for path in sys.argv[2:]:
-        wave, rate = soundfile.read(path, dtype="float32")
+    for path in sys.argv[3:]:
+        wave, rate = sherpa_input(path, d) if align else soundfile.read(path, dtype="float32")
         stream = rec.create_stream()
         stream.accept_waveform(rate, wave)
         rec.decode_stream(stream)
@@ -398,24 +399,37 @@ SHERPA_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def sherpa_transcripts(exported, emitting_manifest):
+def run_sherpa(onnx_dir: Path, paths: list[str], align: bool) -> list[str]:
+    """sherpa-onnx's greedy transcripts of ``paths`` (raw files, or frame-aligned by kdstore.sherpa_frames)."""
     pytest.importorskip("sherpa_onnx")
     # A missing metadata key makes sherpa-onnx exit(255) instead of raising: run it in a subprocess.
     proc = subprocess.run(
-        [sys.executable, "-c", SHERPA_SCRIPT, str(exported.out_dir), *_audio_paths(emitting_manifest)],
+        [sys.executable, "-c", SHERPA_SCRIPT, str(onnx_dir), "align" if align else "raw", *paths],
         check=False, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_sherpa_onnx_loads_and_agrees(sherpa_transcripts, nemo_transcripts):
-    # sherpa-onnx 2.0.1 computes its own Kaldi-style fbank for NeMo transducers and exposes no setting
-    # that makes it NeMo's (see test_sherpa_gap_is_its_front_end): measured 7/10 identical here, while
-    # onnxruntime and onnx-asr on the same graphs give 10/10. README "export-onnx" has the numbers.
+@pytest.fixture(scope="module")
+def sherpa_transcripts(exported, emitting_manifest):
+    """sherpa-onnx on the raw files: its own front end, frames half a hop off NeMo's."""
+    return run_sherpa(exported.out_dir, _audio_paths(emitting_manifest), align=False)
+
+
+def test_sherpa_onnx_loads_and_agrees(exported, emitting_manifest, nemo_transcripts):
+    """The acceptance check: sherpa-onnx fed frame-aligned audio (``kdstore.sherpa_frames``) gives NeMo's
+    transcripts (measured 10/10; onnxruntime and onnx-asr on the same graphs: 10/10)."""
+    aligned = run_sherpa(exported.out_dir, _audio_paths(emitting_manifest), align=True)
+    agree = _agreement(aligned, nemo_transcripts)
+    assert agree >= 9, f"{agree}/10 agree: {list(zip(nemo_transcripts, aligned))}"
+
+
+def test_sherpa_onnx_raw_files_disagree_more(sherpa_transcripts, nemo_transcripts):
+    """Without the alignment sherpa-onnx's half-hop frame shift flips transcripts of this memorised model
+    (measured 7/10); documented in the README. If this starts failing, sherpa-onnx changed its framing."""
     agree = _agreement(sherpa_transcripts, nemo_transcripts)
-    assert agree >= 6, f"{agree}/10 agree: {list(zip(nemo_transcripts, sherpa_transcripts))}"
+    assert 5 <= agree <= 9, f"{agree}/10 agree: {list(zip(nemo_transcripts, sherpa_transcripts))}"
 
 
 def _sherpa_style_fbank(wave: np.ndarray) -> tuple[np.ndarray, int]:
@@ -438,6 +452,25 @@ def _sherpa_style_fbank(wave: np.ndarray) -> tuple[np.ndarray, int]:
     return ((mel - mel.mean(0)) / (std + 1e-5)).T.astype(np.float32), frames
 
 
+@pytest.mark.parametrize("exact_pad", [False, True])
+def test_align_for_sherpa_puts_frames_where_nemo_has_them(exact_pad):
+    """After ``align_for_sherpa`` sherpa-onnx's framing ((n + hop/2) // hop frames centred at
+    t * hop + hop/2) gives NeMo's frame count, and a click at NeMo's frame-t centre lands on sherpa's."""
+    from kdstore.sherpa_frames import align_for_sherpa, nemo_frame_centre
+
+    config = FrontEndConfig(exact_pad=exact_pad)
+    front = LogMelFrontEnd(config)
+    hop = config.n_window_stride
+    for n in (1600, 1601, 1679, 1680, 1759, 16000 + 93):
+        frames = front.num_frames(n)
+        t = frames // 2
+        wave = np.zeros(n, dtype=np.float32)
+        wave[t * hop + nemo_frame_centre(config)] = 1.0
+        aligned = align_for_sherpa(wave, config)
+        assert (len(aligned) + hop // 2) // hop == frames, (n, len(aligned))
+        assert int(np.argmax(aligned)) == t * hop + hop // 2  # sherpa's centre of frame t
+
+
 def test_sherpa_gap_is_its_front_end(exported, emitting_manifest, sherpa_transcripts, nemo_transcripts):
     """Our graphs fed sherpa-style features reproduce sherpa-onnx's transcripts exactly: the graphs and
     the greedy search agree, and the disagreement with NeMo comes from sherpa's feature extraction."""
@@ -453,8 +486,8 @@ def test_sherpa_gap_is_its_front_end(exported, emitting_manifest, sherpa_transcr
 
 
 def test_demo_teacher_in_sherpa_onnx_matches_nemo_accuracy(demo_corpus, tmp_path):
-    """The committed demo teacher (fp16 weights, generalises) through sherpa-onnx vs NeMo on the fixture
-    corpus: most transcripts identical and the same accuracy. Also proves that a model saved in fp16,
+    """The committed demo teacher (fp16 weights, generalises) through sherpa-onnx (frame-aligned input)
+    vs NeMo on the fixture corpus: most transcripts identical and the same accuracy. Also proves that a model saved in fp16,
     whose preprocessor buffers were rounded, exports (``restore_rounded_buffers``)."""
     import jiwer
     import torch
@@ -467,10 +500,7 @@ def test_demo_teacher_in_sherpa_onnx_matches_nemo_accuracy(demo_corpus, tmp_path
             for line in (Path(demo_corpus.train_manifest).parent / m).read_text().splitlines() if line.strip()]
     paths, refs = [r["audio_filepath"] for r in rows], [r["text"] for r in rows]
     result = export_onnx(teacher, tmp_path / "onnx")
-    proc = subprocess.run([sys.executable, "-c", SHERPA_SCRIPT, str(result.out_dir), *paths],
-                          check=False, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    sherpa = json.loads(proc.stdout.strip().splitlines()[-1])
+    sherpa = run_sherpa(result.out_dir, paths, align=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -479,8 +509,7 @@ def test_demo_teacher_in_sherpa_onnx_matches_nemo_accuracy(demo_corpus, tmp_path
     finally:
         torch.set_num_threads(threads)
     agree = sum(a == b for a, b in zip(sherpa, nemo)) / len(rows)
-    # Measured 45/51 (0.88) identical; WER 3.5% (sherpa-onnx) vs 1.8% (NeMo).
-    assert agree >= 0.8, list(zip(nemo, sherpa))
+    assert agree >= 0.85, list(zip(nemo, sherpa))
     assert abs(jiwer.wer(refs, [t or "-" for t in sherpa]) - jiwer.wer(refs, nemo)) < 0.04
 
 
