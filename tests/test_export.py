@@ -578,3 +578,43 @@ def test_cli_transcribe_error_is_one_line(tmp_path, emitting_manifest):
     result = CliRunner().invoke(cli, ["transcribe", "--onnx", str(tmp_path), audio])
     assert result.exit_code == 1
     assert "not a complete ONNX export" in result.output and "Traceback" not in result.output
+
+
+def test_cli_transcribe_with_sherpa_onnx_runtime(exported, emitting_manifest, nemo_transcripts, sherpa_transcripts):
+    """``--runtime sherpa-onnx`` is sherpa-onnx itself: frame-aligned by default (NeMo's transcripts),
+    ``--no-sherpa-align`` gives exactly what sherpa-onnx says on the raw files. A subprocess, because
+    sherpa-onnx ends the process instead of raising on a bad model."""
+    pytest.importorskip("sherpa_onnx")
+    paths = _audio_paths(emitting_manifest)
+    runs = {}
+    for flag in ("--sherpa-align", "--no-sherpa-align"):
+        proc = subprocess.run([sys.executable, "-m", "kdstore.cli.main", "transcribe", "--onnx", str(exported.out_dir),
+                               "--runtime", "sherpa-onnx", flag, "--json", *paths],
+                              check=False, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        data = json.loads(proc.stdout)
+        assert data["runtime"] == "sherpa-onnx" and data["rtf"] > 0
+        runs[flag] = [t["text"] for t in data["transcripts"]]
+    assert _agreement(runs["--sherpa-align"], nemo_transcripts) >= 9
+    assert runs["--no-sherpa-align"] == sherpa_transcripts
+
+
+def test_sherpa_runtime_refuses_folder_without_metadata(exported, tmp_path):
+    """A folder sherpa-onnx would exit(255) on gets kdstore's one-line error instead."""
+    import shutil
+
+    import onnx
+
+    from kdstore.errors import ExportError
+    from kdstore.sherpa_runtime import SherpaTransducer
+
+    pytest.importorskip("sherpa_onnx")
+    for name in ("encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt"):
+        shutil.copy(exported.out_dir / name, tmp_path / name)
+    encoder = onnx.load(str(tmp_path / "encoder.onnx"))
+    kept = [p for p in encoder.metadata_props if p.key != "pred_hidden"]
+    del encoder.metadata_props[:]
+    encoder.metadata_props.extend(kept)
+    onnx.save(encoder, str(tmp_path / "encoder.onnx"))
+    with pytest.raises(ExportError, match="lacks pred_hidden"):
+        SherpaTransducer(tmp_path)
