@@ -191,10 +191,15 @@ class LogMelFrontEnd:
         x = np.asarray(waveform, dtype=np.float64)
         if x.ndim != 1:
             raise ValueError(f"waveform: expected a 1-D array of samples, got shape {x.shape}")
-        length = self.num_frames(len(x))
-        if cfg.preemph is not None and len(x) > 1:
+        length, samples = self.num_frames(len(x)), len(x)
+        if cfg.exact_pad:  # NeMo pads before pre-emphasis, then zeroes every index >= the ORIGINAL
+            x = np.pad(x, (self._pad, self._pad))  # length in padded coordinates: the last `pad` real
+        if cfg.preemph is not None and len(x) > 1:  # samples are silenced too (its quirk, reproduced)
             x = np.concatenate([x[:1], x[1:] - cfg.preemph * x[:-1]])
-        x = np.pad(x, (self._pad, self._pad))
+            if cfg.exact_pad:
+                x[samples:] = 0.0
+        if not cfg.exact_pad:
+            x = np.pad(x, (self._pad, self._pad))
         if len(x) < cfg.n_fft:
             x = np.pad(x, (0, cfg.n_fft - len(x)))
         frames = np.lib.stride_tricks.sliding_window_view(x, cfg.n_fft)[:: cfg.n_window_stride]  # (frames, n_fft)
