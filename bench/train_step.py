@@ -59,7 +59,7 @@ import torch
 from _report import machine, write_section  # bench/ is sys.path[0] when run as a script
 
 REPO = Path(__file__).resolve().parent.parent
-SECTION = "## Training step: plain, offline KD, online KD"
+SECTION = "## Training step: plain, offline KD, online KD"  # + " (batch N)": one section per batch size
 # name -> (config, d_model, encoder layers, attention heads, prediction/joint width)
 SIZES = {
     "teacher": ("tiny-teacher", 256, 4, 8, 320),  # "Large"
@@ -282,7 +282,7 @@ def report(args, info: dict, params: dict, timing: dict, memory: dict, data: dic
         size_lines.append(f"  - {name}: `{config}.yaml` with d_model {d_model}, {layers} layers, {heads} heads, "
                           f"pred/joint {hidden}: {params[name] / 1e6:.2f}M params{ratio}")
     lines = [
-        SECTION, "",
+        f"{SECTION} (batch {args.batch_size})", "",
         ("Seconds per training step (forward + RNN-T loss + KD term + backward + clip + AdamW step, outside "
          "Lightning), one torch thread, same duration-sorted batches for every configuration, repeats "
          "interleaved per batch (a, b, c, ...) after a warm-up pass; median over repeats of the mean step "
@@ -436,8 +436,9 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     print(text)
     if args.out:
-        write_section(args.out, SECTION, text)
-        print(f"wrote section {SECTION!r} of {args.out}")
+        heading = f"{SECTION} (batch {args.batch_size})"
+        write_section(args.out, heading, text)
+        print(f"wrote section {heading!r} of {args.out}")
 
 
 if __name__ == "__main__":
