@@ -54,11 +54,13 @@ class TranscribedAudioDataset(torch.utils.data.Dataset):
     """Manifest entries -> audio samples + token ids (+ the teacher's stored rows)."""
 
     def __init__(self, entries: Sequence[ManifestEntry], tokenize: Tokenize, sample_rate: int,
-                 store: StoreReader | None = None) -> None:
+                 store: StoreReader | None = None,
+                 augment: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         self.entries = list(entries)
         self.tokenize = tokenize
         self.sample_rate = sample_rate
         self.store = store
+        self.augment = augment  # training only: NeMo's AudioAugmentor (kdstore.augment)
         if store is not None:
             missing = [e for e in self.entries if e.key not in store]
             if missing:
@@ -75,8 +77,11 @@ class TranscribedAudioDataset(torch.utils.data.Dataset):
         tokens = list(self.tokenize(entry.text))
         if not tokens:
             raise ManifestError(f"{entry.where}: transcript {entry.text!r} has no tokens")
+        audio = load_audio(entry, self.sample_rate)
+        if self.augment is not None:
+            audio = self.augment(audio)
         item = {
-            "audio": torch.from_numpy(load_audio(entry, self.sample_rate)),
+            "audio": torch.from_numpy(audio),
             "tokens": torch.tensor(tokens, dtype=torch.long),
             "key": entry.key,
             "index": index,

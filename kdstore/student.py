@@ -15,6 +15,7 @@ from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel, EncDecRNNTB
 
 from kdstore import losses
 from kdstore.alignment import check_alignment_upfront
+from kdstore.augment import nemo_augment
 from kdstore.data import (
     AudioBatch,
     DurationBucketSampler,
@@ -126,7 +127,9 @@ class KDMixin:
                 self._kd_store = StoreReader(self.kd_settings.store)
             store = self._kd_store
             check_alignment_upfront(entries, self.tokenizer.text_to_ids, store, store.metadata.front_end)
-        dataset = TranscribedAudioDataset(entries, self.tokenizer.text_to_ids, int(data_cfg.sample_rate), store)
+        augment = nemo_augment(data_cfg.get("augmentor"), int(data_cfg.sample_rate)) if shuffle else None
+        dataset = TranscribedAudioDataset(entries, self.tokenizer.text_to_ids, int(data_cfg.sample_rate), store,
+                                          augment=augment)
         collate_fn = collate_nemo_tuple if nemo_tuples else StoreCollate(store)
         workers = int(data_cfg.get("num_workers", 0) or 0)
         if shuffle and store is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
+from kdstore.augment import length_changing
 from kdstore.config import require
 from kdstore.errors import ConfigError, IncompatibleStoreError
 from kdstore.kd_config import KDSettings
@@ -56,10 +57,10 @@ def check_store_compatible(cfg, store_path: str) -> object:
     if top_k and int(top_k) > meta.top_k:
         raise IncompatibleStoreError(f"model.kd.top_k={top_k} but store {store_path} holds only k={meta.top_k} per node; "
                                      f"use model.kd.top_k<={meta.top_k} (or null for all)")
-    augmentor = cfg.model.train_ds.get("augmentor") or {}
-    if "speed" in augmentor:
-        raise IncompatibleStoreError("speed perturbation changes the number of frames T: remove "
-                                     "model.train_ds.augmentor.speed while KD from a store is on")
+    changing = length_changing(cfg.model.train_ds.get("augmentor"))
+    if changing:
+        raise IncompatibleStoreError(f"{changing[0]} perturbation changes the number of frames T: remove "
+                                     f"model.train_ds.augmentor.{changing[0]} while KD from a store is on")
     return reader
 
 

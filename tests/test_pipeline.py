@@ -284,12 +284,32 @@ def test_collapsed_from_topk_store_equals_full_store_and_band_equals_restricted_
     assert abs(band_loss.item() - dense_loss.item()) < 1e-6
 
 
-def test_speed_perturbation_with_kd_is_refused(exact_store, small_manifest, tmp_path):
+@pytest.mark.parametrize("perturbation", ["speed", "time_stretch"])
+def test_length_changing_perturbation_with_kd_is_refused(exact_store, small_manifest, tmp_path, perturbation):
     from kdstore.config import load_train_config
     from kdstore.train import train_student
 
     cfg = load_train_config("tiny", [f"model.train_ds.manifest_filepath={small_manifest}",
                                      f"run.output={tmp_path / 's.nemo'}", "trainer.accelerator=cpu",
-                                     "+model.train_ds.augmentor.speed.prob=0.5"], store=str(exact_store))
-    with pytest.raises(IncompatibleStoreError, match="speed perturbation"):
+                                     f"+model.train_ds.augmentor.{perturbation}.prob=0.5"], store=str(exact_store))
+    with pytest.raises(IncompatibleStoreError, match=f"{perturbation} perturbation"):
         train_student(cfg)
+
+
+def test_augmentor_is_applied_to_training_audio_only(exact_store, small_manifest, tmp_path):
+    """``model.train_ds.augmentor`` (NeMo's AudioAugmentor: here shift + white noise) reaches kdstore's
+    training loader, keeps every utterance's length (so the store rows still fit), and KD trains."""
+    from kdstore.config import load_train_config
+    from kdstore.train import train_student
+
+    cfg = load_train_config("tiny", [f"model.train_ds.manifest_filepath={small_manifest}",
+                                     f"run.output={tmp_path / 's.nemo'}", "trainer.max_steps=1",
+                                     "model.train_ds.batch_size=3", "trainer.accelerator=cpu",
+                                     "+model.train_ds.augmentor.shift.prob=1.0",
+                                     "+model.train_ds.augmentor.shift.min_shift_ms=-5.0",
+                                     "+model.train_ds.augmentor.shift.max_shift_ms=5.0",
+                                     "+model.train_ds.augmentor.white_noise.prob=1.0",
+                                     "+model.train_ds.augmentor.white_noise.min_level=-70",
+                                     "+model.train_ds.augmentor.white_noise.max_level=-60"], store=str(exact_store))
+    result = train_student(cfg)
+    assert 0 < result.final_losses["train_kd_loss"] < float("inf")
