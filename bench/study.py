@@ -324,6 +324,34 @@ def versions() -> str:
     return ", ".join([f"Python {sys.version.split()[0]}"] + [f"{n} {version(n)}" for n in names])
 
 
+PAIRS = [  # (row, baseline): the differences the study exists to show
+    ("online", "nokd"), ("offline-full", "nokd"), ("offline-band6", "nokd"),
+    ("offline-full", "online"), ("offline-band6", "online"), ("offline-band6", "offline-full"),
+]
+
+
+def paired_differences(by_row: dict) -> list[str]:
+    """WER(row) - WER(baseline) seed by seed: same initialisation and batch order, so the seed-to-seed
+    spread of both rows cancels and the difference is what KD (or where its rows come from) changes."""
+    labels = {r.name: r.label.split(" (")[0].split(",")[0] if r.name in ("nokd", "online") else r.label
+              for r in ROWS}
+    out = [("Paired differences (same seed: same initialisation and batch order), WER points, negative = "
+           "the first row is better:"), "",
+           "| difference | seeds | mean ± sd | per seed | first row better on |",
+           "|---|---:|---:|---|---:|"]
+    for name, base in PAIRS:
+        a = {r["seed"]: r["wer"] for r in by_row.get(name, [])}
+        b = {r["seed"]: r["wer"] for r in by_row.get(base, [])}
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            continue
+        diffs = [100 * (a[s] - b[s]) for s in seeds]
+        spread = f" ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else ""
+        out.append(f"| {labels[name]} - {labels[base]} | {len(seeds)} | {statistics.mean(diffs):+.2f}{spread} | "
+                   f"{', '.join(f'{d:+.2f}' for d in diffs)} | {sum(d < 0 for d in diffs)}/{len(diffs)} |")
+    return out
+
+
 def report(study: Study, rows: list[Row], seeds: list[int], by_row: dict, storage: dict, dumps: dict,
            teacher: dict, errors: dict, started: str, wall: float, loads: list[float], plot_path: Path,
            command: str) -> str:
@@ -371,7 +399,7 @@ def report(study: Study, rows: list[Row], seeds: list[int], by_row: dict, storag
             per_seed += f" (failed: {', '.join(failed)})"
         lines.append(f"| {row.label} | {row.group} | {store} | {size} | {per_hour} | {len(results)} | {mean} | "
                      f"{per_seed} | {cer} | {train} |")
-    lines += [""]
+    lines += ["", *paired_differences(by_row), ""]
     if args.out and Path(plot_path).is_absolute() is False:
         link = os.path.relpath(REPO / plot_path, (REPO / args.out).resolve().parent)
         lines += [f"![test WER against storage]({link})", ""]
