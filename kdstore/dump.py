@@ -74,16 +74,16 @@ def utterance_rows(values: torch.Tensor, ids: torch.Tensor, blank_label: torch.T
     frames = values.shape[0]
     arrays = {"logp": values.cpu().numpy(), "ids": ids.cpu().numpy(), "blank_label": blank_label.cpu().numpy()}
     starts = np.zeros(frames, dtype=np.int32)
-    occupancy = None
+    kept_occupancy = None
     if band is not None:
         occ = occupancy if occupancy is not None else node_occupancy(
             blank_label[..., 0].double(), blank_label[..., 1].double(), labels)  # (T, U+1)
         width = band if frames > 1 else labels + 1  # one frame: every label is emitted in it
         starts = select_band(occ, width).astype(np.int32)
         arrays = {name: gather_band(array, starts, width) for name, array in arrays.items()}
-        occupancy = gather_band(occ.cpu().numpy(), starts, width)
+        kept_occupancy = gather_band(occ.cpu().numpy(), starts, width)
     out = {name: array.reshape(-1, *array.shape[2:]) for name, array in arrays.items()}  # (T * W', ...)
-    out["occupancy"] = occupancy.reshape(-1) if occupancy is not None else None
+    out["occupancy"] = kept_occupancy.reshape(-1) if kept_occupancy is not None else None
     return {"frames": frames, "labels": labels, "band_start": starts, **out}
 
 

@@ -294,3 +294,21 @@ def test_dump_batch_occupancy_matches_per_utterance() -> None:
     assert sorted(got) == sorted(shapes)
     for b in shapes:
         torch.testing.assert_close(got[b], expected[b], rtol=0, atol=1e-12)
+
+
+def test_utterance_rows_uses_the_occupancy_it_is_given() -> None:
+    """The dump passes the batch's occupancy in; ``utterance_rows`` must band by it, not recompute it."""
+    from kdstore.dump import utterance_rows
+
+    frames, labels, k = 4, 5, 2
+    blank, label, _, _ = _lattice(frames, labels, seed=7)
+    blank_label = torch.stack([blank, label], dim=-1).float()
+    values = torch.zeros(frames, labels + 1, k)
+    ids = torch.zeros(frames, labels + 1, k, dtype=torch.long)
+    forced = torch.zeros(frames, labels + 1, dtype=torch.float64)
+    forced[1:, labels] = 1.0  # all mass at the last label position after frame 0
+    forced[0, 0] = 1.0
+    rows = utterance_rows(values, ids, blank_label, labels, band=2, occupancy=forced)
+    assert rows["band_start"].tolist() == [0, labels - 1, labels - 1, labels - 1]
+    own = utterance_rows(values, ids, blank_label, labels, band=2)
+    assert own["band_start"].tolist() != rows["band_start"].tolist()
