@@ -61,11 +61,19 @@ from _report import machine, write_section  # bench/ is sys.path[0] when run as 
 REPO = Path(__file__).resolve().parent.parent
 SECTION = "## Training step: plain, offline KD, online KD"  # + " (batch N)": one section per batch size
 # name -> (config, d_model, encoder layers, attention heads, prediction/joint width)
-SIZES = {
-    "teacher": ("tiny-teacher", 256, 4, 8, 320),  # "Large"
-    "medium": ("tiny", 104, 4, 4, 320),  # "Medium": teacher/student params ~3.7x (Large/Medium 3.75x)
-    "small": ("tiny", 80, 4, 4, 150),  # "Small": ~8.6x (Large/Small 8.6x)
+PRESETS = {  # --layers: encoder depth of every model; widths chosen so the parameter ratios stay the real ones
+    4: {
+        "teacher": ("tiny-teacher", 256, 4, 8, 320),  # "Large"
+        "medium": ("tiny", 104, 4, 4, 320),  # "Medium": teacher/student params ~3.7x (Large/Medium 3.75x)
+        "small": ("tiny", 80, 4, 4, 150),  # "Small": ~8.6x (Large/Small 8.6x)
+    },
+    8: {  # deeper, so the encoder's share of a step is closer to a real 16-17 layer FastConformer's
+        "teacher": ("tiny-teacher", 256, 8, 8, 320),  # 14.6M
+        "medium": ("tiny", 116, 8, 4, 320),  # 3.8x
+        "small": ("tiny", 84, 8, 4, 140),  # 8.6x
+    },
 }
+SIZES = dict(PRESETS[4])
 KINDS = {
     "plain": "(a) plain RNN-T",
     "offline": "(b) offline KD (store, k=8)",
@@ -74,6 +82,12 @@ KINDS = {
 }
 TOP_K = 8
 SEED = 0
+
+
+def heading(args) -> str:
+    """One docs section per batch size and depth."""
+    depth = "" if args.layers == 4 else f", {args.layers} encoder layers"
+    return f"{SECTION} (batch {args.batch_size}{depth})"
 
 
 def quiet() -> None:
@@ -257,7 +271,8 @@ def memory_child(work: Path, size: str, kind: str, batch_size: int, tokenizer_di
 
 def measure_memory(args, work: Path, size: str, kind: str) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", f"{size}:{kind}",
-               "--workdir", str(work), "--batch-size", str(args.batch_size), "--tokenizer", str(args.tokenizer)]
+               "--workdir", str(work), "--batch-size", str(args.batch_size), "--tokenizer", str(args.tokenizer),
+               "--layers", str(args.layers)]
     proc = subprocess.run(command, check=False, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0:
@@ -282,7 +297,7 @@ def report(args, info: dict, params: dict, timing: dict, memory: dict, data: dic
         size_lines.append(f"  - {name}: `{config}.yaml` with d_model {d_model}, {layers} layers, {heads} heads, "
                           f"pred/joint {hidden}: {params[name] / 1e6:.2f}M params{ratio}")
     lines = [
-        f"{SECTION} (batch {args.batch_size})", "",
+        heading(args), "",
         ("Seconds per training step (forward + RNN-T loss + KD term + backward + clip + AdamW step, outside "
          "Lightning), one torch thread, same duration-sorted batches for every configuration, repeats "
          "interleaved per batch (a, b, c, ...) after a warm-up pass; median over repeats of the mean step "
@@ -367,11 +382,14 @@ def main() -> None:
     parser.add_argument("--tokenizer", type=Path, default=REPO / "demo-run/corpus/tokenizer")
     parser.add_argument("--utterances", type=int, default=None, help="default 64 (16 with --quick)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--layers", type=int, choices=sorted(PRESETS), default=4,
+                        help="encoder layers of every model (PRESETS: widths keep the parameter ratios)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5, 2 with --quick)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the teacher/store here (reused)")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    SIZES.update(PRESETS[args.layers])
     if args.memory_child:
         size, kind = args.memory_child.split(":")
         print(json.dumps(memory_child(args.workdir, size, kind, args.batch_size, args.tokenizer)))
@@ -436,9 +454,8 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     print(text)
     if args.out:
-        heading = f"{SECTION} (batch {args.batch_size})"
-        write_section(args.out, heading, text)
-        print(f"wrote section {heading!r} of {args.out}")
+        write_section(args.out, heading(args), text)
+        print(f"wrote section {heading(args)!r} of {args.out}")
 
 
 if __name__ == "__main__":
