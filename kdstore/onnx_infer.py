@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdstore.audio import read_samples
 from kdstore.errors import AudioError, DependencyError, ExportError
 from kdstore.features import FrontEndConfig, LogMelFrontEnd
 from kdstore.onnx_files import read_metadata
@@ -267,22 +268,4 @@ def read_tokens(path: Path) -> list[str]:
 
 def read_audio(path: Path, sample_rate: int) -> np.ndarray:
     """Mono float32 samples at ``sample_rate`` (channels averaged; other rates resampled with soxr)."""
-    import soundfile as sf
-
-    try:
-        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (RuntimeError, OSError) as err:  # soundfile's LibsndfileError is a RuntimeError
-        raise AudioError(f"{path}: cannot read audio ({err})") from None
-    if samples.shape[0] == 0:
-        raise AudioError(f"{path}: no audio samples")
-    samples = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
-    if rate != sample_rate:
-        try:
-            import soxr
-        except ImportError:
-            raise AudioError(
-                f"{path}: {rate} Hz audio needs resampling to {sample_rate} Hz but soxr is not installed; "
-                f"pip install soxr, or convert first: sox {path} -r {sample_rate} out.wav"
-            ) from None
-        samples = soxr.resample(samples, rate, sample_rate, quality="HQ").astype(np.float32)
-    return np.ascontiguousarray(samples, dtype=np.float32)
+    return read_samples(path, sample_rate)
