@@ -2,8 +2,8 @@
 
 For each ``--model`` (.nemo): export the sherpa layout (``kdstore.export.export_onnx``), transcribe
 ``--manifest`` with NeMo (``model.transcribe``, greedy) and with sherpa-onnx twice (the files as they
-are, and through ``kdstore.sherpa_frames.sherpa_input``), in a subprocess each because sherpa-onnx
-exits the process on a bad model instead of raising. Prints a table; ``--out`` writes it as a section
+are, and frame-aligned by ``kdstore.sherpa_frames``) via ``kdstore transcribe --runtime sherpa-onnx``, in a
+subprocess each because sherpa-onnx exits the process on a bad model instead of raising. Prints a table; ``--out`` writes it as a section
 of docs/benchmarks.md.
 
     python bench/sherpa_agreement.py --model demo/teacher.nemo --model demo-run/student-kd.nemo \\
@@ -28,31 +28,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from _report import machine, write_section  # bench/ is sys.path[0] when run as a script
 
 HEADING = "## sherpa-onnx agreement"
-SHERPA = """
-import json, sys
-import sherpa_onnx, soundfile
-from kdstore.sherpa_frames import sherpa_input
-d, align = sys.argv[1], sys.argv[2] == "align"
-rec = sherpa_onnx.OfflineRecognizer.from_transducer(
-    encoder=f"{d}/encoder.onnx", decoder=f"{d}/decoder.onnx", joiner=f"{d}/joiner.onnx",
-    tokens=f"{d}/tokens.txt", num_threads=1, decoding_method="greedy_search", model_type="nemo_transducer")
-texts = []
-for path in sys.argv[3:]:
-    wave, rate = sherpa_input(path, d) if align else soundfile.read(path, dtype="float32")
-    stream = rec.create_stream()
-    stream.accept_waveform(rate, wave)
-    rec.decode_stream(stream)
-    texts.append(stream.result.text.strip())
-print(json.dumps(texts))
-"""
 
 
 def sherpa_transcripts(onnx_dir: Path, paths: list[str], mode: str) -> list[str]:
-    proc = subprocess.run([sys.executable, "-c", SHERPA, str(onnx_dir), mode, *paths],
+    """``kdstore transcribe --runtime sherpa-onnx`` (sherpa_onnx.OfflineRecognizer) in a subprocess."""
+    align = "--sherpa-align" if mode == "align" else "--no-sherpa-align"
+    proc = subprocess.run([sys.executable, "-m", "kdstore.cli.main", "transcribe", "--onnx", str(onnx_dir),
+                           "--runtime", "sherpa-onnx", align, "--json", *paths],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"sherpa-onnx failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return [t["text"] for t in json.loads(proc.stdout)["transcripts"]]
 
 
 def nemo_transcripts(model_path: Path, paths: list[str]) -> list[str]:

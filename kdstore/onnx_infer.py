@@ -163,11 +163,7 @@ class OnnxTransducer:
         return texts
 
     def load(self, audio: AudioInput) -> np.ndarray:
-        if isinstance(audio, np.ndarray):
-            if audio.ndim != 1:
-                raise AudioError(f"audio array: expected 1-D samples at {self.sample_rate} Hz, got {audio.shape}")
-            return audio.astype(np.float32, copy=False)
-        return read_audio(Path(audio), self.sample_rate)
+        return load_waveform(audio, self.sample_rate)
 
     def encode_batch(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
         """Encoder outputs, one (T', D) array per waveform."""
@@ -266,6 +262,11 @@ def read_tokens(path: Path) -> list[str]:
     return [table[i] for i in range(len(table))]
 
 
-def read_audio(path: Path, sample_rate: int) -> np.ndarray:
-    """Mono float32 samples at ``sample_rate`` (channels averaged; other rates resampled with soxr)."""
-    return read_samples(path, sample_rate)
+def load_waveform(audio: AudioInput, sample_rate: int) -> np.ndarray:
+    """A file (any rate/channels soundfile reads; resampled, downmixed) or 1-D samples already at
+    ``sample_rate`` -> mono float32 at ``sample_rate``. Shared by both runtimes of ``kdstore transcribe``."""
+    if isinstance(audio, np.ndarray):
+        if audio.ndim != 1:
+            raise AudioError(f"audio array: expected 1-D samples at {sample_rate} Hz, got {audio.shape}")
+        return audio.astype(np.float32, copy=False)
+    return read_samples(Path(audio), sample_rate)

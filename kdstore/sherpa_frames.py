@@ -6,7 +6,7 @@ how each is computed. sherpa-onnx (``snip_edges=false``) centres frame t at ``t 
 makes ``(n + hop/2) // hop`` frames; NeMo's default preprocessor (``center=True``) centres frame t at
 ``t * hop`` and counts ``n // hop`` valid frames. A model trained on NeMo's frames sees every frame
 shifted by half a hop (5 ms), and sometimes one frame more: on the memorised test model that alone
-flips 3 of 10 transcripts, and on the demo teacher 16 of 98 (measured, docs in the README, "export-onnx").
+flips 3 of 10 transcripts, and on the demo teacher 15 of 98 (measured, docs in the README, "export-onnx").
 
 No sherpa-onnx setting moves its frames, but its input is ours: prepending ``hop/2 - c`` samples of
 silence (c = where NeMo centres frame 0; 0 by default, hop/2 with ``exact_pad``) puts sherpa's frame
@@ -70,7 +70,7 @@ def export_frontend(onnx_dir: Path | str) -> FrontEndConfig:
 def sherpa_input(path: Path | str, onnx_dir: Path | str) -> tuple[np.ndarray, int]:
     """(samples, rate) to hand to ``stream.accept_waveform``: read, resampled and downmixed as
     ``kdstore transcribe`` reads audio, then frame-aligned for the export in ``onnx_dir``."""
-    from kdstore.onnx_infer import read_audio
+    from kdstore.audio import read_samples
 
     config = export_frontend(onnx_dir)
-    return align_for_sherpa(read_audio(Path(path), config.sample_rate), config), config.sample_rate
+    return align_for_sherpa(read_samples(path, config.sample_rate), config), config.sample_rate

@@ -19,7 +19,7 @@ import numpy as np
 
 from kdstore.errors import DependencyError, ExportError
 from kdstore.onnx_files import read_metadata
-from kdstore.onnx_infer import SHERPA_FILES, AudioInput, read_audio
+from kdstore.onnx_infer import SHERPA_FILES, AudioInput, load_waveform
 from kdstore.sherpa_frames import align_for_sherpa, export_frontend
 
 # Encoder metadata sherpa-onnx's NeMo transducer reads with no default (it exits without them).
@@ -61,9 +61,7 @@ class SherpaTransducer:
 
     def load(self, audio: AudioInput) -> np.ndarray:
         """Mono float32 at the model's rate (the alignment is applied in :meth:`transcribe`)."""
-        if isinstance(audio, np.ndarray):
-            return audio.astype(np.float32, copy=False)
-        return read_audio(Path(audio), self.sample_rate)
+        return load_waveform(audio, self.sample_rate)
 
     def transcribe(self, audio: Sequence[AudioInput], batch_size: int = 8) -> list[str]:
         waves = [self.load(a) for a in audio]

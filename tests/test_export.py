@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -379,37 +378,21 @@ def test_onnx_asr_loads_nemo_layout_and_agrees(exported_nemo, emitting_manifest,
         assert agree >= 9, f"onnx-asr ({quantization or 'fp32'}) {agree}/10: {list(zip(nemo_transcripts, texts))}"
 
 
-SHERPA_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    import sherpa_onnx, soundfile
-    from kdstore.sherpa_frames import sherpa_input
-    d, align = sys.argv[1], sys.argv[2] == "align"
-    rec = sherpa_onnx.OfflineRecognizer.from_transducer(
-        encoder=f"{d}/encoder.onnx", decoder=f"{d}/decoder.onnx", joiner=f"{d}/joiner.onnx",
-        tokens=f"{d}/tokens.txt", num_threads=1, decoding_method="greedy_search", model_type="nemo_transducer")
-    texts = []
-    for path in sys.argv[3:]:
-        wave, rate = sherpa_input(path, d) if align else soundfile.read(path, dtype="float32")
-        stream = rec.create_stream()
-        stream.accept_waveform(rate, wave)
-        rec.decode_stream(stream)
-        texts.append(stream.result.text.strip())
-    print(json.dumps(texts))
-    """
-)
-
-
 def run_sherpa(onnx_dir: Path, paths: list[str], align: bool) -> list[str]:
-    """sherpa-onnx's greedy transcripts of ``paths`` (raw files, or frame-aligned by kdstore.sherpa_frames)."""
+    """sherpa-onnx's greedy transcripts of ``paths`` (raw files, or frame-aligned by kdstore.sherpa_frames),
+    through ``kdstore transcribe --runtime sherpa-onnx``, i.e. ``OfflineRecognizer.from_transducer(...,
+    model_type="nemo_transducer")``. A subprocess: sherpa-onnx exits the process on a bad model."""
     pytest.importorskip("sherpa_onnx")
-    # A missing metadata key makes sherpa-onnx exit(255) instead of raising: run it in a subprocess.
     proc = subprocess.run(
-        [sys.executable, "-c", SHERPA_SCRIPT, str(onnx_dir), "align" if align else "raw", *paths],
+        [sys.executable, "-m", "kdstore.cli.main", "transcribe", "--onnx", str(onnx_dir), "--runtime", "sherpa-onnx",
+         "--sherpa-align" if align else "--no-sherpa-align", "--json", *paths],
         check=False, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    data = json.loads(proc.stdout)
+    assert data["runtime"] == "sherpa-onnx" and data["rtf"] > 0
+    assert data["frontend"].endswith("frame-aligned input" if align else "raw input")
+    return [t["text"] for t in data["transcripts"]]
 
 
 @pytest.fixture(scope="module")
@@ -579,25 +562,6 @@ def test_cli_transcribe_error_is_one_line(tmp_path, emitting_manifest):
     result = CliRunner().invoke(cli, ["transcribe", "--onnx", str(tmp_path), audio])
     assert result.exit_code == 1
     assert "not a complete ONNX export" in result.output and "Traceback" not in result.output
-
-
-def test_cli_transcribe_with_sherpa_onnx_runtime(exported, emitting_manifest, nemo_transcripts, sherpa_transcripts):
-    """``--runtime sherpa-onnx`` is sherpa-onnx itself: frame-aligned by default (NeMo's transcripts),
-    ``--no-sherpa-align`` gives exactly what sherpa-onnx says on the raw files. A subprocess, because
-    sherpa-onnx ends the process instead of raising on a bad model."""
-    pytest.importorskip("sherpa_onnx")
-    paths = _audio_paths(emitting_manifest)
-    runs = {}
-    for flag in ("--sherpa-align", "--no-sherpa-align"):
-        proc = subprocess.run([sys.executable, "-m", "kdstore.cli.main", "transcribe", "--onnx", str(exported.out_dir),
-                               "--runtime", "sherpa-onnx", flag, "--json", *paths],
-                              check=False, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        data = json.loads(proc.stdout)
-        assert data["runtime"] == "sherpa-onnx" and data["rtf"] > 0
-        runs[flag] = [t["text"] for t in data["transcripts"]]
-    assert _agreement(runs["--sherpa-align"], nemo_transcripts) >= 9
-    assert runs["--no-sherpa-align"] == sherpa_transcripts
 
 
 def test_sherpa_runtime_refuses_folder_without_metadata(exported, tmp_path):
