@@ -5,9 +5,9 @@ per repeat (forward, dump full, dump band, forward, ...), medians over repeats:
 
 - forward: ``restore_model`` + for each batch: audio + tokens (kdstore's dataset and collate, as the
   dump reads them), preprocessor -> encoder -> prediction net -> joint -> log_softmax over the whole
-  (B, T, U+1, V+1) lattice under ``torch.inference_mode`` (``kdstore.teacher.encode_teacher_forced`` and
+  (B, T, U+1, V+1) lattice under ``torch.inference_mode`` (``kdstore.dump.teacher.encode_teacher_forced`` and
   ``joint_log_probs``), nothing kept;
-- dump full / dump band W: ``kdstore.dump.dump_teacher`` end to end (restore, manifest screening, the same
+- dump full / dump band W: ``kdstore.dump.run.dump_teacher`` end to end (restore, manifest screening, the same
   forward in time slices, top-k and (blank, label) per node, band selection by the teacher's
   occupancy for the band store, background writing, commit), k = 8, float16, batch 8, as
   ``kdstore dump-teacher`` runs it with ``--threads 1``.
@@ -55,10 +55,10 @@ def quiet() -> None:
 
 def forward_run(teacher: Path, manifest: Path, batch_size: int) -> dict:
     """The teacher's own forward over the dump's batch plan; returns seconds (total and restore)."""
-    from kdstore.data import TranscribedAudioDataset, collate, duration_sorted_batches
-    from kdstore.manifest import read_manifest
-    from kdstore.nemo_files import restore_model
-    from kdstore.teacher import encode_teacher_forced, joint_log_probs
+    from kdstore.distill.data import TranscribedAudioDataset, collate, duration_sorted_batches
+    from kdstore.inputs.manifest import read_manifest
+    from kdstore.nemo.checkpoint import restore_model
+    from kdstore.dump.teacher import encode_teacher_forced, joint_log_probs
 
     start = time.perf_counter()
     model = restore_model(teacher)
@@ -80,7 +80,7 @@ def forward_run(teacher: Path, manifest: Path, batch_size: int) -> dict:
 
 
 def dump_run(teacher: Path, manifest: Path, out: Path, band: int | None, top_k: int, batch_size: int) -> dict:
-    from kdstore.dump import DumpSettings, dump_teacher
+    from kdstore.dump.run import DumpSettings, dump_teacher
 
     start = time.perf_counter()
     meta = dump_teacher(teacher, manifest, out, DumpSettings(top_k=top_k, batch_size=batch_size, band=band,

@@ -4,7 +4,7 @@
 Every system greedy-decodes the same preloaded utterances one at a time (batch 1, as a service
 answering single requests would): features + encoder + greedy search are timed, audio reading is
 not. The PyTorch rows run NeMo's preprocessor, encoder and greedy decoder under
-``torch.inference_mode``; the ONNX rows run :class:`kdstore.onnx_infer.OnnxTransducer` (onnxruntime,
+``torch.inference_mode``; the ONNX rows run :class:`kdstore.runtime.decoder.OnnxTransducer` (onnxruntime,
 features from the exported ``preprocessor.ts``). One warm-up pass over a few utterances precedes each
 timed pass; the best of ``--repeats`` passes is kept. Writes the "## Inference" section of
 docs/benchmarks.md.
@@ -35,8 +35,8 @@ HEADING = "## Inference"
 
 
 def load_waves(manifest: Path, sample_rate: int = 16000) -> tuple[list[np.ndarray], list[str]]:
-    from kdstore.audio import load_audio
-    from kdstore.manifest import read_manifest
+    from kdstore.inputs.audio import load_audio
+    from kdstore.inputs.manifest import read_manifest
 
     entries = read_manifest(manifest)
     return [load_audio(e, sample_rate) for e in entries], [e.text for e in entries]
@@ -46,7 +46,7 @@ def torch_decoder(nemo_path: Path) -> tuple[Callable[[np.ndarray], str], int]:
     """Greedy NeMo decoding of one waveform, and the model's parameter count."""
     import torch
 
-    from kdstore.nemo_files import restore_model
+    from kdstore.nemo.checkpoint import restore_model
 
     rng = torch.get_rng_state()
     model = restore_model(nemo_path).eval()
@@ -63,7 +63,7 @@ def torch_decoder(nemo_path: Path) -> tuple[Callable[[np.ndarray], str], int]:
 
 
 def onnx_decoder(onnx_dir: Path, int8: bool) -> tuple[Callable[[np.ndarray], str], str]:
-    from kdstore.onnx_infer import OnnxTransducer
+    from kdstore.runtime.decoder import OnnxTransducer
 
     model = OnnxTransducer(onnx_dir, int8=int8, num_threads=1)
     return (lambda wave: model.transcribe([wave])[0]), model.frontend_name
@@ -99,8 +99,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from kdstore.cli.common import quiet_nemo
-    from kdstore.export import export_onnx
-    from kdstore.scoring import score
+    from kdstore.export.run import export_onnx
+    from kdstore.evaluate.scoring import score
 
     quiet_nemo()
     waves, refs = load_waves(args.manifest)
@@ -135,7 +135,7 @@ def main() -> None:
         "one utterance at a time, one thread (`torch.set_num_threads(1)`, onnxruntime `intra_op_num_threads=1`,",
         "`OMP_NUM_THREADS=1`). Timed: features + encoder + greedy search on preloaded audio (file reading",
         "excluded); one warm-up on 3 utterances, best of the timed passes. ONNX rows: `kdstore export-onnx`",
-        "(sherpa layout) of the student, run by `kdstore.onnx_infer` with `preprocessor.ts` features;",
+        "(sherpa layout) of the student, run by `kdstore.runtime.decoder` with `preprocessor.ts` features;",
         "int8 = onnxruntime dynamic quantisation of MatMul/Gemm weights. The machine may be shared: see",
         "the load average.",
         "",

@@ -71,11 +71,11 @@ def main() -> None:
     torch.set_num_threads(1)
     from omegaconf import OmegaConf
 
-    from kdstore.config import load_train_config
-    from kdstore.data import StoreCollate, TranscribedAudioDataset, duration_sorted_batches
-    from kdstore.manifest import read_manifest
+    from kdstore.distill.config import load_train_config
+    from kdstore.distill.data import StoreCollate, TranscribedAudioDataset, duration_sorted_batches
+    from kdstore.inputs.manifest import read_manifest
     from kdstore.store import StoreReader
-    from kdstore.train import build_student
+    from kdstore.distill.train import build_student
 
     reader = StoreReader(args.store)
     tokenizer_dir = reader.write_tokenizer(Path("/tmp/kdstore-bench-tokenizer"))

@@ -1,7 +1,7 @@
 """Benchmark kdstore's vectorised RNN-T loss against NeMo's CPU RNN-T losses (forward + backward).
 
 Losses compared, all on CPU with one thread, on the same random logits:
-* ``kdstore``: ``kdstore.rnnt_loss.VectorizedRNNTLoss``.
+* ``kdstore``: ``kdstore.lattice.rnnt_loss.VectorizedRNNTLoss``.
 * ``nemo default``: ``RNNTLoss(loss_name="default")``, i.e. ``warprnnt_numba``, whose CPU path is
   Python loops over the (t, u) lattice.
 * ``nemo pytorch``: ``RNNTLoss(loss_name="pytorch")``. Its backward allocates a full-lattice
@@ -42,7 +42,7 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
 def make_losses(vocab: int) -> dict[str, torch.nn.Module]:
     from nemo.collections.asr.losses.rnnt import RNNTLoss
 
-    from kdstore.rnnt_loss import VectorizedRNNTLoss
+    from kdstore.lattice.rnnt_loss import VectorizedRNNTLoss
 
     return {
         "kdstore": VectorizedRNNTLoss(blank=vocab),
@@ -115,7 +115,7 @@ def section(args: argparse.Namespace, rows: list[dict], host: str) -> str:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""{SECTION}
 
-`kdstore.rnnt_loss.VectorizedRNNTLoss` against NeMo's CPU RNN-T losses, forward + backward w.r.t. the
+`kdstore.lattice.rnnt_loss.VectorizedRNNTLoss` against NeMo's CPU RNN-T losses, forward + backward w.r.t. the
 float32 joint logits, `reduction="mean_batch"`, all utterances full length, one thread
 (`torch.set_num_threads(1)`, `OMP_NUM_THREADS=1`), median of {args.repeats} runs ({max(args.repeats, 10)} for
 kdstore) after a tiny warm-up. The machine may be shared: the load average is given below.

@@ -1,8 +1,8 @@
 """sherpa-onnx vs NeMo: identical greedy transcripts and WER, raw files vs frame-aligned input.
 
-For each ``--model`` (.nemo): export the sherpa layout (``kdstore.export.export_onnx``), transcribe
+For each ``--model`` (.nemo): export the sherpa layout (``kdstore.export.run.export_onnx``), transcribe
 ``--manifest`` with NeMo (``model.transcribe``, greedy) and with sherpa-onnx twice (the files as they
-are, and frame-aligned by ``kdstore.sherpa_frames``) via ``kdstore transcribe --runtime sherpa-onnx``, in a
+are, and frame-aligned by ``kdstore.runtime.sherpa_frames``) via ``kdstore transcribe --runtime sherpa-onnx``, in a
 subprocess each because sherpa-onnx exits the process on a bad model instead of raising. Prints a table; ``--out`` writes it as a section
 of docs/benchmarks.md.
 
@@ -53,7 +53,7 @@ def nemo_transcripts(model_path: Path, paths: list[str]) -> list[str]:
 def measure(model_path: Path, manifest: Path, work: Path) -> dict:
     import jiwer
 
-    from kdstore.export import export_onnx
+    from kdstore.export.run import export_onnx
 
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     paths, refs = [r["audio_filepath"] for r in rows], [r["text"] for r in rows]
@@ -91,7 +91,7 @@ def main() -> None:
             (f"- Versions: sherpa-onnx {version('sherpa-onnx')}, onnxruntime {version('onnxruntime')}, "
             f"nemo_toolkit {version('nemo_toolkit')}"),
             ("- Greedy search everywhere; `identical` = sherpa-onnx's transcript equals NeMo's "
-            "`model.transcribe`; `sherpa_input` = `kdstore.sherpa_frames` (frame-aligned input)."),
+            "`model.transcribe`; `sherpa_input` = `kdstore.runtime.sherpa_frames` (frame-aligned input)."),
             "", table, ""])
         write_section(args.out, HEADING, text)
 

@@ -19,7 +19,7 @@ prefers blank while the next token's frame is ahead, the token once it is due, c
 from the alignment and less so within one frame of it; 10 competitor tokens per frame (shared along
 u, as the joint of one encoder frame tends to) and a residual mass for the other ~1000 tokens give
 a normalised log-softmax without materialising V+1 scores. Band starts come from
-``kdstore.banding.node_occupancy`` + ``select_band`` over the synthetic blank/label log-probs, as
+``kdstore.lattice.posteriors.node_occupancy`` + ``select_band`` over the synthetic blank/label log-probs, as
 in ``dump-teacher --band W``.
 
 Usage: ``python bench/store.py [--hours H] [--out docs/benchmarks.md]``. With ``--out`` the section
@@ -47,7 +47,7 @@ import torch
 from _report import machine, write_section  # bench/ is sys.path[0] when run as a script
 
 import kdstore
-from kdstore.banding import gather_band, node_occupancy, select_band
+from kdstore.lattice.posteriors import gather_band, node_occupancy, select_band
 from kdstore.store import PartWriter, StoreReader, commit_store, open_for_writing
 from kdstore.store.background import BackgroundWriter
 from kdstore.store.convert import convert
@@ -144,7 +144,7 @@ def occupancy_of(dense: dict) -> np.ndarray:
 
 
 def store_rows(dense: dict, band: int | None, occupancy: np.ndarray | None = None) -> dict:
-    """What ``dump-teacher`` hands its part writer (kdstore.dump.utterance_rows, on numpy input)."""
+    """What ``dump-teacher`` hands its part writer (kdstore.dump.run.utterance_rows, on numpy input)."""
     frames, labels = dense["frames"], dense["labels"]
     arrays = {name: dense[name] for name in ("logp", "ids", "blank_label")}
     starts = np.zeros(frames, dtype=np.int32)
@@ -160,8 +160,8 @@ def store_rows(dense: dict, band: int | None, occupancy: np.ndarray | None = Non
 
 
 def check_against_dump(dense: dict, band: int) -> None:
-    """The rows above equal kdstore.dump.utterance_rows on the same teacher output."""
-    from kdstore.dump import utterance_rows
+    """The rows above equal kdstore.dump.run.utterance_rows on the same teacher output."""
+    from kdstore.dump.run import utterance_rows
 
     ref = utterance_rows(*(torch.from_numpy(dense[n]) for n in ("logp", "ids", "blank_label")),
                          dense["labels"], band)
@@ -557,7 +557,7 @@ of it; {COMPETITORS} competitor tokens per frame and a residual mass for the res
 through kdstore's own path (`open_for_writing` + `PartWriter` + `commit_store`), default chunking
 unless stated, float16 values, uint16 ids; band stores carry `node/occupancy` as `dump-teacher --band`
 writes it, and their band starts come from `node_occupancy` + `select_band` over the synthetic
-blank/label log-probs (checked equal to `kdstore.dump.utterance_rows`). Sizes are whole store folders
+blank/label log-probs (checked equal to `kdstore.dump.run.utterance_rows`). Sizes are whole store folders
 (index and metadata included) divided by the nodes of the FULL lattice. The synthetic teacher is
 confident, so "alignment mass kept" is optimistic; `kdstore inspect` reports it for a real store.
 

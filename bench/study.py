@@ -143,7 +143,7 @@ class Study:
         print(f"[study {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
     def extract_tokenizer(self) -> None:
-        from kdstore.nemo_files import read_tokenizer_files  # no NeMo import
+        from kdstore.nemo.checkpoint import read_tokenizer_files  # no NeMo import
 
         self.tokenizer.mkdir(parents=True, exist_ok=True)
         for name, payload in read_tokenizer_files(self.teacher).items():

@@ -112,8 +112,8 @@ def build_model(size: str, kind: str, work: Path, tokenizer_dir: Path):
     """A student (or the teacher, kind "teacher") ready for steps outside Lightning."""
     from omegaconf import OmegaConf
 
-    from kdstore.config import load_train_config
-    from kdstore.train import build_student
+    from kdstore.distill.config import load_train_config
+    from kdstore.distill.train import build_student
 
     extra = [f"model.enable_kd={str(kind not in ('plain', 'teacher')).lower()}"]
     if kind == "offline":
@@ -140,7 +140,7 @@ def params_of(model) -> int:
 
 def prepare(work: Path, manifest: Path, utterances: int, tokenizer_dir: Path) -> dict:
     """Subset manifest, random teacher saved as .nemo, its k=8 store (reused when already in ``work``)."""
-    from kdstore.dump import DumpSettings, dump_teacher
+    from kdstore.dump.run import DumpSettings, dump_teacher
 
     info_path = work / "prepared.json"
     if info_path.is_file():
@@ -165,8 +165,8 @@ def prepare(work: Path, manifest: Path, utterances: int, tokenizer_dir: Path) ->
 
 def load_batches(work: Path, model, batch_size: int, with_store: bool):
     """The same duration-sorted batches for every configuration (store rows added for offline KD)."""
-    from kdstore.data import TranscribedAudioDataset, collate, duration_sorted_batches
-    from kdstore.manifest import read_manifest
+    from kdstore.distill.data import TranscribedAudioDataset, collate, duration_sorted_batches
+    from kdstore.inputs.manifest import read_manifest
     from kdstore.store import StoreReader
 
     entries = read_manifest(work / "manifest.json")
@@ -177,7 +177,7 @@ def load_batches(work: Path, model, batch_size: int, with_store: bool):
 
 
 class OnlineTimer:
-    """Times the online teacher inside the step: ``kdstore.student.online_rows`` (teacher rows) and the
+    """Times the online teacher inside the step: ``kdstore.distill.student.online_rows`` (teacher rows) and the
     ``full_lattice`` forward it calls, by wrapping the module globals that ``KDMixin`` looks up."""
 
     def __init__(self) -> None:
@@ -223,7 +223,7 @@ def train_step(model, batch) -> float:
 
 def data_seconds(dataset, plan, reader, repeats: int) -> dict[str, float]:
     """Median seconds to build one batch: audio + tokens, and audio + tokens + store rows."""
-    from kdstore.data import collate
+    from kdstore.distill.data import collate
 
     times: dict[str, list[float]] = {"audio": [], "audio+store": []}
     for _ in range(repeats):
@@ -306,8 +306,8 @@ def report(args, info: dict, params: dict, timing: dict, memory: dict, data: dic
          "and keeps the same k=8 per node, so (b) and (c) compute the same loss; (c') keeps the whole "
          "vocabulary (the original online recipe). Teacher randomly initialised (speed does not depend on "
          "the weights). \"Teacher forward / top-k rows\": time inside the online steps spent in "
-         "`kdstore.teacher.full_lattice` (the teacher's no_grad forward + log_softmax) and in the rest of "
-         "`kdstore.student.online_rows` (top-k and (blank, label) per node, one utterance at a time), per "
+         "`kdstore.dump.teacher.full_lattice` (the teacher's no_grad forward + log_softmax) and in the rest of "
+         "`kdstore.distill.student.online_rows` (top-k and (blank, label) per node, one utterance at a time), per "
          "step. Peak RSS delta: each configuration in its own process; after setup the RSS high-water mark "
          "is reset (`/proc/self/clear_refs`), one pass over the batches runs, and the high-water mark "
          "(`VmHWM`, the counter `ru_maxrss` reads; `ru_maxrss` itself kept the setup's peak, identical in "

@@ -73,7 +73,7 @@ def emitting_model(demo_corpus, tmp_path_factory: pytest.TempPathFactory):
             targets[i, : len(t)] = torch.tensor(t)
 
         try:
-            from kdstore.rnnt_loss import rnnt_loss
+            from kdstore.lattice.rnnt_loss import rnnt_loss
         except ImportError:  # pragma: no cover - fallback while the vectorised loss is missing
             rnnt_loss = None
         optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)

@@ -1,4 +1,4 @@
-"""kdstore.augment: NeMo's AudioAugmentor on kdstore's training audio."""
+"""kdstore.distill.augment: NeMo's AudioAugmentor on kdstore's training audio."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import random
 import numpy as np
 import pytest
 
-from kdstore.augment import length_changing, nemo_augment
-from kdstore.data import TranscribedAudioDataset
+from kdstore.distill.augment import length_changing, nemo_augment
+from kdstore.distill.data import TranscribedAudioDataset
 from kdstore.errors import ConfigError
 
 
@@ -36,7 +36,7 @@ def test_length_changing_names_and_bad_config():
 
 
 def test_dataset_applies_augment(demo_corpus):
-    from kdstore.manifest import read_manifest
+    from kdstore.inputs.manifest import read_manifest
 
     entries = read_manifest(demo_corpus.train_manifest)[:2]
     plain = TranscribedAudioDataset(entries, lambda text: [1, 2], 16000)

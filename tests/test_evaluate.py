@@ -10,8 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from kdstore.normalize import get_normalizer, normalize_basic, normalize_none, normalize_whisper
-from kdstore.scoring import Errors, bootstrap_interval, paired_bootstrap, score, word_errors, write_trn
+from kdstore.evaluate.normalize import get_normalizer, normalize_basic, normalize_none, normalize_whisper
+from kdstore.evaluate.scoring import Errors, bootstrap_interval, paired_bootstrap, score, word_errors, write_trn
 
 # A fixed set with every error type, an empty hypothesis, case and punctuation to normalise away.
 REFS = [

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from kdstore.features import FrontEndConfig, LogMelFrontEnd, mel_filterbank
+from kdstore.runtime.frontend import FrontEndConfig, LogMelFrontEnd, mel_filterbank
 
 SHERPA_KEYS = ("vocab_size", "normalize_type", "pred_rnn_layers", "pred_hidden", "subsampling_factor",
                "model_type", "feat_dim")
@@ -59,7 +59,7 @@ def test_features_match_nemo_preprocessor(demo_corpus, overrides):
     import torch
     from nemo.collections.asr.modules import AudioToMelSpectrogramPreprocessor
 
-    from kdstore.export import frontend_config_from_nemo
+    from kdstore.export.run import frontend_config_from_nemo
 
     settings = {"sample_rate": 16000, "window_size": 0.025, "window_stride": 0.01, "window": "hann",
                 "features": 80, "n_fft": 512, "normalize": "per_feature", "dither": 1e-5, "pad_to": 0}
@@ -82,7 +82,7 @@ def test_features_match_nemo_preprocessor(demo_corpus, overrides):
 def test_export_refuses_filterbank_it_cannot_reproduce():
     from nemo.collections.asr.modules import AudioToMelSpectrogramPreprocessor
 
-    from kdstore.export import ExportError, frontend_config_from_nemo
+    from kdstore.export.run import ExportError, frontend_config_from_nemo
 
     # Built without a config (_cfg), lowfreq=20 is invisible except in the filterbank itself.
     nemo = AudioToMelSpectrogramPreprocessor(features=80, n_fft=512, window_size=0.025, lowfreq=20)
@@ -105,7 +105,7 @@ def test_front_end_lengths_and_padding():
 
 @pytest.fixture(scope="module")
 def exported(emitting_model, tmp_path_factory):
-    from kdstore.export import export_onnx
+    from kdstore.export.run import export_onnx
 
     return export_onnx(emitting_model, tmp_path_factory.mktemp("onnx"), int8=True)
 
@@ -127,7 +127,7 @@ def exported_nemo(emitting_model, tmp_path_factory):
 def test_export_writes_sherpa_layout(exported, emitting_model):
     import onnx
 
-    from kdstore.export import read_metadata, sha256_file
+    from kdstore.export.run import read_metadata, sha256_file
 
     names = {p.name for p in exported.out_dir.iterdir()}
     assert {"encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt"} <= names
@@ -163,7 +163,7 @@ def test_decoder_states_have_dynamic_batch(exported):
 
 
 def test_export_writes_nemo_layout(exported_nemo, emitting_model):
-    from kdstore.export import read_metadata, sha256_file
+    from kdstore.export.run import read_metadata, sha256_file
 
     out, output = exported_nemo
     names = {p.name for p in out.iterdir()}
@@ -181,7 +181,7 @@ def test_export_writes_nemo_layout(exported_nemo, emitting_model):
 
 
 def test_export_refuses_folder_with_other_layout(exported, emitting_model):
-    from kdstore.export import ExportError, export_onnx
+    from kdstore.export.run import ExportError, export_onnx
 
     with pytest.raises(ExportError, match="other layout"):
         export_onnx(emitting_model, exported.out_dir, layout="nemo")
@@ -191,8 +191,8 @@ def test_preprocessor_ts_matches_nemo(exported, emitting_model, demo_corpus):
     import torch
     from nemo.collections.asr.models import ASRModel
 
-    from kdstore.onnx_infer import OnnxTransducer
-    from kdstore.preprocessor_ts import TorchScriptFrontEnd
+    from kdstore.runtime.decoder import OnnxTransducer
+    from kdstore.export.preprocessor import TorchScriptFrontEnd
 
     waves = _speech(demo_corpus, count=3)
     ts = TorchScriptFrontEnd(exported.out_dir / "preprocessor.ts")
@@ -210,7 +210,7 @@ def test_preprocessor_ts_matches_nemo(exported, emitting_model, demo_corpus):
 
 def test_export_refuses_missing_model(tmp_path):
     from kdstore.errors import KdstoreError
-    from kdstore.export import export_onnx
+    from kdstore.export.run import export_onnx
 
     with pytest.raises(KdstoreError, match="no such .nemo"):
         export_onnx(tmp_path / "absent.nemo", tmp_path / "out")
@@ -244,8 +244,8 @@ def _untrained_model(demo_corpus, path: Path, hybrid: bool = False, blank_as_pad
 def test_hybrid_model_exports_and_decodes_like_nemo(demo_corpus, tmp_path):
     from nemo.collections.asr.models import ASRModel
 
-    from kdstore.export import export_onnx
-    from kdstore.onnx_infer import OnnxTransducer
+    from kdstore.export.run import export_onnx
+    from kdstore.runtime.decoder import OnnxTransducer
 
     nemo_path = _untrained_model(demo_corpus, tmp_path / "hybrid.nemo", hybrid=True)
     results = [export_onnx(nemo_path, tmp_path / layout, layout=layout, preprocessor=False)
@@ -263,7 +263,7 @@ def test_hybrid_model_exports_and_decodes_like_nemo(demo_corpus, tmp_path):
 
 
 def test_export_refuses_blank_not_as_pad(demo_corpus, tmp_path):
-    from kdstore.export import ExportError, export_onnx
+    from kdstore.export.run import ExportError, export_onnx
 
     nemo_path = _untrained_model(demo_corpus, tmp_path / "nopad.nemo", blank_as_pad=False)
     with pytest.raises(ExportError, match="blank_as_pad"):
@@ -286,7 +286,7 @@ def nemo_transcripts(emitting_model, emitting_manifest):
 
 @pytest.fixture(scope="module")
 def onnx_transcripts(exported, emitting_manifest):
-    from kdstore.onnx_infer import OnnxTransducer
+    from kdstore.runtime.decoder import OnnxTransducer
 
     return OnnxTransducer(exported.out_dir).transcribe(_audio_paths(emitting_manifest))
 
@@ -304,7 +304,7 @@ def test_onnxruntime_matches_nemo_greedy(nemo_transcripts, onnx_transcripts):
 
 @pytest.mark.parametrize("frontend", ["torchscript", "numpy"])
 def test_nemo_layout_matches_nemo_greedy(exported_nemo, emitting_manifest, nemo_transcripts, frontend):
-    from kdstore.onnx_infer import OnnxTransducer
+    from kdstore.runtime.decoder import OnnxTransducer
 
     model = OnnxTransducer(exported_nemo[0], frontend=frontend)
     assert (model.layout, model.frontend_name) == ("nemo", frontend)
@@ -313,8 +313,8 @@ def test_nemo_layout_matches_nemo_greedy(exported_nemo, emitting_manifest, nemo_
 
 
 def test_int8_wer_within_one_point_of_fp32(exported, exported_nemo, emitting_manifest):
-    from kdstore.onnx_infer import OnnxTransducer
-    from kdstore.scoring import score
+    from kdstore.runtime.decoder import OnnxTransducer
+    from kdstore.evaluate.scoring import score
 
     rows = [json.loads(line) for line in emitting_manifest.read_text().splitlines() if line.strip()]
     refs, paths = [r["text"] for r in rows], [r["audio_filepath"] for r in rows]
@@ -327,7 +327,7 @@ def test_int8_wer_within_one_point_of_fp32(exported, exported_nemo, emitting_man
 def test_arrays_other_rates_and_stereo(exported, emitting_manifest, onnx_transcripts, tmp_path):
     import soxr
 
-    from kdstore.onnx_infer import OnnxTransducer
+    from kdstore.runtime.decoder import OnnxTransducer
 
     model = OnnxTransducer(exported.out_dir)
     path = _audio_paths(emitting_manifest)[0]
@@ -339,7 +339,7 @@ def test_arrays_other_rates_and_stereo(exported, emitting_manifest, onnx_transcr
 
 
 def test_onnx_runtime_path_imports_no_torch():
-    code = ("import sys, kdstore.onnx_infer, kdstore.cli.commands.transcribe; "
+    code = ("import sys, kdstore.runtime.decoder, kdstore.cli.commands.transcribe; "
             "print('torch' in sys.modules, 'nemo' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert proc.stdout.split() == ["False", "False"]
@@ -347,7 +347,7 @@ def test_onnx_runtime_path_imports_no_torch():
 
 def test_onnx_infer_refuses_incomplete_folder(tmp_path):
     from kdstore.errors import KdstoreError
-    from kdstore.onnx_infer import OnnxTransducer
+    from kdstore.runtime.decoder import OnnxTransducer
 
     with pytest.raises(KdstoreError, match="missing encoder.onnx"):
         OnnxTransducer(tmp_path)
@@ -357,7 +357,7 @@ def test_cuda_provider_without_onnxruntime_gpu_is_a_clear_error(exported):
     import onnxruntime
 
     from kdstore.errors import DependencyError
-    from kdstore.onnx_infer import OnnxTransducer
+    from kdstore.runtime.decoder import OnnxTransducer
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("onnxruntime-gpu is installed here")
@@ -379,7 +379,7 @@ def test_onnx_asr_loads_nemo_layout_and_agrees(exported_nemo, emitting_manifest,
 
 
 def run_sherpa(onnx_dir: Path, paths: list[str], align: bool) -> list[str]:
-    """sherpa-onnx's greedy transcripts of ``paths`` (raw files, or frame-aligned by kdstore.sherpa_frames),
+    """sherpa-onnx's greedy transcripts of ``paths`` (raw files, or frame-aligned by kdstore.runtime.sherpa_frames),
     through ``kdstore transcribe --runtime sherpa-onnx``, i.e. ``OfflineRecognizer.from_transducer(...,
     model_type="nemo_transducer")``. A subprocess: sherpa-onnx exits the process on a bad model."""
     pytest.importorskip("sherpa_onnx")
@@ -402,7 +402,7 @@ def sherpa_transcripts(exported, emitting_manifest):
 
 
 def test_sherpa_onnx_loads_and_agrees(exported, emitting_manifest, nemo_transcripts):
-    """The acceptance check: sherpa-onnx fed frame-aligned audio (``kdstore.sherpa_frames``) gives NeMo's
+    """The acceptance check: sherpa-onnx fed frame-aligned audio (``kdstore.runtime.sherpa_frames``) gives NeMo's
     transcripts (measured 10/10; onnxruntime and onnx-asr on the same graphs: 10/10)."""
     aligned = run_sherpa(exported.out_dir, _audio_paths(emitting_manifest), align=True)
     agree = _agreement(aligned, nemo_transcripts)
@@ -440,7 +440,7 @@ def _sherpa_style_fbank(wave: np.ndarray) -> tuple[np.ndarray, int]:
 def test_align_for_sherpa_puts_frames_where_nemo_has_them(exact_pad):
     """After ``align_for_sherpa`` sherpa-onnx's framing ((n + hop/2) // hop frames centred at
     t * hop + hop/2) gives NeMo's frame count, and a click at NeMo's frame-t centre lands on sherpa's."""
-    from kdstore.sherpa_frames import align_for_sherpa, nemo_frame_centre
+    from kdstore.runtime.sherpa_frames import align_for_sherpa, nemo_frame_centre
 
     config = FrontEndConfig(exact_pad=exact_pad)
     front = LogMelFrontEnd(config)
@@ -458,7 +458,7 @@ def test_align_for_sherpa_puts_frames_where_nemo_has_them(exact_pad):
 def test_sherpa_gap_is_its_front_end(exported, emitting_manifest, sherpa_transcripts, nemo_transcripts):
     """Our graphs fed sherpa-style features reproduce sherpa-onnx's transcripts exactly: the graphs and
     the greedy search agree, and the disagreement with NeMo comes from sherpa's feature extraction."""
-    from kdstore.onnx_infer import OnnxTransducer
+    from kdstore.runtime.decoder import OnnxTransducer
 
     model = OnnxTransducer(exported.out_dir, frontend="numpy")
     emulated = []
@@ -477,7 +477,7 @@ def test_demo_teacher_in_sherpa_onnx_matches_nemo_accuracy(demo_corpus, tmp_path
     import torch
     from nemo.collections.asr.models import ASRModel
 
-    from kdstore.export import export_onnx
+    from kdstore.export.run import export_onnx
 
     teacher = Path(__file__).parents[1] / "demo" / "teacher.nemo"
     rows = [json.loads(line) for m in ("train.json", "val.json", "test.json")
@@ -571,7 +571,7 @@ def test_sherpa_runtime_refuses_folder_without_metadata(exported, tmp_path):
     import onnx
 
     from kdstore.errors import ExportError
-    from kdstore.sherpa_runtime import SherpaTransducer
+    from kdstore.runtime.sherpa import SherpaTransducer
 
     pytest.importorskip("sherpa_onnx")
     for name in ("encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt"):

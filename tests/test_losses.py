@@ -7,7 +7,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from kdstore import losses
+from kdstore.distill import losses
 
 
 def _random_lattice(batch=2, frames=5, nodes=4, classes=9, seed=0, dtype=torch.float64):
@@ -251,7 +251,7 @@ def test_band_mask_equals_the_loss_on_only_the_band_nodes():
 
 
 def test_node_weights_occupancy_from_blank_label_equals_given_occupancy():
-    from kdstore.banding import node_occupancy_batch
+    from kdstore.lattice.posteriors import node_occupancy_batch
 
     _, teacher, _ = _logits_and_teacher(frames=6, nodes=4, seed=4)
     frames, labels = torch.tensor([6, 4]), torch.tensor([3, 1])

@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 def build_model(config_name: str, tokenizer_dir: Path, seed: int, **overrides):
     from omegaconf import OmegaConf
 
-    from kdstore.config import load_train_config
-    from kdstore.train import build_student
+    from kdstore.distill.config import load_train_config
+    from kdstore.distill.train import build_student
 
     cfg = load_train_config(config_name, [f"{k}={v}" for k, v in overrides.items()])
     model_cfg = cfg.model
@@ -54,7 +54,7 @@ def small_manifest(demo_corpus, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exact_store(teacher_nemo, small_manifest, tmp_path_factory) -> Path:
     """A k = V+1 float32 store: every teacher log-prob, exactly."""
-    from kdstore.dump import DumpSettings, dump_teacher
+    from kdstore.dump.run import DumpSettings, dump_teacher
 
     out = tmp_path_factory.mktemp("store") / "exact.zarr"
     dump_teacher(teacher_nemo, small_manifest, out, DumpSettings(top_k=10_000, batch_size=4, value_dtype="float32"))
@@ -62,13 +62,13 @@ def exact_store(teacher_nemo, small_manifest, tmp_path_factory) -> Path:
 
 
 def test_dump_rows_match_live_teacher_and_student_lattice_shape(teacher_nemo, small_manifest, demo_corpus, tmp_path):
-    from kdstore.data import TranscribedAudioDataset, collate
-    from kdstore.dump import DumpSettings, dump_teacher
-    from kdstore.manifest import read_manifest
-    from kdstore.nemo_files import restore_model
+    from kdstore.distill.data import TranscribedAudioDataset, collate
+    from kdstore.dump.run import DumpSettings, dump_teacher
+    from kdstore.inputs.manifest import read_manifest
+    from kdstore.nemo.checkpoint import restore_model
     from kdstore.store import StoreReader
     from kdstore.store.verify import verify_store
-    from kdstore.teacher import full_lattice
+    from kdstore.dump.teacher import full_lattice
 
     store = tmp_path / "t.zarr"
     meta = dump_teacher(teacher_nemo, small_manifest, store, DumpSettings(top_k=4, batch_size=4))
@@ -96,12 +96,12 @@ def test_dump_rows_match_live_teacher_and_student_lattice_shape(teacher_nemo, sm
 
 
 def test_offline_kd_from_exact_store_equals_online_kd(teacher_nemo, exact_store, small_manifest, demo_corpus):
-    from kdstore.data import TranscribedAudioDataset, collate
-    from kdstore.kd_config import KDSettings
-    from kdstore.manifest import read_manifest
-    from kdstore.nemo_files import restore_model
+    from kdstore.distill.data import TranscribedAudioDataset, collate
+    from kdstore.distill.settings import KDSettings
+    from kdstore.inputs.manifest import read_manifest
+    from kdstore.nemo.checkpoint import restore_model
     from kdstore.store import StoreReader
-    from kdstore.student import kd_node_loss, online_rows
+    from kdstore.distill.student import kd_node_loss, online_rows
 
     teacher = restore_model(teacher_nemo)
     student = build_model("tiny", demo_corpus.tokenizer_dir, seed=7)
@@ -123,8 +123,8 @@ def test_offline_kd_from_exact_store_equals_online_kd(teacher_nemo, exact_store,
 
 
 def test_train_student_with_store_saves_plain_nemo(exact_store, small_manifest, tmp_path):
-    from kdstore.config import load_train_config
-    from kdstore.train import train_student
+    from kdstore.distill.config import load_train_config
+    from kdstore.distill.train import train_student
 
     out = tmp_path / "student.nemo"
     cfg = load_train_config("tiny", [f"model.train_ds.manifest_filepath={small_manifest}", f"run.output={out}",
@@ -146,8 +146,8 @@ def test_train_student_with_store_saves_plain_nemo(exact_store, small_manifest, 
 
 
 def test_store_from_another_frame_rate_or_tokenizer_is_refused(exact_store, small_manifest, tmp_path, demo_corpus):
-    from kdstore.config import load_train_config
-    from kdstore.train import train_student
+    from kdstore.distill.config import load_train_config
+    from kdstore.distill.train import train_student
 
     base = [f"model.train_ds.manifest_filepath={small_manifest}", f"run.output={tmp_path / 's.nemo'}",
             "trainer.max_steps=1", "trainer.accelerator=cpu"]
@@ -163,7 +163,7 @@ def test_store_from_another_frame_rate_or_tokenizer_is_refused(exact_store, smal
 
 
 def test_manifest_errors_name_file_and_line(tmp_path, demo_corpus):
-    from kdstore.manifest import read_manifest
+    from kdstore.inputs.manifest import read_manifest
 
     good = Path(demo_corpus.train_manifest).read_text().splitlines()[0]
     bad = tmp_path / "bad.json"
@@ -183,8 +183,8 @@ def test_manifest_errors_name_file_and_line(tmp_path, demo_corpus):
 def test_upfront_alignment_checks_name_the_line(exact_store, small_manifest, demo_corpus, tmp_path):
     import dataclasses
 
-    from kdstore.alignment import check_alignment_upfront
-    from kdstore.manifest import read_manifest
+    from kdstore.distill.checks import check_alignment_upfront
+    from kdstore.inputs.manifest import read_manifest
     from kdstore.store import StoreReader
 
     reader = StoreReader(exact_store)
@@ -204,11 +204,11 @@ def test_upfront_alignment_checks_name_the_line(exact_store, small_manifest, dem
 
 
 def test_hybrid_teacher_ctc_rows_train_a_hybrid_student_with_both_kd_terms(teacher_nemo, small_manifest, tmp_path):
-    from kdstore.config import load_train_config
-    from kdstore.dump import DumpSettings, dump_teacher
+    from kdstore.distill.config import load_train_config
+    from kdstore.dump.run import DumpSettings, dump_teacher
     from kdstore.store import StoreReader
     from kdstore.store.verify import verify_store
-    from kdstore.train import train_student
+    from kdstore.distill.train import train_student
 
     store = tmp_path / "ctc.zarr"
     meta = dump_teacher(teacher_nemo, small_manifest, store, DumpSettings(top_k=4, batch_size=3, band=3, ctc=True))
@@ -234,8 +234,8 @@ def test_hybrid_teacher_ctc_rows_train_a_hybrid_student_with_both_kd_terms(teach
 
 
 def test_occupancy_weights_from_a_full_store_train(exact_store, small_manifest, tmp_path):
-    from kdstore.config import load_train_config
-    from kdstore.train import train_student
+    from kdstore.distill.config import load_train_config
+    from kdstore.distill.train import train_student
 
     cfg = load_train_config("tiny", [f"model.train_ds.manifest_filepath={small_manifest}",
                                      f"run.output={tmp_path / 's.nemo'}", "trainer.max_steps=1",
@@ -247,12 +247,12 @@ def test_occupancy_weights_from_a_full_store_train(exact_store, small_manifest, 
 
 def test_collapsed_from_topk_store_equals_full_store_and_band_equals_restricted_dense(
         teacher_nemo, exact_store, small_manifest, demo_corpus, tmp_path):
-    from kdstore.data import TranscribedAudioDataset, collate
-    from kdstore.dump import DumpSettings, dump_teacher
-    from kdstore.kd_config import KDSettings
-    from kdstore.manifest import read_manifest
+    from kdstore.distill.data import TranscribedAudioDataset, collate
+    from kdstore.dump.run import DumpSettings, dump_teacher
+    from kdstore.distill.settings import KDSettings
+    from kdstore.inputs.manifest import read_manifest
     from kdstore.store import StoreReader
-    from kdstore.student import kd_node_loss
+    from kdstore.distill.student import kd_node_loss
 
     small = tmp_path / "k4.zarr"
     dump_teacher(teacher_nemo, small_manifest, small, DumpSettings(top_k=4, batch_size=4, value_dtype="float32"))
@@ -286,8 +286,8 @@ def test_collapsed_from_topk_store_equals_full_store_and_band_equals_restricted_
 
 @pytest.mark.parametrize("perturbation", ["speed", "time_stretch"])
 def test_length_changing_perturbation_with_kd_is_refused(exact_store, small_manifest, tmp_path, perturbation):
-    from kdstore.config import load_train_config
-    from kdstore.train import train_student
+    from kdstore.distill.config import load_train_config
+    from kdstore.distill.train import train_student
 
     cfg = load_train_config("tiny", [f"model.train_ds.manifest_filepath={small_manifest}",
                                      f"run.output={tmp_path / 's.nemo'}", "trainer.accelerator=cpu",
@@ -299,8 +299,8 @@ def test_length_changing_perturbation_with_kd_is_refused(exact_store, small_mani
 def test_augmentor_is_applied_to_training_audio_only(exact_store, small_manifest, tmp_path):
     """``model.train_ds.augmentor`` (NeMo's AudioAugmentor: here shift + white noise) reaches kdstore's
     training loader, keeps every utterance's length (so the store rows still fit), and KD trains."""
-    from kdstore.config import load_train_config
-    from kdstore.train import train_student
+    from kdstore.distill.config import load_train_config
+    from kdstore.distill.train import train_student
 
     cfg = load_train_config("tiny", [f"model.train_ds.manifest_filepath={small_manifest}",
                                      f"run.output={tmp_path / 's.nemo'}", "trainer.max_steps=1",

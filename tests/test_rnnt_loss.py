@@ -1,4 +1,4 @@
-"""kdstore.rnnt_loss against NeMo's own RNN-T losses on small random lattices.
+"""kdstore.lattice.rnnt_loss against NeMo's own RNN-T losses on small random lattices.
 
 NeMo references:
 * ``RNNTLossPytorch`` (what ``RNNTLoss(loss_name="pytorch")`` wraps) is used directly for the float64
@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from kdstore.rnnt_loss import REDUCTIONS, VectorizedRNNTLoss, rnnt_loss
+from kdstore.lattice.rnnt_loss import REDUCTIONS, VectorizedRNNTLoss, rnnt_loss
 
 nemo_rnnt = pytest.importorskip("nemo.collections.asr.losses.rnnt")
 nemo_rnnt_pytorch = pytest.importorskip("nemo.collections.asr.losses.rnnt_pytorch")
@@ -159,5 +159,5 @@ def test_module_api():
 
 
 def test_import_does_not_pull_in_nemo():
-    code = "import sys, kdstore.rnnt_loss; sys.exit(any(m.split('.')[0] == 'nemo' for m in sys.modules))"
+    code = "import sys, kdstore.lattice.rnnt_loss; sys.exit(any(m.split('.')[0] == 'nemo' for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

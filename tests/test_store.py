@@ -325,7 +325,7 @@ def test_unknown_format_version_and_non_store_paths_are_refused(tmp_path):
 
 
 def test_store_order_batches_are_contiguous_reads_of_neighbours():
-    from kdstore.data import StoreOrderBatchSampler
+    from kdstore.distill.data import StoreOrderBatchSampler
     from kdstore.store.reader import _coalesce
 
     positions = [(0, 5), (1, 0), (0, 0), (0, 1), (1, 1), (0, 2), (0, 3), (0, 4)]

@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_validation_checkpoints_and_tensorboard(demo_corpus, tmp_path):
-    from kdstore.config import load_train_config
-    from kdstore.train import train_student
+    from kdstore.distill.config import load_train_config
+    from kdstore.distill.train import train_student
 
     out = tmp_path / "student.nemo"
     cfg = load_train_config("tiny", [
@@ -67,8 +67,8 @@ def tokenizer_1024(tmp_path_factory) -> Path:
 def test_model_sizes_match_the_fastconformer_table(name, millions, tokenizer_1024):
     from omegaconf import OmegaConf
 
-    from kdstore.config import load_train_config
-    from kdstore.train import build_student
+    from kdstore.distill.config import load_train_config
+    from kdstore.distill.train import build_student
 
     cfg = load_train_config(name, [f"model.tokenizer.dir={tokenizer_1024}"])
     cfg.model.train_ds.manifest_filepath = None

@@ -28,10 +28,10 @@ def command(workdir, quick, seed, progress, train_teacher, teacher_steps):
     """
     quiet_nemo()
     if train_teacher:
-        from kdstore.demo_teacher import TeacherRecipe, train_demo_teacher
+        from kdstore.demo.teacher_recipe import TeacherRecipe, train_demo_teacher
 
         train_demo_teacher(workdir, TeacherRecipe(seed=seed, steps=teacher_steps), echo=click.echo)
         return
-    from kdstore.demo import run_demo
+    from kdstore.demo.pipeline import run_demo
 
     run_demo(workdir, quick=quick, seed=seed, progress=progress, echo=click.echo)

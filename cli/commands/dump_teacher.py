@@ -44,7 +44,7 @@ def command(teacher, manifest, out, top_k, batch_size, value_dtype, band, ctc, d
     """
     quiet_nemo()
     set_threads(threads)
-    from kdstore.dump import DumpSettings, dump_teacher
+    from kdstore.dump.run import DumpSettings, dump_teacher
 
     if band != "full" and not band.isdigit():
         raise click.BadParameter("expected 'full' or a positive integer width", param_hint="--band")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from kdstore.cli.common import friendly_errors, quiet_nemo, set_threads
-from kdstore.normalize import NORMALIZERS
+from kdstore.evaluate.normalize import NORMALIZERS
 
 
 @click.command("eval")
@@ -35,8 +35,8 @@ def command(model, manifest, teacher, out, normalizer, bootstrap_samples, seed, 
     """
     quiet_nemo()
     set_threads(threads)
-    from kdstore.eval_report import comparison_lines, summary_table, write_report
-    from kdstore.evaluate import compare, evaluate_model
+    from kdstore.evaluate.report import comparison_lines, summary_table, write_report
+    from kdstore.evaluate.transcribe import compare, evaluate_model
 
     results = {"model": evaluate_model(model, manifest, batch_size, normalizer=normalizer)}
     if teacher:

@@ -32,7 +32,7 @@ def command(model_path: Path, out_dir: Path, layout: str, int8: bool, preprocess
     """Export a NeMo transducer to ONNX, then decode generated audio with onnxruntime to prove it loads."""
     quiet_nemo()
     set_threads(threads)
-    from kdstore.export import export_onnx, smoke_test
+    from kdstore.export.run import export_onnx, smoke_test
 
     result = export_onnx(model_path, out_dir, int8=int8, layout=layout, preprocessor=preprocessor)
     for path in result.files:

@@ -26,8 +26,8 @@ def command(config, store, skip_bad, progress, overrides):
           model.train_ds.manifest_filepath=train.json run.output=student.nemo trainer.max_steps=2000
     """
     quiet_nemo()
-    from kdstore.config import load_train_config
-    from kdstore.train import train_student
+    from kdstore.distill.config import load_train_config
+    from kdstore.distill.train import train_student
 
     cfg = load_train_config(config, [*(["model.train_ds.skip_bad=true"] if skip_bad else []), *overrides], store=store)
     result = train_student(cfg, progress=progress)

@@ -33,16 +33,16 @@ from kdstore.cli.common import friendly_errors
               "sherpa-onnx: sherpa_onnx.OfflineRecognizer on the sherpa layout, with its own features.")
 @click.option("--sherpa-align/--no-sherpa-align", default=True, show_default=True,
               help="With --runtime sherpa-onnx: frame-align the audio so sherpa-onnx frames it as NeMo does "
-              "(kdstore.sherpa_frames; README, export-onnx).")
+              "(kdstore.runtime.sherpa_frames; README, export-onnx).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: transcripts, seconds, RTF.")
 @friendly_errors
 def command(onnx_dir: Path, audio: tuple[Path, ...], int8: bool, batch_size: int, provider: str, frontend: str,
             threads: int, runtime: str, sherpa_align: bool, as_json: bool) -> None:
     """Print `path<TAB>text` for each AUDIO file (wav/flac/ogg, any rate, mono or stereo), then the RTF on stderr."""
-    from kdstore.onnx_infer import OnnxTransducer, transcribe_files
+    from kdstore.runtime.decoder import OnnxTransducer, transcribe_files
 
     if runtime == "sherpa-onnx":
-        from kdstore.sherpa_runtime import SherpaTransducer
+        from kdstore.runtime.sherpa import SherpaTransducer
 
         model = SherpaTransducer(onnx_dir, int8=int8, num_threads=threads, provider=provider, align=sherpa_align)
     else:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from kdstore.augment import length_changing
-from kdstore.config import require
+from kdstore.distill.augment import length_changing
+from kdstore.distill.config import require
 from kdstore.errors import ConfigError, IncompatibleStoreError
-from kdstore.kd_config import KDSettings
+from kdstore.distill.settings import KDSettings
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def build_student(model_cfg, trainer=None):
     """Instantiate the student class that fits the config; it records the plain NeMo class as target."""
     from omegaconf import open_dict
 
-    from kdstore.student import PLAIN_TARGETS, KDHybridModel, KDRNNTModel
+    from kdstore.distill.student import PLAIN_TARGETS, KDHybridModel, KDRNNTModel
 
     hybrid = "aux_ctc" in model_cfg and model_cfg.aux_ctc is not None
     with open_dict(model_cfg):

@@ -1,9 +1,9 @@
 """Greedy transcripts of an exported model with sherpa-onnx itself (``kdstore transcribe --runtime sherpa-onnx``).
 
 Why: the sherpa layout exists for sherpa-onnx, so kdstore lets people run it there in one command and
-see what their deployment will say, with the frame alignment of :mod:`kdstore.sherpa_frames` applied
+see what their deployment will say, with the frame alignment of :mod:`kdstore.runtime.sherpa_frames` applied
 by default (``align=False`` shows sherpa-onnx on raw audio). Same duck type as
-:class:`kdstore.onnx_infer.OnnxTransducer` for :func:`kdstore.onnx_infer.transcribe_files`:
+:class:`kdstore.runtime.decoder.OnnxTransducer` for :func:`kdstore.runtime.decoder.transcribe_files`:
 ``sample_rate``, ``load``, ``transcribe``, ``layout``, ``frontend_name``.
 
 sherpa-onnx ends the whole process (exit 255) on a missing metadata key instead of raising, so the
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from kdstore.errors import DependencyError, ExportError
-from kdstore.onnx_files import read_metadata
-from kdstore.onnx_infer import SHERPA_FILES, AudioInput, load_waveform
-from kdstore.sherpa_frames import align_for_sherpa, export_frontend
+from kdstore.export.onnx_edit import read_metadata
+from kdstore.runtime.decoder import SHERPA_FILES, AudioInput, load_waveform
+from kdstore.runtime.sherpa_frames import align_for_sherpa, export_frontend
 
 # Encoder metadata sherpa-onnx's NeMo transducer reads with no default (it exits without them).
 SHERPA_REQUIRED_METADATA = ("vocab_size", "normalize_type", "pred_rnn_layers", "pred_hidden", "subsampling_factor")

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch.autograd.function import once_differentiable
 
-from kdstore.banding import node_occupancy_batch
+from kdstore.lattice.posteriors import node_occupancy_batch
 
 KDLossName = Literal["topk_rest", "topk_renorm", "collapsed"]
 NodeWeightKind = Literal["uniform", "occupancy"]
@@ -207,7 +207,7 @@ def node_weights(kind: NodeWeightKind, mask: torch.Tensor, blank_label: torch.Te
     ``uniform``: the mask as float (each valid or stored node counts once). ``occupancy``: the teacher's
     node occupancy P(alignment visits (t, u)): ``occupancy`` (B, T, U+1) when given (the store's), else
     computed from the teacher's blank/label log-probs ``blank_label`` (B, T, U+1, 2) and the lattice
-    sizes ``frames``, ``labels`` (B,) by :func:`kdstore.banding.node_occupancy_batch` (float64).
+    sizes ``frames``, ``labels`` (B,) by :func:`kdstore.lattice.posteriors.node_occupancy_batch` (float64).
     The weights carry no gradient.
     """
     if kind == "uniform":

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from kdstore.evaluate import Comparison, EvalResult, write_transcripts
-from kdstore.scoring import write_trn
+from kdstore.evaluate.transcribe import Comparison, EvalResult, write_transcripts
+from kdstore.evaluate.scoring import write_trn
 
 NORMALIZER_NOTES = {
     "basic": "lower case, punctuation stripped (apostrophes inside words kept), whitespace collapsed",

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kdstore.errors import KdstoreError
-from kdstore.nemo_files import read_tokenizer_files
+from kdstore.nemo.checkpoint import read_tokenizer_files
 
 REPO_DEMO_TEACHER = Path(__file__).resolve().parent.parent / "demo" / "teacher.nemo"
 
@@ -149,7 +149,7 @@ def run_demo(workdir: str | Path, quick: bool = False, seed: int = 0, progress: 
     store_path = work / "teacher.zarr"
 
     def dump() -> dict[str, Any]:
-        from kdstore.dump import DumpSettings, dump_teacher
+        from kdstore.dump.run import DumpSettings, dump_teacher
 
         meta = dump_teacher(teacher_path, corpus.train_manifest, store_path,
                             DumpSettings(top_k=plan.top_k, overwrite=True, progress=progress))
@@ -173,7 +173,7 @@ def run_demo(workdir: str | Path, quick: bool = False, seed: int = 0, progress: 
     models = {"teacher": teacher_path, "student (KD)": kd_path, "student (no KD)": plain_path}
 
     def evaluate() -> dict[str, Any]:
-        from kdstore.evaluate import evaluate_model, write_transcripts
+        from kdstore.evaluate.transcribe import evaluate_model, write_transcripts
 
         out = {}
         for name, path in models.items():
@@ -187,9 +187,9 @@ def run_demo(workdir: str | Path, quick: bool = False, seed: int = 0, progress: 
     onnx_dir = work / "onnx"
 
     def export_and_transcribe() -> dict[str, Any]:
-        from kdstore.export import export_onnx
-        from kdstore.manifest import read_manifest
-        from kdstore.onnx_infer import OnnxTransducer
+        from kdstore.export.run import export_onnx
+        from kdstore.inputs.manifest import read_manifest
+        from kdstore.runtime.decoder import OnnxTransducer
 
         export_onnx(kd_path, onnx_dir)
         entries = read_manifest(corpus.test_manifest)[: plan.transcribe_files]
@@ -203,7 +203,7 @@ def run_demo(workdir: str | Path, quick: bool = False, seed: int = 0, progress: 
 
 def write_report(work: Path, plan: DemoPlan, corpus, scores: dict, teacher_info: dict, student_info: dict,
                  onnx_info: dict, store_path: Path, echo: Echo) -> Path:
-    from kdstore.report import ModelRow, format_table, plot_report
+    from kdstore.demo.report import ModelRow, format_table, plot_report
 
     curves = {"teacher": teacher_info["curve_csv"], "student (KD)": student_info["kd"]["curve_csv"],
               "student (no KD)": student_info["nokd"]["curve_csv"]}

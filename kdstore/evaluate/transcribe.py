@@ -2,8 +2,8 @@
 
 Decoding goes through our own data path (honours manifest offsets) and NeMo's greedy decoder,
 so the numbers are the model's, not a re-implementation's. Scoring (S/D/I, CER, bootstrap) lives in
-:mod:`kdstore.scoring`, text normalisation in :mod:`kdstore.normalize`, the written report in
-:mod:`kdstore.eval_report`.
+:mod:`kdstore.evaluate.scoring`, text normalisation in :mod:`kdstore.evaluate.normalize`, the written report in
+:mod:`kdstore.evaluate.report`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kdstore.scoring import CorpusScore, PairedBootstrap, kaldialign_bootstrap, paired_bootstrap, score
+from kdstore.evaluate.scoring import CorpusScore, PairedBootstrap, kaldialign_bootstrap, paired_bootstrap, score
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,8 +75,8 @@ def transcribe_manifest(model, manifest_path: str | Path, batch_size: int = 16, 
     import torch
     from tqdm import tqdm
 
-    from kdstore.data import TranscribedAudioDataset, collate, duration_sorted_batches
-    from kdstore.manifest import read_manifest
+    from kdstore.distill.data import TranscribedAudioDataset, collate, duration_sorted_batches
+    from kdstore.inputs.manifest import read_manifest
 
     entries = read_manifest(manifest_path)
     sample_rate = int(model.cfg.preprocessor.get("sample_rate", model.cfg.sample_rate))
@@ -99,8 +99,8 @@ def transcribe_manifest(model, manifest_path: str | Path, batch_size: int = 16, 
 def evaluate_model(model_path: str | Path, manifest_path: str | Path, batch_size: int = 16,
                    progress: bool = False, normalizer: str = "basic") -> EvalResult:
     """Restore ``model_path``, decode ``manifest_path`` greedily, score with ``normalizer``."""
-    from kdstore.manifest import read_manifest
-    from kdstore.nemo_files import restore_model
+    from kdstore.inputs.manifest import read_manifest
+    from kdstore.nemo.checkpoint import restore_model
 
     start = time.perf_counter()
     model = restore_model(model_path)

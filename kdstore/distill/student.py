@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel, EncDecRNNTBPEModel
 
-from kdstore import losses
-from kdstore.alignment import check_alignment_upfront
-from kdstore.augment import nemo_augment
-from kdstore.data import (
+from kdstore.distill import losses
+from kdstore.distill.checks import check_alignment_upfront
+from kdstore.distill.augment import nemo_augment
+from kdstore.distill.data import (
     AudioBatch,
     DurationBucketSampler,
     KDRows,
@@ -26,12 +26,12 @@ from kdstore.data import (
     collate,
 )
 from kdstore.errors import IncompatibleStoreError
-from kdstore.kd_config import KDSettings
-from kdstore.rnnt_loss import VectorizedRNNTLoss
-from kdstore.screening import BadInputPolicy, rules_for, screened_manifest
+from kdstore.distill.settings import KDSettings
+from kdstore.lattice.rnnt_loss import VectorizedRNNTLoss
+from kdstore.inputs.screening import BadInputPolicy, rules_for, screened_manifest
 from kdstore.store import StoreReader
 from kdstore.store.layout import label_slot_fill
-from kdstore.teacher import front_end_of, full_lattice, lattice_rows
+from kdstore.dump.teacher import front_end_of, full_lattice, lattice_rows
 
 PLAIN_TARGETS = {
     "rnnt": "nemo.collections.asr.models.rnnt_bpe_models.EncDecRNNTBPEModel",
@@ -176,7 +176,7 @@ class KDMixin:
         """Teacher rows computed live (online KD): same reduction as a dump, full k by default."""
         teacher = getattr(self, "_online_teacher", None)
         if teacher is None:
-            from kdstore.nemo_files import restore_model
+            from kdstore.nemo.checkpoint import restore_model
 
             rng = torch.get_rng_state()  # restore_from draws random numbers: keep runs comparable by seed
             teacher = restore_model(self.kd_settings.teacher_model_path, map_location=str(self.device))

@@ -49,8 +49,8 @@ def train_demo_teacher(workdir: str | Path, recipe: TeacherRecipe = TeacherRecip
                        echo: Callable[[str], None] = print) -> dict:
     """Corpus -> train (resumable) -> score on the test split -> demo/teacher.nemo (fp16) + scores."""
     from kdstore.corpus import prepare_demo
-    from kdstore.evaluate import evaluate_model
-    from kdstore.nemo_files import restore_model
+    from kdstore.evaluate.transcribe import evaluate_model
+    from kdstore.nemo.checkpoint import restore_model
 
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)

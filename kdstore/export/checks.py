@@ -3,7 +3,7 @@
 * :func:`check_exportable` refuses, in one sentence each, models the runtimes cannot serve (TDT,
   CTC-only, character vocabularies, stateless prediction nets, non-log-mel front ends);
 * :func:`frontend_config_from_nemo` reads the preprocessor settings NeMo actually uses and
-  :func:`check_frontend` proves :mod:`kdstore.features` reproduces them on synthetic audio;
+  :func:`check_frontend` proves :mod:`kdstore.runtime.frontend` reproduces them on synthetic audio;
 * :func:`export_metadata` builds the encoder's ``metadata_props`` (sherpa-onnx's keys and kdstore's);
 * :func:`write_tokens` writes ``piece id`` lines (``tokens.txt`` / ``vocab.txt``) with ``<blk>`` last.
 """
@@ -18,7 +18,7 @@ import numpy as np
 
 from kdstore import __version__
 from kdstore.errors import ExportError
-from kdstore.features import WINDOW_FUNCTIONS, FrontEndConfig, LogMelFrontEnd, mel_filterbank, resolve_log_guard
+from kdstore.runtime.frontend import WINDOW_FUNCTIONS, FrontEndConfig, LogMelFrontEnd, mel_filterbank, resolve_log_guard
 
 BLANK_PIECE = "<blk>"
 SHERPA_MODEL_TYPE = "EncDecRNNTBPEModel"  # what sherpa-onnx expects for any NeMo RNN-T (hybrid too)

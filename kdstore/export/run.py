@@ -7,16 +7,16 @@
 * encoder metadata (``metadata_props``): sherpa-onnx's keys (``vocab_size`` without blank,
   ``normalize_type``, ``pred_rnn_layers``, ``pred_hidden``, ``subsampling_factor``, ``model_type``,
   ``feat_dim``) and kdstore's (version, sha256 of the source .nemo, blank id, greedy
-  ``max_symbols`` and every front-end setting, see :class:`kdstore.features.FrontEndConfig`);
+  ``max_symbols`` and every front-end setting, see :class:`kdstore.runtime.frontend.FrontEndConfig`);
 * decoder inputs/outputs with readable names and a dynamic batch axis on both LSTM states
   (NeMo's trace fixes the second one to batch 1).
 
-``layout="nemo"``: NeMo's own ``model.export`` files that onnx-asr loads, see :mod:`kdstore.export_nemo`.
+``layout="nemo"``: NeMo's own ``model.export`` files that onnx-asr loads, see :mod:`kdstore.export.nemo_layout`.
 
-Both layouts get ``preprocessor.ts`` (:mod:`kdstore.preprocessor_ts`) unless asked not to, and with
+Both layouts get ``preprocessor.ts`` (:mod:`kdstore.export.preprocessor`) unless asked not to, and with
 ``int8=True`` dynamically quantised ``*.int8.onnx`` copies. The ONNX encoder takes log-mel features:
-before writing anything the export checks that :mod:`kdstore.features` reproduces the model's
-preprocessor, and refuses models it cannot serve (:mod:`kdstore.export_checks`).
+before writing anything the export checks that :mod:`kdstore.runtime.frontend` reproduces the model's
+preprocessor, and refuses models it cannot serve (:mod:`kdstore.export.checks`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from kdstore.errors import ExportError
-from kdstore.export_checks import (  # noqa: F401  (re-exported: the public names of kdstore.export)
+from kdstore.export.checks import (  # noqa: F401  (re-exported: the public names of kdstore.export.run)
     BLANK_PIECE,
     FRONTEND_TOLERANCE,
     SHERPA_MODEL_TYPE,
@@ -40,7 +40,7 @@ from kdstore.export_checks import (  # noqa: F401  (re-exported: the public name
     restore_rounded_buffers,
     write_tokens,
 )
-from kdstore.onnx_files import (  # noqa: F401
+from kdstore.export.onnx_edit import (  # noqa: F401
     DECODER_INPUTS,
     DECODER_OUTPUTS,
     add_metadata,
@@ -84,7 +84,7 @@ class ExportResult:
 def export_onnx(model_path: Path, out_dir: Path, int8: bool = False, layout: str = "sherpa",
                 preprocessor: bool = True) -> ExportResult:
     """Export ``model_path`` (.nemo RNN-T or hybrid RNN-T/CTC) into ``out_dir``; returns the paths."""
-    from kdstore.preprocessor_ts import PREPROCESSOR_TS, export_preprocessor
+    from kdstore.export.preprocessor import PREPROCESSOR_TS, export_preprocessor
 
     model_path, out_dir = Path(model_path), Path(out_dir)
     if layout not in LAYOUTS:
@@ -105,7 +105,7 @@ def export_onnx(model_path: Path, out_dir: Path, int8: bool = False, layout: str
     if layout == "sherpa":
         paths = _write_sherpa_layout(model, out_dir, metadata, provenance)
     else:
-        from kdstore.export_nemo import write_nemo_layout
+        from kdstore.export.nemo_layout import write_nemo_layout
 
         paths, notes = write_nemo_layout(model, out_dir, metadata, provenance, frontend)
     graphs = [p for role, p in paths.items() if role in ("encoder", "decoder", "joiner")]
@@ -131,7 +131,7 @@ def export_onnx(model_path: Path, out_dir: Path, int8: bool = False, layout: str
 
 
 def _refuse_other_layout(out_dir: Path, layout: str) -> None:
-    from kdstore.export_nemo import NEMO_ENCODER
+    from kdstore.export.nemo_layout import NEMO_ENCODER
 
     other = NEMO_ENCODER if layout == "sherpa" else ENCODER
     if (out_dir / other).exists():
@@ -163,7 +163,7 @@ def smoke_test(out_dir: Path, int8: bool = False, seconds: float = 1.5) -> dict[
 
     Returns encoder frames and emitted tokens per variant (``fp32``, and ``int8`` when asked for).
     """
-    from kdstore.onnx_infer import OnnxTransducer
+    from kdstore.runtime.decoder import OnnxTransducer
 
     report = {}
     for variant in ("fp32", "int8") if int8 else ("fp32",):

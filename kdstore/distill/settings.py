@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, get_args
 
 from kdstore.errors import ConfigError
-from kdstore.losses import KDLossName
+from kdstore.distill.losses import KDLossName
 
 NODE_WEIGHTS = ("uniform", "occupancy")
 

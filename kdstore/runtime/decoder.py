@@ -1,10 +1,10 @@
 """Greedy transducer decoding of an exported model with onnxruntime (no NeMo; torch only for preprocessor.ts).
 
-Reads either layout :func:`kdstore.export.export_onnx` writes: sherpa-onnx's (``encoder.onnx``,
+Reads either layout :func:`kdstore.export.run.export_onnx` writes: sherpa-onnx's (``encoder.onnx``,
 ``decoder.onnx``, ``joiner.onnx``, ``tokens.txt``) or NeMo's (``encoder-model.onnx``,
 ``decoder_joint-model.onnx``, ``vocab.txt``). Features come from the exported ``preprocessor.ts``
 when it is there and torch is installed (``frontend="auto"``), else from the numpy port in
-:mod:`kdstore.features`; both match NeMo's preprocessor (checked at export).
+:mod:`kdstore.runtime.frontend`; both match NeMo's preprocessor (checked at export).
 
 Greedy search as NeMo does it: start with blank as the previous token and zero LSTM states; at each
 encoder frame emit up to ``max_symbols`` tokens; blank moves on to the next frame; the prediction
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kdstore.audio import read_samples
+from kdstore.inputs.audio import read_samples
 from kdstore.errors import AudioError, DependencyError, ExportError
-from kdstore.features import FrontEndConfig, LogMelFrontEnd
-from kdstore.onnx_files import read_metadata
+from kdstore.runtime.frontend import FrontEndConfig, LogMelFrontEnd
+from kdstore.export.onnx_edit import read_metadata
 
 AudioInput = str | Path | np.ndarray
 WORD_BOUNDARY = "\u2581"  # SentencePiece's '▁'
@@ -129,7 +129,7 @@ class OnnxTransducer:
         ts_path = self.onnx_dir / PREPROCESSOR_TS
         if frontend in ("auto", "torchscript") and ts_path.is_file():
             try:
-                from kdstore.preprocessor_ts import TorchScriptFrontEnd
+                from kdstore.export.preprocessor import TorchScriptFrontEnd
 
                 return "torchscript", TorchScriptFrontEnd(ts_path, num_threads).batch
             except ImportError:

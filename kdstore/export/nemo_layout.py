@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from kdstore.errors import ExportError
-from kdstore.export_checks import write_tokens
-from kdstore.features import FrontEndConfig
-from kdstore.onnx_files import add_metadata, check_io_names, check_output_width
+from kdstore.export.checks import write_tokens
+from kdstore.runtime.frontend import FrontEndConfig
+from kdstore.export.onnx_edit import add_metadata, check_io_names, check_output_width
 
 NEMO_ENCODER, NEMO_DECODER_JOINT = "encoder-model.onnx", "decoder_joint-model.onnx"
 NEMO_VOCAB, NEMO_CONFIG = "vocab.txt", "config.json"

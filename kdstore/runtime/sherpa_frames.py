@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdstore.features import FrontEndConfig, LogMelFrontEnd
+from kdstore.runtime.frontend import FrontEndConfig, LogMelFrontEnd
 
 
 def nemo_frame_centre(config: FrontEndConfig) -> int:
@@ -56,7 +56,7 @@ def align_for_sherpa(wave: np.ndarray, config: FrontEndConfig) -> np.ndarray:
 
 def export_frontend(onnx_dir: Path | str) -> FrontEndConfig:
     """The front end an export was made with (kdstore writes it into the encoder's metadata)."""
-    from kdstore.onnx_files import read_metadata
+    from kdstore.export.onnx_edit import read_metadata
 
     onnx_dir = Path(onnx_dir)
     encoder = next((onnx_dir / n for n in ("encoder.onnx", "encoder-model.onnx") if (onnx_dir / n).is_file()), None)
@@ -70,7 +70,7 @@ def export_frontend(onnx_dir: Path | str) -> FrontEndConfig:
 def sherpa_input(path: Path | str, onnx_dir: Path | str) -> tuple[np.ndarray, int]:
     """(samples, rate) to hand to ``stream.accept_waveform``: read, resampled and downmixed as
     ``kdstore transcribe`` reads audio, then frame-aligned for the export in ``onnx_dir``."""
-    from kdstore.audio import read_samples
+    from kdstore.inputs.audio import read_samples
 
     config = export_frontend(onnx_dir)
     return align_for_sherpa(read_samples(path, config.sample_rate), config), config.sample_rate

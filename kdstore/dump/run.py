@@ -21,18 +21,18 @@ import numpy as np
 import torch
 
 from kdstore import __version__
-from kdstore.banding import gather_band, node_occupancy, node_occupancy_batch, select_band
-from kdstore.data import TranscribedAudioDataset, collate, duration_sorted_batches
+from kdstore.lattice.posteriors import gather_band, node_occupancy, node_occupancy_batch, select_band
+from kdstore.distill.data import TranscribedAudioDataset, collate, duration_sorted_batches
 from kdstore.errors import AudioError, KdstoreError, StoreError
-from kdstore.manifest import file_sha256
-from kdstore.nemo_files import read_tokenizer_files, restore_model
-from kdstore.ranks import discover, shutdown
-from kdstore.screening import BadInputPolicy, rules_for, screened_manifest
+from kdstore.inputs.manifest import file_sha256
+from kdstore.nemo.checkpoint import read_tokenizer_files, restore_model
+from kdstore.dump.ranks import discover, shutdown
+from kdstore.inputs.screening import BadInputPolicy, rules_for, screened_manifest
 from kdstore.store import PartWriter, commit_store, open_for_writing
 from kdstore.store.background import BackgroundWriter
 from kdstore.store.layout import label_slot_fill
 from kdstore.store.metadata import Counts, Fingerprint, StoreMetadata
-from kdstore.teacher import (
+from kdstore.dump.teacher import (
     encode_teacher_forced,
     frames_per_slice_for,
     front_end_of,

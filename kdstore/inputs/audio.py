@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from kdstore.errors import AudioError
-from kdstore.manifest import ManifestEntry
+from kdstore.inputs.manifest import ManifestEntry
 
 
 def read_samples(path: str | Path, sample_rate: int, *, offset: float = 0.0, duration: float | None = None,

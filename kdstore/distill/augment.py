@@ -6,7 +6,7 @@ ignored. This module builds NeMo's own ``AudioAugmentor`` from the same config
 (``process_augmentations``: gain, white_noise, shift, noise, impulse, ...) and applies it to each
 training utterance. With a store, perturbations that change the number of samples (speed,
 time_stretch, silence, random_segment) are refused before training starts: they change the encoder's
-T, and the teacher's lattice rows no longer fit (``kdstore.train`` checks the config).
+T, and the teacher's lattice rows no longer fit (``kdstore.distill.train`` checks the config).
 """
 
 from __future__ import annotations

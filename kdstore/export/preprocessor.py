@@ -8,8 +8,8 @@ lengths than the tracing example before it is written. The interface is
 ``forward(waveform: float32 (B, N), length: int64 (B,)) -> (features (B, C, T), lengths (B,))``; the
 front-end settings ride along as the extra file ``kdstore.json``.
 
-Loading needs torch (CPU is enough) but not NeMo; :mod:`kdstore.onnx_infer` uses the file when it is
-present and torch is installed, else :mod:`kdstore.features` (the numpy port).
+Loading needs torch (CPU is enough) but not NeMo; :mod:`kdstore.runtime.decoder` uses the file when it is
+present and torch is installed, else :mod:`kdstore.runtime.frontend` (the numpy port).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from kdstore.errors import ExportError
-from kdstore.features import FrontEndConfig
+from kdstore.runtime.frontend import FrontEndConfig
 
 PREPROCESSOR_TS = "preprocessor.ts"
 EXTRA_FILE = "kdstore.json"

@@ -8,7 +8,7 @@ teacher's alignments go, which is what this module provides:
 
 * :func:`lattice_posteriors` / :func:`node_occupancy`: an RNN-T forward-backward over the teacher's
   OWN blank/label log-probs, in float64, vectorised over u within a frame exactly as
-  :mod:`kdstore.rnnt_loss` does it (one loop over t; the within-frame label recurrence is linear in
+  :mod:`kdstore.lattice.rnnt_loss` does it (one loop over t; the within-frame label recurrence is linear in
   the log semiring, so each frame is one ``logcumsumexp``, forward or reversed).
 * :func:`select_band`: the band starts s_t that keep the most node occupancy, exactly, by dynamic
   programming under the store-format rules.

@@ -4,7 +4,7 @@ systems scored on the same utterances.
 
 Corpus WER is ``(S + D + I) / N`` summed over utterances (N = reference words), the number jiwer,
 NIST sclite and kaldialign report; it is not the mean of per-utterance WERs. Text is normalised
-first (:mod:`kdstore.normalize`).
+first (:mod:`kdstore.evaluate.normalize`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kdstore.errors import ConfigError
-from kdstore.normalize import get_normalizer
+from kdstore.evaluate.normalize import get_normalizer
 
 
 @dataclass(frozen=True, kw_only=True)

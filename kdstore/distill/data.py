@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kdstore.audio import load_audio
+from kdstore.inputs.audio import load_audio
 from kdstore.errors import ManifestError
-from kdstore.manifest import ManifestEntry
+from kdstore.inputs.manifest import ManifestEntry
 from kdstore.store import StoreReader, UtteranceRows
 
 Tokenize = Callable[[str], Sequence[int]]
@@ -60,7 +60,7 @@ class TranscribedAudioDataset(torch.utils.data.Dataset):
         self.tokenize = tokenize
         self.sample_rate = sample_rate
         self.store = store
-        self.augment = augment  # training only: NeMo's AudioAugmentor (kdstore.augment)
+        self.augment = augment  # training only: NeMo's AudioAugmentor (kdstore.distill.augment)
         if store is not None:
             missing = [e for e in self.entries if e.key not in store]
             if missing:

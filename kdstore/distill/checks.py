@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from kdstore.errors import IncompatibleStoreError
-from kdstore.manifest import ManifestEntry
+from kdstore.inputs.manifest import ManifestEntry
 from kdstore.store import StoreReader
 from kdstore.store.metadata import FrontEnd
 

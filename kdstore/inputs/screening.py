@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdstore.alignment import expected_frames
+from kdstore.distill.checks import expected_frames
 from kdstore.errors import ManifestError
-from kdstore.manifest import BadLine, ManifestEntry, read_manifest
+from kdstore.inputs.manifest import BadLine, ManifestEntry, read_manifest
 from kdstore.store.metadata import FrontEnd
 
 DURATION_TOLERANCE_S = 0.1  # manifests round durations; more than this is a different file
