@@ -12,7 +12,7 @@ import pytest
 import soundfile
 from click.testing import CliRunner
 
-from kdstore.corpus import demo, grammar, prepare_demo, texts, tts
+from kdstore.corpus import grammar, prepare_demo, synthetic, texts, tts
 from kdstore.errors import DependencyError, KdstoreError
 
 
@@ -75,7 +75,7 @@ def test_demo_tokenizer_encodes_train_texts(demo_corpus):
 def test_same_seed_same_corpus_and_restart(tmp_path):
     first = prepare_demo(tmp_path / "a", hours=0.008, seed=3, num_jobs=2)
     second = prepare_demo(tmp_path / "b", hours=0.008, seed=3, num_jobs=1)
-    for split in demo.SPLITS:
+    for split in synthetic.SPLITS:
         a = first.manifests[split].read_text().replace(str(first.out_dir), "OUT")
         b = second.manifests[split].read_text().replace(str(second.out_dir), "OUT")
         assert a == b
@@ -122,15 +122,15 @@ def test_plan_is_seeded_and_balanced():
         warnings=[],
     )
     voices = tts.split_voices(inventory)
-    plan = demo.plan_utterances("commands", 0.5, 0, voices, Path("/w"))
-    assert plan == demo.plan_utterances("commands", 0.5, 0, voices, Path("/w"))
+    plan = synthetic.plan_utterances("commands", 0.5, 0, voices, Path("/w"))
+    assert plan == synthetic.plan_utterances("commands", 0.5, 0, voices, Path("/w"))
     assert [p.text for p in plan] != [
-        p.text for p in demo.plan_utterances("commands", 0.5, 1, voices, Path("/w"))
+        p.text for p in synthetic.plan_utterances("commands", 0.5, 1, voices, Path("/w"))
     ]
     train = [p for p in plan if p.split == "train"]
     for engine in tts.ENGINES:
         assert abs(sum(p.voice.engine == engine for p in train) / len(train) - 1 / 3) < 0.02
-    estimate = sum(demo.estimate_seconds(p.text, p.voice) for p in plan) / 3600
+    estimate = sum(synthetic.estimate_seconds(p.text, p.voice) for p in plan) / 3600
     assert 0.5 <= estimate < 0.51
     # test speakers: base voices nobody trains on
     train_names = {(v.engine, v.name) for vs in voices["train"].values() for v in vs}
@@ -140,9 +140,9 @@ def test_plan_is_seeded_and_balanced():
 
 def test_tokenizer_vocab_size_is_clamped(tmp_path):
     small = ["set a timer for five minutes", "call mom", "turn on the lights"]
-    info = demo.train_tokenizer(small, tmp_path / "big", 1000)
+    info = synthetic.train_tokenizer(small, tmp_path / "big", 1000)
     assert info.vocab_size < 1000 and "1000" in info.warning
-    info = demo.train_tokenizer(small, tmp_path / "tiny", 4)
+    info = synthetic.train_tokenizer(small, tmp_path / "tiny", 4)
     assert info.vocab_size > 4 and "below" in info.warning
 
 

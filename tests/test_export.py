@@ -59,7 +59,7 @@ def test_features_match_nemo_preprocessor(demo_corpus, overrides):
     import torch
     from nemo.collections.asr.modules import AudioToMelSpectrogramPreprocessor
 
-    from kdstore.export.run import frontend_config_from_nemo
+    from kdstore.nemo.frontend import frontend_config_from_nemo
 
     settings = {"sample_rate": 16000, "window_size": 0.025, "window_stride": 0.01, "window": "hann",
                 "features": 80, "n_fft": 512, "normalize": "per_feature", "dither": 1e-5, "pad_to": 0}
@@ -82,7 +82,8 @@ def test_features_match_nemo_preprocessor(demo_corpus, overrides):
 def test_export_refuses_filterbank_it_cannot_reproduce():
     from nemo.collections.asr.modules import AudioToMelSpectrogramPreprocessor
 
-    from kdstore.export.run import ExportError, frontend_config_from_nemo
+    from kdstore.errors import ExportError
+    from kdstore.nemo.frontend import frontend_config_from_nemo
 
     # Built without a config (_cfg), lowfreq=20 is invisible except in the filterbank itself.
     nemo = AudioToMelSpectrogramPreprocessor(features=80, n_fft=512, window_size=0.025, lowfreq=20)

@@ -30,16 +30,13 @@ import numpy as np
 from kdstore.errors import ExportError
 from kdstore.export.checks import (  # noqa: F401  (re-exported: the public names of kdstore.export.run)
     BLANK_PIECE,
-    FRONTEND_TOLERANCE,
     SHERPA_MODEL_TYPE,
     check_exportable,
-    check_frontend,
     export_metadata,
-    frontend_config_from_nemo,
-    load_nemo_model,
-    restore_rounded_buffers,
     write_tokens,
 )
+from kdstore.nemo.checkpoint import restore_model
+from kdstore.nemo.frontend import check_frontend, frontend_config_from_nemo
 from kdstore.export.onnx_edit import (  # noqa: F401
     DECODER_INPUTS,
     DECODER_OUTPUTS,
@@ -92,10 +89,9 @@ def export_onnx(model_path: Path, out_dir: Path, int8: bool = False, layout: str
     if not model_path.is_file():
         raise ExportError(f"{model_path}: no such .nemo file; pass the path of a trained NeMo model")
     _refuse_other_layout(out_dir, layout)
-    model = load_nemo_model(model_path)
+    model = restore_model(model_path, error=ExportError)
     check_exportable(model)
-    frontend = frontend_config_from_nemo(model.preprocessor)
-    restore_rounded_buffers(model.preprocessor, frontend)
+    frontend = frontend_config_from_nemo(model.preprocessor)  # restore_model already made its buffers exact
     check_frontend(model.preprocessor, frontend)
     metadata = export_metadata(model, frontend, sha256_file(model_path))
     provenance = {k: metadata[k] for k in PROVENANCE_KEYS}
