@@ -128,7 +128,8 @@ def exported_nemo(emitting_model, tmp_path_factory):
 def test_export_writes_sherpa_layout(exported, emitting_model):
     import onnx
 
-    from kdstore.export.run import read_metadata, sha256_file
+    from kdstore.export.run import read_metadata
+    from kdstore.files import sha256_file
 
     names = {p.name for p in exported.out_dir.iterdir()}
     assert {"encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt"} <= names
@@ -164,7 +165,8 @@ def test_decoder_states_have_dynamic_batch(exported):
 
 
 def test_export_writes_nemo_layout(exported_nemo, emitting_model):
-    from kdstore.export.run import read_metadata, sha256_file
+    from kdstore.export.run import read_metadata
+    from kdstore.files import sha256_file
 
     out, output = exported_nemo
     names = {p.name for p in out.iterdir()}

@@ -25,9 +25,7 @@ and renamed into place: an interrupted run never leaves a truncated manifest beh
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from kdstore.errors import ManifestError
+from kdstore.files import write_atomic
 
 SUBSETS = (
     "train-clean-100",
@@ -269,20 +268,6 @@ def _with_durations(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _write_atomic(path: Path, lines: Iterable[str]) -> None:
-    """Write to a temporary file beside ``path``, flush it to disk, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.writelines(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _row(utt: _Utterance, duration: float) -> str:
     return json.dumps({"audio_filepath": str(utt.audio), "duration": duration, "text": utt.text}) + "\n"
 
@@ -378,20 +363,20 @@ def prepare_librispeech(
     for subset in found:
         if rows[subset]:
             manifests[subset] = out / f"{subset}.json"
-            _write_atomic(manifests[subset], rows[subset])
+            write_atomic(manifests[subset], rows[subset])
             utterances[subset], hours[subset] = len(rows[subset]), seconds[subset] / 3600
     for name, members in to_combine.items():
         members = tuple(s for s in members if rows[s])
         to_combine[name] = members
         if members:
             manifests[name] = out / COMBINATIONS[name][1]
-            _write_atomic(manifests[name], (row for s in members for row in rows[s]))
+            write_atomic(manifests[name], (row for s in members for row in rows[s]))
             utterances[name] = sum(utterances[s] for s in members)
             hours[name] = sum(hours[s] for s in members)
     skipped_path = None
     if skip_bad:
         skipped_path = out / SKIPPED_FILE
-        _write_atomic(skipped_path, (json.dumps(p.to_json()) + "\n" for p in problems.items))
+        write_atomic(skipped_path, (json.dumps(p.to_json()) + "\n" for p in problems.items))
     return LibriSpeechManifests(
         root=base,
         out_dir=out,

@@ -25,6 +25,7 @@ from typing import Any
 
 from kdstore.corpus import grammar, texts, tts
 from kdstore.errors import ConfigError, KdstoreError
+from kdstore.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -283,12 +284,6 @@ def _synthesize_all(plan: list[_Planned], num_jobs: int, progress: bool) -> list
         return list(results)
 
 
-def _write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".json.part")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tmp.replace(path)
-
-
 def _stats(plan: list[_Planned], results: list[tts.SynthesisResult], warnings: list[str]) -> dict[str, Any]:
     splits: dict[str, Any] = {}
     dropped: dict[str, Any] = {"total": 0, "implausible": 0, "failed": 0, "by_engine": {}}
@@ -368,7 +363,7 @@ def prepare_demo(
                 f"dropped; e.g. {stats['failed_examples'][:1]}); check the TTS engines with: "
                 f"espeak-ng 'hello world' / flite -t hello"
             )
-        _write_manifest(out / f"{split}.json", rows)
+        write_atomic(out / f"{split}.json", (json.dumps(row) + "\n" for row in rows))
     if stats["dropped"]["total"]:
         log.info("dropped %d of %d utterances", stats["dropped"]["total"], len(plan))
 

@@ -7,7 +7,6 @@ Order as in a readable recipe: settings -> checks -> model -> trainer -> fit -> 
 from __future__ import annotations
 
 import csv
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import lightning.pytorch as pl
 from kdstore.distill.augment import length_changing
 from kdstore.distill.config import require
 from kdstore.errors import ConfigError, IncompatibleStoreError
+from kdstore.files import sha256_file
 from kdstore.distill.settings import KDSettings
 
 
@@ -75,7 +75,7 @@ def _tokenizer_for_store(cfg, reader, workdir: Path) -> None:
     model_file = Path(cfg.model.tokenizer.dir) / "tokenizer.model"
     if not model_file.is_file():
         raise ConfigError(f"model.tokenizer.dir={cfg.model.tokenizer.dir} has no tokenizer.model")
-    if hashlib.sha256(model_file.read_bytes()).hexdigest() != stored_sha:
+    if sha256_file(model_file) != stored_sha:
         raise IncompatibleStoreError(
             f"tokenizer {model_file} differs from the teacher's tokenizer in the store; leave "
             "model.tokenizer.dir unset to use the store's own tokenizer"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from kdstore import __version__
 from kdstore.lattice.posteriors import gather_band, node_occupancy, node_occupancy_batch, select_band
 from kdstore.distill.data import TranscribedAudioDataset, collate, duration_sorted_batches
 from kdstore.errors import AudioError, KdstoreError, StoreError
-from kdstore.inputs.manifest import file_sha256
+from kdstore.files import sha256_bytes, sha256_file
 from kdstore.nemo.checkpoint import read_tokenizer_files, restore_model
 from kdstore.dump.ranks import discover, shutdown
 from kdstore.inputs.screening import BadInputPolicy, rules_for, screened_manifest
@@ -125,7 +124,7 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
             side_file.unlink()
         policy = BadInputPolicy(skip_bad=settings.skip_bad, side_file=side_file)
         entries = screened_manifest(manifest_path, model.tokenizer.text_to_ids, rules_for(model, front_end), policy)
-        teacher_sha, manifest_sha = file_sha256(teacher_path), file_sha256(manifest_path)
+        teacher_sha, manifest_sha = sha256_file(teacher_path), sha256_file(manifest_path)
         pending = {"teacher_sha256": teacher_sha, "manifest_sha256": manifest_sha, "top_k": top_k,
                    "value_dtype": settings.value_dtype, "band": settings.band, "batch_size": settings.batch_size,
                    "world_size": ranks.world, "chunk_rows": settings.chunk_rows, "ctc": settings.ctc,
@@ -174,7 +173,7 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
             fingerprint=Fingerprint(
                 teacher_sha256=teacher_sha, teacher_class=type(model).__name__,
                 teacher_params=int(sum(p.numel() for p in model.parameters())),
-                tokenizer_sha256=hashlib.sha256(tokenizer_files["tokenizer.model"]).hexdigest(),
+                tokenizer_sha256=sha256_bytes(tokenizer_files["tokenizer.model"]),
                 manifest_sha256=manifest_sha,
             ),
             front_end=front_end,

@@ -5,7 +5,6 @@ Needs the ``onnx`` package (and onnxruntime's quantiser for :func:`quantize_int8
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -101,9 +100,3 @@ def quantize_int8(path: Path, metadata: Mapping[str, str]) -> Path:
     return out
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

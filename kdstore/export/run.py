@@ -45,8 +45,8 @@ from kdstore.export.onnx_edit import (  # noqa: F401
     fix_decoder_io,
     quantize_int8,
     read_metadata,
-    sha256_file,
 )
+from kdstore.files import sha256_file
 
 LAYOUTS = ("sherpa", "nemo")
 ENCODER, DECODER, JOINER, TOKENS = "encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt"

@@ -6,7 +6,6 @@ plus offset and duration with 3 decimals, so the same manifest always maps to th
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,11 +111,3 @@ def read_manifest(path: str | Path, *, require_text: bool = True, check_audio: b
     if not entries:
         raise ManifestError(f"manifest {manifest} has no usable entries")
     return entries
-
-
-def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
