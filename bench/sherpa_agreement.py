@@ -6,7 +6,7 @@ are, and frame-aligned by ``kdstore.runtime.sherpa_frames``) via ``kdstore trans
 subprocess each because sherpa-onnx exits the process on a bad model instead of raising. Prints a table; ``--out`` writes it as a section
 of docs/benchmarks.md.
 
-    python bench/sherpa_agreement.py --model demo/teacher.nemo --model demo-run/student-kd.nemo \\
+    python bench/sherpa_agreement.py --model kdstore/assets/demo_teacher/teacher.nemo --model demo-run/student-kd.nemo \\
         --manifest demo-run/corpus/test.json [--out docs/benchmarks.md]
 """
 

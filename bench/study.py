@@ -80,7 +80,9 @@ ROWS = [
 
 # -- helpers ---------------------------------------------------------------------------------------------
 def default_teacher() -> Path:
-    committed = REPO / "demo/teacher.nemo"
+    from kdstore.assets import demo_teacher_dir
+
+    committed = demo_teacher_dir() / "teacher.nemo"
     return committed if committed.is_file() else REPO / "demo-run/teacher.nemo"
 
 
@@ -418,7 +420,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="main rows only (no KD, offline full, offline band 6, online KD), 1 seed, few steps")
     parser.add_argument("--teacher", type=Path, default=default_teacher(),
-                        help="teacher .nemo (default demo/teacher.nemo if present, else demo-run/teacher.nemo)")
+                        help="teacher .nemo (default: the committed demo teacher in kdstore/assets/demo_teacher/, "
+                             "else demo-run/teacher.nemo)")
     parser.add_argument("--corpus-dir", type=Path, default=REPO / "demo-run/corpus",
                         help="folder with train.json and test.json (the teacher's corpus)")
     parser.add_argument("--workdir", type=Path, default=REPO / "demo-run-study",

@@ -13,7 +13,7 @@ from kdstore.cli.common import friendly_errors, quiet_nemo
 @click.option("--seed", default=0, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--train-teacher", is_flag=True,
-              help="Instead of the demo: (re)build the committed demo teacher demo/teacher.nemo (~1 h, resumable).")
+              help="Instead of the demo: (re)build the demo teacher into WORKDIR/demo_teacher/ (~1 h, resumable).")
 @click.option("--teacher-steps", default=6000, show_default=True, help="With --train-teacher: training steps.")
 @friendly_errors
 def command(workdir, quick, seed, progress, train_teacher, teacher_steps):
@@ -24,7 +24,7 @@ def command(workdir, quick, seed, progress, train_teacher, teacher_steps):
     \b
     Example:
       kdstore demo --workdir demo-run --quick
-      kdstore demo --workdir teacher-run --train-teacher     # rebuild demo/teacher.nemo
+      kdstore demo --workdir teacher-run --train-teacher     # -> teacher-run/demo_teacher/
     """
     quiet_nemo()
     if train_teacher:

@@ -19,10 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from kdstore.assets import demo_teacher_dir
 from kdstore.errors import KdstoreError
 from kdstore.nemo.checkpoint import read_tokenizer_files
-
-REPO_DEMO_TEACHER = Path(__file__).resolve().parent.parent / "demo" / "teacher.nemo"
 
 
 @dataclass(frozen=True)
@@ -127,11 +126,12 @@ def run_demo(workdir: str | Path, quick: bool = False, seed: int = 0, progress: 
     teacher_tokenizer = work / "teacher-tokenizer"
 
     def train_teacher() -> dict[str, Any]:
-        if REPO_DEMO_TEACHER.is_file():
-            echo(f"[demo] teacher: the committed demo teacher {REPO_DEMO_TEACHER} (see demo/README.md)")
-            shutil.copyfile(REPO_DEMO_TEACHER, teacher_path)
-            scores = json.loads((REPO_DEMO_TEACHER.parent / "teacher-scores.json").read_text())
-            return {"model": str(teacher_path), "curve_csv": str(REPO_DEMO_TEACHER.parent / "teacher-train.log.csv"),
+        committed = demo_teacher_dir()
+        if (committed / "teacher.nemo").is_file():
+            echo(f"[demo] teacher: the committed demo teacher {committed / 'teacher.nemo'} (see its README.md)")
+            shutil.copyfile(committed / "teacher.nemo", teacher_path)
+            scores = json.loads((committed / "teacher-scores.json").read_text())
+            return {"model": str(teacher_path), "curve_csv": str(committed / "teacher-train.log.csv"),
                     "committed": True, "train_seconds": scores.get("train_seconds"), "steps": scores.get("steps")}
         echo(f"[demo] NOTE: no committed demo teacher: training one from scratch for {plan.teacher_steps} steps on "
              "this CPU; it will be WEAK (`kdstore demo --train-teacher` builds the committed one).")
@@ -224,7 +224,7 @@ def write_report(work: Path, plan: DemoPlan, corpus, scores: dict, teacher_info:
         f"Corpus: synthetic voice commands, {dict(corpus.utterances)} utterances ({dict(corpus.hours)} h); "
         "test voices unseen in training.\n"
         f"Plan: {asdict(plan)}\n\n"
-        + ("The teacher is the committed demo teacher (demo/README.md: how it was trained, its scores).\n\n"
+        + ("The teacher is the committed demo teacher (kdstore/assets/demo_teacher/README.md: how it was trained, its scores).\n\n"
            if teacher_info.get("committed") else
            "The teacher here was trained from scratch on this CPU within the demo budget and is weak; KD can only "
            "pass on what the teacher knows.\n\n") +

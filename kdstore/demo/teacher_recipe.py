@@ -1,9 +1,11 @@
-"""``kdstore demo --train-teacher``: the recipe behind the committed demo teacher (demo/teacher.nemo).
+"""``kdstore demo --train-teacher``: the recipe behind the committed demo teacher.
 
 Trained once, in the background, on a larger synthetic corpus than the demo's (same grammar, same
 voice split, so the demo's test voices stay unseen), with validation-based checkpointing so an
 interrupted run resumes. The result is saved with fp16 weights (small enough to commit) next to its
-training curve and its scores on the test split.
+training curve and its scores on the test split, in ``WORKDIR/demo_teacher/``: the same files as the
+package data ``kdstore/assets/demo_teacher/`` (:mod:`kdstore.assets`), which a maintainer replaces
+by copying them there. Nothing is ever written into the installed package.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kdstore.errors import KdstoreError
-
-DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
 
 
 @dataclass(frozen=True)
@@ -45,15 +45,21 @@ def teacher_command(recipe: TeacherRecipe, corpus, work: Path) -> list[str]:
             "exp_manager.resume_if_exists=true", "+exp_manager.use_datetime_version=false"]
 
 
-def train_demo_teacher(workdir: str | Path, recipe: TeacherRecipe = TeacherRecipe(), out_dir: Path = DEMO_DIR,
+def train_demo_teacher(workdir: str | Path, recipe: TeacherRecipe = TeacherRecipe(), out_dir: Path | None = None,
                        echo: Callable[[str], None] = print) -> dict:
-    """Corpus -> train (resumable) -> score on the test split -> demo/teacher.nemo (fp16) + scores."""
+    """Corpus -> train (resumable) -> score on the test split -> ``out_dir``/teacher.nemo (fp16) + scores.
+
+    ``out_dir`` defaults to ``WORKDIR/demo_teacher``; it gets the files of ``kdstore/assets/demo_teacher``
+    (``teacher.nemo``, ``teacher-scores.json``, ``teacher-train.log.csv``). Returns the scores written.
+    Raises ``KdstoreError`` when the training subprocess fails (its log is ``WORKDIR/train.log``).
+    """
     from kdstore.corpus import prepare_demo
     from kdstore.evaluate.transcribe import evaluate_model
     from kdstore.nemo.checkpoint import restore_model
 
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    out_dir = work / "demo_teacher" if out_dir is None else Path(out_dir)
     corpus = prepare_demo(work / "corpus", task="commands", hours=recipe.hours, seed=recipe.seed)
     command = teacher_command(recipe, corpus, work)
     echo("[teacher] " + " ".join(command[2:]))
@@ -74,5 +80,6 @@ def train_demo_teacher(workdir: str | Path, recipe: TeacherRecipe = TeacherRecip
         "command": "kdstore demo --train-teacher --workdir " + str(workdir),
     }
     (out_dir / "teacher-scores.json").write_text(json.dumps(summary, indent=2) + "\n")
-    echo(f"[teacher] test WER {100 * scores.wer:.2f}% CER {100 * scores.cer:.2f}% -> {out_dir / 'teacher.nemo'}")
+    echo(f"[teacher] test WER {100 * scores.wer:.2f}% CER {100 * scores.cer:.2f}% -> {out_dir / 'teacher.nemo'}; "
+         "to ship it, copy that folder's files into kdstore/assets/demo_teacher/ of a checkout")
     return summary
