@@ -28,6 +28,23 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
     """No store (or no committed store) exists at the given path."""
 
 
+class MetadataError(StoreError):
+    """A store's root metadata lacks a required field or holds one of the wrong type.
+
+    ``field`` is the dotted path (``kdstore.counts.nodes``), ``expected`` the type or values it must
+    have, ``got`` what was found (type and value, or ``nothing`` when missing), ``store`` the path.
+    """
+
+    def __init__(self, field: str, expected: str, got: str, store: str = "") -> None:
+        self.field, self.expected, self.got, self.store = field, expected, got, store
+        where = f"store {store}: " if store else ""
+        super().__init__(f"{where}root attribute {field}: expected {expected}, got {got}; the store was not "
+                         "written by kdstore or is damaged: re-run dump-teacher")
+
+    def __reduce__(self):  # pickle (DataLoader workers) rebuilds from the fields, not the message
+        return type(self), (self.field, self.expected, self.got, self.store)
+
+
 class IncompatibleStoreError(StoreError):
     """A store was made by another teacher/tokenizer/frame rate than the student expects."""
 

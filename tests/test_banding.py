@@ -1,4 +1,5 @@
-"""kdstore.lattice.posteriors: lattice posterior identities, exact band selection, band <-> dense conversion."""
+"""kdstore.lattice.posteriors (lattice posterior identities) and kdstore.store.band (exact band
+selection, band rules, band <-> dense conversion)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,13 @@ import pytest
 import torch
 
 from kdstore.lattice.posteriors import (
-    band_mask,
-    band_mass,
-    check_band_starts,
-    gather_band,
     lattice_posteriors,
     lattice_posteriors_batch,
     node_occupancy,
     node_occupancy_batch,
-    scatter_band,
-    select_band,
 )
 from kdstore.lattice.rnnt_loss import rnnt_loss
+from kdstore.store.band import band_mask, band_mass, check_band_starts, gather_band, scatter_band, select_band
 
 FP16_MIN = float(np.finfo(np.float16).min)
 V = 5  # non-blank tokens; blank = V
@@ -282,7 +278,7 @@ def test_gather_scatter_round_trip() -> None:
 
 def test_dump_batch_occupancy_matches_per_utterance() -> None:
     """The dump computes occupancy for a whole batch at once; it must equal the per-utterance one."""
-    from kdstore.dump.run import batch_occupancy
+    from kdstore.dump.rows import batch_occupancy
 
     shapes = {0: (7, 3), 2: (1, 0), 5: (4, 5)}  # batch position -> (T, U); positions need not be dense
     rows, expected = {}, {}
@@ -298,7 +294,7 @@ def test_dump_batch_occupancy_matches_per_utterance() -> None:
 
 def test_utterance_rows_uses_the_occupancy_it_is_given() -> None:
     """The dump passes the batch's occupancy in; ``utterance_rows`` must band by it, not recompute it."""
-    from kdstore.dump.run import utterance_rows
+    from kdstore.dump.rows import utterance_rows
 
     frames, labels, k = 4, 5, 2
     blank, label, _, _ = _lattice(frames, labels, seed=7)

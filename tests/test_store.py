@@ -9,7 +9,7 @@ import zarr
 
 from kdstore.errors import StoreError, StoreNotFoundError
 from kdstore.store import PartWriter, StoreReader, commit_store, open_for_writing
-from kdstore.store.metadata import Counts, Fingerprint, FrontEnd, StoreMetadata
+from kdstore.store.meta_v1 import Counts, Fingerprint, FrontEnd, StoreMetadata
 from kdstore.store.verify import verify_store
 
 K, VOCAB = 4, 30

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from kdstore.errors import IncompatibleStoreError
 from kdstore.inputs.manifest import ManifestEntry
 from kdstore.store import StoreReader
-from kdstore.store.metadata import FrontEnd
+from kdstore.store.meta_v1 import FrontEnd
 
 
 def expected_frames(num_samples: int, front_end: FrontEnd) -> int | None:

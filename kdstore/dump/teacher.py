@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kdstore.store.metadata import FrontEnd
+from kdstore.store.meta_v1 import FrontEnd
 
 
 @dataclass

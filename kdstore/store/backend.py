@@ -11,12 +11,23 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kdstore.errors import StoreError, StoreNotFoundError
-from kdstore.store.metadata import ATTRS_KEY
+from kdstore.errors import MetadataError, StoreError, StoreNotFoundError
+from kdstore.store.json_parse import describe
+from kdstore.store.meta_v1 import ATTRS_KEY
 
 
 def is_hdf5(path: str) -> bool:
     return path.endswith((".h5", ".hdf5"))
+
+
+def _decode_json(meta: Any, path: str) -> Any:
+    """The root attribute as JSON values: Zarr stores it as an object, HDF5 as a JSON string."""
+    if not isinstance(meta, str):
+        return meta
+    try:
+        return json.loads(meta)
+    except json.JSONDecodeError:
+        raise MetadataError(ATTRS_KEY, "a JSON object", describe(meta), path) from None
 
 
 class Source:
@@ -39,7 +50,7 @@ class Source:
         if meta is None:
             raise StoreError(f"{self.path} has no committed kdstore metadata: the dump did not finish; "
                              "continue it with dump-teacher --resume")
-        self.metadata_json: dict[str, Any] = json.loads(meta) if isinstance(meta, str) else dict(meta)
+        self.metadata_json: Any = _decode_json(meta, self.path)  # parsed by meta_v1.parse_store_metadata
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_handle": None, "_pid": -1, "_arrays": {}}

@@ -18,7 +18,7 @@ import numpy as np
 from kdstore.errors import StoreError
 from kdstore.store import layout
 from kdstore.store.backend import is_hdf5
-from kdstore.store.metadata import ATTRS_KEY
+from kdstore.store.meta_v1 import ATTRS_KEY
 
 ROWS_PER_COPY = 1 << 20
 

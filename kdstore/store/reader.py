@@ -18,7 +18,8 @@ import numpy as np
 from kdstore.errors import StoreError
 from kdstore.store import layout
 from kdstore.store.backend import Source, TensorstoreRows, is_hdf5
-from kdstore.store.metadata import StoreMetadata
+from kdstore.store.band import band_mask, scatter_band
+from kdstore.store.meta_v1 import StoreMetadata
 
 
 @dataclass(frozen=True)
@@ -67,15 +68,6 @@ def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return spans
 
 
-def scatter_rows(rows: np.ndarray, band_start: np.ndarray, num_labels: int, fill: float = 0) -> np.ndarray:
-    """(T, W', ...) band rows -> (T, U+1, ...) dense lattice, ``fill`` outside the band."""
-    frames, width = rows.shape[:2]
-    dense = np.full((frames, num_labels + 1, *rows.shape[2:]), fill, dtype=rows.dtype)
-    u = band_start[:, None].astype(np.int64) + np.arange(width)[None, :]
-    dense[np.arange(frames)[:, None], u] = rows
-    return dense
-
-
 class StoreReader:
     """Random access to utterance rows by index or key."""
 
@@ -86,7 +78,7 @@ class StoreReader:
         if backend not in ("zarr", "tensorstore"):
             raise StoreError(f"unknown reader backend {backend!r}; use 'zarr' or 'tensorstore'")
         self._fast = TensorstoreRows(self.path) if backend == "tensorstore" and not is_hdf5(self.path) else None
-        self.metadata = StoreMetadata.from_json(self._source.metadata_json)
+        self.metadata = StoreMetadata.from_json(self._source.metadata_json, store=self.path)
         source = self._source
         self.keys = _keys(source, layout.KEY_BYTES, layout.KEY_OFFSET)
         self.part_of = np.asarray(source.array(layout.UTT_PART)[:])
@@ -192,11 +184,11 @@ class StoreReader:
             if width == labels + 1:
                 stored = np.ones((frames, labels + 1), dtype=bool)
             else:
-                logp = scatter_rows(logp, band_start, labels)
-                ids = scatter_rows(ids, band_start, labels)
-                blank_label = scatter_rows(blank_label, band_start, labels)
-                occupancy = scatter_rows(occupancy, band_start, labels) if occupancy is not None else None
-                stored = scatter_rows(np.ones((frames, width), dtype=bool), band_start, labels, fill=False)
+                logp = scatter_band(logp, band_start, labels)
+                ids = scatter_band(ids, band_start, labels)
+                blank_label = scatter_band(blank_label, band_start, labels)
+                occupancy = scatter_band(occupancy, band_start, labels) if occupancy is not None else None
+                stored = band_mask(band_start, width, labels)
         return UtteranceRows(self.keys[index], frames, labels, band_start, logp, ids, blank_label, stored, occupancy)
 
     def read(self, index: int, dense: bool = True) -> UtteranceRows:

@@ -14,7 +14,8 @@ import numpy as np
 from kdstore.errors import StoreError
 from kdstore.store import layout
 from kdstore.store.backend import Source
-from kdstore.store.metadata import ATTRS_KEY
+from kdstore.store.band import check_band_starts, stored_width
+from kdstore.store.meta_v1 import ATTRS_KEY
 from kdstore.store.reader import StoreReader, _PartIndex
 
 ROWS_PER_READ = 1 << 18
@@ -32,9 +33,10 @@ def row_blocks(array, total: int, name: str):
 
 
 def _check_part(source: Source, p: _PartIndex, part: int, value_dtype: str, vocab: int, top_k: int,
-                exact_shapes: bool = True) -> None:
+                exact_shapes: bool = True, band_width: int | None = None, check_width: bool = False) -> None:
     """Rules of one part over its (committed) index ``p``; ``exact_shapes=False`` allows arrays that are
-    longer than the committed prefix (an unfinished dump's uncommitted tail)."""
+    longer than the committed prefix (an unfinished dump's uncommitted tail). ``check_width``: each
+    utterance's W' must be :func:`~kdstore.store.band.stored_width` of ``band_width`` (None: full)."""
     base = layout.part_name(part)
     frames, labels = p.frames.astype(np.int64), p.labels.astype(np.int64)
     for name, offsets, per in ((layout.NODE_OFFSET, p.node_offset, None), (layout.FRAME_OFFSET, p.frame_offset, frames)):
@@ -52,11 +54,14 @@ def _check_part(source: Source, p: _PartIndex, part: int, value_dtype: str, voca
     starts_all = np.concatenate([b for _, b in row_blocks(source.array(f"{base}/{layout.BAND_START}"),
                                                           int(p.frame_offset[-1]), f"{base}/{layout.BAND_START}")] or [np.zeros(0)])
     for j in range(len(frames)):
-        s = starts_all[p.frame_offset[j] : p.frame_offset[j + 1]]
-        last = labels[j] + 1 - width[j]
-        if s[0] != 0 or np.any(np.diff(s) < 0) or np.any(s < 0) or np.any(s > last) or s[-1] != last:
-            raise StoreError(f"{base} utterance {j}: band starts break the rules (s_0 = 0, non-decreasing, "
-                             f"last frame covers u = U)")
+        t, u, w = int(frames[j]), int(labels[j]), int(width[j])
+        if check_width and w != stored_width(band_width, t, u):
+            raise StoreError(f"{base} utterance {j}: {w} rows per frame, expected W' = "
+                             f"{stored_width(band_width, t, u)} for T={t}, U={u} and band width {band_width}")
+        try:
+            check_band_starts(starts_all[p.frame_offset[j] : p.frame_offset[j + 1]], t, u, w)
+        except ValueError as err:
+            raise StoreError(f"{base}/{layout.BAND_START} utterance {j}: {err}") from None
     total = int(p.node_offset[-1])
     for name, trailing in ((layout.LOGP, (top_k,)), (layout.IDS, (top_k,)), (layout.BLANK_LABEL, (2,))):
         shape = tuple(source.array(f"{base}/{name}").shape)
@@ -102,7 +107,8 @@ def verify_store(path: str | os.PathLike) -> bool:
     if "tokenizer.model" not in source.children(layout.TOKENIZER_GROUP):
         raise StoreError(f"{layout.TOKENIZER_GROUP}/tokenizer.model is missing")
     for part, index in reader.parts.items():
-        _check_part(source, index, part, meta.value_dtype, meta.vocab_size, meta.top_k)
+        _check_part(source, index, part, meta.value_dtype, meta.vocab_size, meta.top_k,
+                    band_width=meta.band_width, check_width=True)
     return True
 
 
@@ -129,7 +135,8 @@ def verify_unfinished(path: str | os.PathLike) -> dict[str, int]:
         if int(index.node_offset[-1]) != int(progress.get("nodes", -1)):
             raise StoreError(f"{base}: committed index and progress record disagree; dump again with --overwrite")
         _check_part(source, index, part, pending["value_dtype"], int(pending.get("vocab_size", 1 << 31)),
-                    int(pending["top_k"]), exact_shapes=False)
+                    int(pending["top_k"]), exact_shapes=False, band_width=pending.get("band"),
+                    check_width="band" in pending)
         totals["parts"] += 1
         totals["utterances"] += n
         totals["nodes"] += int(progress.get("nodes", 0))
