@@ -82,8 +82,9 @@ def timed_pass(decode: Callable[[np.ndarray], str], waves: list[np.ndarray], rep
 
 
 def onnx_size(onnx_dir: Path, int8: bool) -> int:
-    names = ("encoder", "decoder", "joiner")
-    return sum((onnx_dir / f"{n}{'.int8' if int8 else ''}.onnx").stat().st_size for n in names)
+    from kdstore.runtime.layout import SHERPA
+
+    return sum((onnx_dir / name).stat().st_size for name in SHERPA.graphs(int8))
 
 
 def main() -> None:
@@ -99,8 +100,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from kdstore.cli.common import quiet_nemo
-    from kdstore.export.run import export_onnx
     from kdstore.evaluate.scoring import score
+    from kdstore.export.run import export_onnx
 
     quiet_nemo()
     waves, refs = load_waves(args.manifest)

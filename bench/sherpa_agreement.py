@@ -2,7 +2,7 @@
 
 For each ``--model`` (.nemo): export the sherpa layout (``kdstore.export.run.export_onnx``), transcribe
 ``--manifest`` with NeMo (``model.transcribe``, greedy) and with sherpa-onnx twice (the files as they
-are, and frame-aligned by ``kdstore.runtime.sherpa_frames``) via ``kdstore transcribe --runtime sherpa-onnx``, in a
+are, and frame-aligned by ``kdstore.runtime.sherpa``) via ``kdstore transcribe --runtime sherpa-onnx``, in a
 subprocess each because sherpa-onnx exits the process on a bad model instead of raising. Prints a table; ``--out`` writes it as a section
 of docs/benchmarks.md.
 
@@ -91,7 +91,7 @@ def main() -> None:
             (f"- Versions: sherpa-onnx {version('sherpa-onnx')}, onnxruntime {version('onnxruntime')}, "
             f"nemo_toolkit {version('nemo_toolkit')}"),
             ("- Greedy search everywhere; `identical` = sherpa-onnx's transcript equals NeMo's "
-            "`model.transcribe`; `sherpa_input` = `kdstore.runtime.sherpa_frames` (frame-aligned input)."),
+            "`model.transcribe`; `sherpa_input` = `kdstore.runtime.sherpa` (frame-aligned input)."),
             "", table, ""])
         write_section(args.out, HEADING, text)
 

@@ -128,8 +128,8 @@ def exported_nemo(emitting_model, tmp_path_factory):
 def test_export_writes_sherpa_layout(exported, emitting_model):
     import onnx
 
-    from kdstore.export.run import read_metadata
     from kdstore.files import sha256_file
+    from kdstore.runtime.layout import read_metadata
 
     names = {p.name for p in exported.out_dir.iterdir()}
     assert {"encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt"} <= names
@@ -165,8 +165,8 @@ def test_decoder_states_have_dynamic_batch(exported):
 
 
 def test_export_writes_nemo_layout(exported_nemo, emitting_model):
-    from kdstore.export.run import read_metadata
     from kdstore.files import sha256_file
+    from kdstore.runtime.layout import read_metadata
 
     out, output = exported_nemo
     names = {p.name for p in out.iterdir()}
@@ -184,7 +184,8 @@ def test_export_writes_nemo_layout(exported_nemo, emitting_model):
 
 
 def test_export_refuses_folder_with_other_layout(exported, emitting_model):
-    from kdstore.export.run import ExportError, export_onnx
+    from kdstore.errors import ExportError
+    from kdstore.export.run import export_onnx
 
     with pytest.raises(ExportError, match="other layout"):
         export_onnx(emitting_model, exported.out_dir, layout="nemo")
@@ -195,7 +196,7 @@ def test_preprocessor_ts_matches_nemo(exported, emitting_model, demo_corpus):
     from nemo.collections.asr.models import ASRModel
 
     from kdstore.runtime.decoder import OnnxTransducer
-    from kdstore.export.preprocessor import TorchScriptFrontEnd
+    from kdstore.runtime.frontend import TorchScriptFrontEnd
 
     waves = _speech(demo_corpus, count=3)
     ts = TorchScriptFrontEnd(exported.out_dir / "preprocessor.ts")
@@ -266,7 +267,8 @@ def test_hybrid_model_exports_and_decodes_like_nemo(demo_corpus, tmp_path):
 
 
 def test_export_refuses_blank_not_as_pad(demo_corpus, tmp_path):
-    from kdstore.export.run import ExportError, export_onnx
+    from kdstore.errors import ExportError
+    from kdstore.export.run import export_onnx
 
     nemo_path = _untrained_model(demo_corpus, tmp_path / "nopad.nemo", blank_as_pad=False)
     with pytest.raises(ExportError, match="blank_as_pad"):
@@ -316,8 +318,8 @@ def test_nemo_layout_matches_nemo_greedy(exported_nemo, emitting_manifest, nemo_
 
 
 def test_int8_wer_within_one_point_of_fp32(exported, exported_nemo, emitting_manifest):
-    from kdstore.runtime.decoder import OnnxTransducer
     from kdstore.evaluate.scoring import score
+    from kdstore.runtime.decoder import OnnxTransducer
 
     rows = [json.loads(line) for line in emitting_manifest.read_text().splitlines() if line.strip()]
     refs, paths = [r["text"] for r in rows], [r["audio_filepath"] for r in rows]
@@ -342,10 +344,35 @@ def test_arrays_other_rates_and_stereo(exported, emitting_manifest, onnx_transcr
 
 
 def test_onnx_runtime_path_imports_no_torch():
-    code = ("import sys, kdstore.runtime.decoder, kdstore.cli.commands.transcribe; "
-            "print('torch' in sys.modules, 'nemo' in sys.modules)")
+    code = ("import sys, kdstore.runtime.transcribe, kdstore.cli.commands.transcribe; "
+            "print('torch' in sys.modules, 'nemo' in sys.modules, 'kdstore.export' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    assert proc.stdout.split() == ["False", "False"]
+    assert proc.stdout.split() == ["False", "False", "False"]
+
+
+def test_layout_names_and_token_file(tmp_path):
+    from kdstore.errors import ExportError
+    from kdstore.runtime.layout import NEMO, SHERPA, detect_layout, int8_name, read_tokens
+
+    assert SHERPA.graphs(int8=True) == ("encoder.int8.onnx", "decoder.int8.onnx", "joiner.int8.onnx")
+    assert NEMO.graphs() == ("encoder-model.onnx", "decoder_joint-model.onnx")
+    assert int8_name("decoder_joint-model.onnx") == "decoder_joint-model.int8.onnx"
+    with pytest.raises(ExportError, match="missing encoder.onnx"):
+        detect_layout(tmp_path)
+    (tmp_path / SHERPA.encoder).touch()
+    assert detect_layout(tmp_path) is SHERPA
+    (tmp_path / NEMO.encoder).touch()
+    with pytest.raises(ExportError, match="both layouts"):
+        detect_layout(tmp_path)
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("\u2581a 0\nb 1\n<blk> 2\n", encoding="utf-8")
+    assert read_tokens(tokens) == ["\u2581a", "b", "<blk>"]
+    tokens.write_text("a 0\nb 2\n", encoding="utf-8")
+    with pytest.raises(ExportError, match="not 0..1"):
+        read_tokens(tokens)
+    tokens.write_text("a 0\nb\n", encoding="utf-8")
+    with pytest.raises(ExportError, match="tokens.txt:2: expected 'piece id'"):
+        read_tokens(tokens)
 
 
 def test_onnx_infer_refuses_incomplete_folder(tmp_path):
@@ -382,7 +409,7 @@ def test_onnx_asr_loads_nemo_layout_and_agrees(exported_nemo, emitting_manifest,
 
 
 def run_sherpa(onnx_dir: Path, paths: list[str], align: bool) -> list[str]:
-    """sherpa-onnx's greedy transcripts of ``paths`` (raw files, or frame-aligned by kdstore.runtime.sherpa_frames),
+    """sherpa-onnx's greedy transcripts of ``paths`` (raw files, or frame-aligned by kdstore.runtime.sherpa),
     through ``kdstore transcribe --runtime sherpa-onnx``, i.e. ``OfflineRecognizer.from_transducer(...,
     model_type="nemo_transducer")``. A subprocess: sherpa-onnx exits the process on a bad model."""
     pytest.importorskip("sherpa_onnx")
@@ -405,7 +432,7 @@ def sherpa_transcripts(exported, emitting_manifest):
 
 
 def test_sherpa_onnx_loads_and_agrees(exported, emitting_manifest, nemo_transcripts):
-    """The acceptance check: sherpa-onnx fed frame-aligned audio (``kdstore.runtime.sherpa_frames``) gives NeMo's
+    """The acceptance check: sherpa-onnx fed frame-aligned audio (``kdstore.runtime.sherpa``) gives NeMo's
     transcripts (measured 10/10; onnxruntime and onnx-asr on the same graphs: 10/10)."""
     aligned = run_sherpa(exported.out_dir, _audio_paths(emitting_manifest), align=True)
     agree = _agreement(aligned, nemo_transcripts)
@@ -443,7 +470,7 @@ def _sherpa_style_fbank(wave: np.ndarray) -> tuple[np.ndarray, int]:
 def test_align_for_sherpa_puts_frames_where_nemo_has_them(exact_pad):
     """After ``align_for_sherpa`` sherpa-onnx's framing ((n + hop/2) // hop frames centred at
     t * hop + hop/2) gives NeMo's frame count, and a click at NeMo's frame-t centre lands on sherpa's."""
-    from kdstore.runtime.sherpa_frames import align_for_sherpa, nemo_frame_centre
+    from kdstore.runtime.sherpa import align_for_sherpa, nemo_frame_centre
 
     config = FrontEndConfig(exact_pad=exact_pad)
     front = LogMelFrontEnd(config)
@@ -480,9 +507,10 @@ def test_demo_teacher_in_sherpa_onnx_matches_nemo_accuracy(demo_corpus, tmp_path
     import torch
     from nemo.collections.asr.models import ASRModel
 
+    from kdstore.assets import demo_teacher_dir
     from kdstore.export.run import export_onnx
 
-    teacher = Path(__file__).parents[1] / "demo" / "teacher.nemo"
+    teacher = demo_teacher_dir() / "teacher.nemo"
     rows = [json.loads(line) for m in ("train.json", "val.json", "test.json")
             for line in (Path(demo_corpus.train_manifest).parent / m).read_text().splitlines() if line.strip()]
     paths, refs = [r["audio_filepath"] for r in rows], [r["text"] for r in rows]

@@ -27,21 +27,23 @@ from kdstore.cli.common import friendly_errors, quiet_nemo, set_threads
 @click.option("--preprocessor/--no-preprocessor", default=True, show_default=True,
               help="Also write NeMo's preprocessor as TorchScript (preprocessor.ts).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="Torch CPU threads.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @friendly_errors
-def command(model_path: Path, out_dir: Path, layout: str, int8: bool, preprocessor: bool, threads: int) -> None:
+def command(model_path: Path, out_dir: Path, layout: str, int8: bool, preprocessor: bool, threads: int,
+            progress: bool) -> None:
     """Export a NeMo transducer to ONNX, then decode generated audio with onnxruntime to prove it loads."""
     quiet_nemo()
     set_threads(threads)
-    from kdstore.export.run import export_onnx, smoke_test
+    from kdstore.export.run import export_onnx
 
-    result = export_onnx(model_path, out_dir, int8=int8, layout=layout, preprocessor=preprocessor)
+    result = export_onnx(model_path, out_dir, int8=int8, layout=layout, preprocessor=preprocessor, check=True,
+                         progress=progress)
     for path in result.files:
         click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     if result.preprocessor:
         click.echo(f"preprocessor.ts: {result.preprocessor_method}")
     for note in result.notes:
         click.echo(f"note: {note}")
-    check = smoke_test(out_dir, int8=int8)
-    variants = ", ".join(f"{v}: {check[f'{v}_frames']} frames, {check[f'{v}_tokens']} tokens"
-                         for v in ("fp32", "int8") if f"{v}_frames" in check)
+    variants = ", ".join(f"{v}: {result.check[f'{v}_frames']} frames, {result.check[f'{v}_tokens']} tokens"
+                         for v in ("fp32", "int8") if f"{v}_frames" in result.check)
     click.echo(f"checked with onnxruntime on generated audio ({variants})")

@@ -33,32 +33,21 @@ from kdstore.cli.common import friendly_errors
               "sherpa-onnx: sherpa_onnx.OfflineRecognizer on the sherpa layout, with its own features.")
 @click.option("--sherpa-align/--no-sherpa-align", default=True, show_default=True,
               help="With --runtime sherpa-onnx: frame-align the audio so sherpa-onnx frames it as NeMo does "
-              "(kdstore.runtime.sherpa_frames; README, export-onnx).")
+              "(kdstore.runtime.sherpa; README, export-onnx).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: transcripts, seconds, RTF.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @friendly_errors
 def command(onnx_dir: Path, audio: tuple[Path, ...], int8: bool, batch_size: int, provider: str, frontend: str,
-            threads: int, runtime: str, sherpa_align: bool, as_json: bool) -> None:
+            threads: int, runtime: str, sherpa_align: bool, as_json: bool, progress: bool) -> None:
     """Print `path<TAB>text` for each AUDIO file (wav/flac/ogg, any rate, mono or stereo), then the RTF on stderr."""
-    from kdstore.runtime.decoder import OnnxTransducer, transcribe_files
+    from kdstore.runtime.transcribe import transcribe_files
 
-    if runtime == "sherpa-onnx":
-        from kdstore.runtime.sherpa import SherpaTransducer
-
-        model = SherpaTransducer(onnx_dir, int8=int8, num_threads=threads, provider=provider, align=sherpa_align)
-    else:
-        model = OnnxTransducer(onnx_dir, int8=int8, num_threads=threads, provider=provider, frontend=frontend)
-    transcripts, seconds = transcribe_files(model, audio, batch_size=batch_size)
-    audio_seconds = sum(t.seconds for t in transcripts)
-    rtf = seconds / max(audio_seconds, 1e-9)
+    result = transcribe_files(onnx_dir, audio, runtime=runtime, int8=int8, batch_size=batch_size, provider=provider,
+                              frontend=frontend, num_threads=threads, sherpa_align=sherpa_align, progress=progress)
     if as_json:
-        click.echo(json.dumps({
-            "onnx": str(onnx_dir), "runtime": runtime, "layout": model.layout, "int8": int8,
-            "frontend": model.frontend_name,
-            "provider": provider, "audio_seconds": round(audio_seconds, 3), "seconds": round(seconds, 3),
-            "rtf": round(rtf, 5), "transcripts": [{"audio": t.audio, "text": t.text} for t in transcripts],
-        }, indent=2))
+        click.echo(json.dumps(result.to_json(), indent=2))
         return
-    for t in transcripts:
+    for t in result.transcripts:
         click.echo(f"{t.audio}\t{t.text}")
-    click.echo(f"{len(transcripts)} files, {audio_seconds:.1f} s of audio in {seconds:.2f} s: RTF {rtf:.4f} "
-               f"({model.layout} layout, {model.frontend_name} features, {provider})", err=True)
+    click.echo(f"{len(result.transcripts)} files, {result.audio_seconds:.1f} s of audio in {result.seconds:.2f} s: "
+               f"RTF {result.rtf:.4f} ({result.layout} layout, {result.frontend} features, {provider})", err=True)

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from kdstore.errors import ExportError
-from kdstore.export.checks import write_tokens
-from kdstore.runtime.frontend import FrontEndConfig
+from kdstore.export.metadata import write_tokens
 from kdstore.export.onnx_edit import add_metadata, check_io_names, check_output_width
+from kdstore.files import write_atomic
+from kdstore.runtime.frontend import FrontEndConfig
+from kdstore.runtime.layout import NEMO
 
-NEMO_ENCODER, NEMO_DECODER_JOINT = "encoder-model.onnx", "decoder_joint-model.onnx"
-NEMO_VOCAB, NEMO_CONFIG = "vocab.txt", "config.json"
 ONNX_ASR_MODEL_TYPE = "nemo-conformer-rnnt"
 ENCODER_IO = (("audio_signal", "length"), ("outputs", "encoded_lengths"))
 DECODER_JOINT_IO = (("encoder_outputs", "targets", "target_length", "input_states_1", "input_states_2"),
@@ -41,9 +41,15 @@ DECODER_JOINT_IO = (("encoder_outputs", "targets", "target_length", "input_state
 
 def write_nemo_layout(model: Any, out_dir: Path, metadata: Mapping[str, str], provenance: Mapping[str, str],
                       frontend: FrontEndConfig) -> tuple[dict[str, Path], tuple[str, ...]]:
-    """Write the four files; returns their paths by role and notes for the user."""
+    """Write the four files of ``model`` (a restored, checked NeMo transducer) into ``out_dir``.
+
+    ``metadata`` goes on the encoder, ``provenance`` on the decoder_joint graph; ``frontend`` is the
+    model's preprocessor, compared with onnx-asr's fixed one. Returns the paths by role (``encoder``,
+    ``decoder``, ``tokens``, ``config``) and notes for the user. Raises ExportError when NeMo's export
+    does not have the names or shapes onnx-asr looks up.
+    """
     vocab_size = int(metadata["vocab_size"])
-    encoder, decoder_joint = out_dir / NEMO_ENCODER, out_dir / NEMO_DECODER_JOINT
+    encoder, decoder_joint = out_dir / NEMO.encoder, out_dir / NEMO.decoder
     model.export(str(out_dir / "model.onnx"))  # NeMo names the parts encoder-model.onnx, decoder_joint-model.onnx
     for path in (encoder, decoder_joint):
         if not path.is_file():
@@ -54,19 +60,19 @@ def write_nemo_layout(model: Any, out_dir: Path, metadata: Mapping[str, str], pr
     _check_static_states(decoder_joint)
     add_metadata(encoder, metadata)
     add_metadata(decoder_joint, provenance)
-    vocab = write_tokens(model, out_dir / NEMO_VOCAB, vocab_size)
+    vocab = write_tokens(model, out_dir / NEMO.tokens, vocab_size)
     config = {
         "model_type": ONNX_ASR_MODEL_TYPE,
         "features_size": frontend.features,
         "subsampling_factor": int(metadata["subsampling_factor"]),
         "max_tokens_per_step": int(metadata["max_symbols"]),
     }
-    (out_dir / NEMO_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_atomic(out_dir / NEMO.config, json.dumps(config, indent=2) + "\n")
     notes = ()
     if replace(frontend, features=80) != FrontEndConfig() or frontend.features not in (80, 128):
         notes = (("this model's preprocessor is not NeMo's default 16 kHz/80-or-128-mel front end that onnx-asr "
                   "computes; onnx-asr transcripts will not match (kdstore transcribe uses the model's own)"),)
-    return {"encoder": encoder, "decoder": decoder_joint, "tokens": vocab, "config": out_dir / NEMO_CONFIG}, notes
+    return {"encoder": encoder, "decoder": decoder_joint, "tokens": vocab, "config": out_dir / NEMO.config}, notes
 
 
 def _check_static_states(path: Path) -> None:

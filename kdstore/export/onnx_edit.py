@@ -1,6 +1,7 @@
 """Small edits and checks on ONNX files: metadata, decoder I/O names, static widths, int8 copies.
 
 Needs the ``onnx`` package (and onnxruntime's quantiser for :func:`quantize_int8`), never torch.
+Reading metadata back is :func:`kdstore.runtime.layout.read_metadata` (the runtimes need it too).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from kdstore.errors import ExportError
+from kdstore.runtime.layout import int8_name
 
 DECODER_INPUTS = ("targets", "target_length", "input_states_1", "input_states_2")
 DECODER_OUTPUTS = ("outputs", "prednet_lengths", "output_states_1", "output_states_2")
@@ -29,15 +31,11 @@ def add_metadata(path: Path, metadata: Mapping[str, str]) -> None:
     onnx.save(model, str(path))
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file as a dict."""
-    import onnx
-
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-
-
 def fix_decoder_io(path: Path) -> None:
-    """Readable decoder I/O names and a dynamic batch axis on both LSTM states (sherpa layout)."""
+    """Readable decoder I/O names and a dynamic batch axis on both LSTM states (sherpa layout), in place.
+
+    Raises ExportError unless the graph has the 4 inputs and 4 outputs of an LSTM prediction net.
+    """
     import onnx
 
     model = onnx.load(str(path))
@@ -63,7 +61,10 @@ def fix_decoder_io(path: Path) -> None:
 
 
 def check_output_width(path: Path, width: int) -> None:
-    """The first output's last dim must be the static ``width`` (sherpa-onnx reads the vocabulary from it)."""
+    """The first output's last dim must be the static ``width`` (sherpa-onnx reads the vocabulary from it).
+
+    Raises ExportError naming the dim found.
+    """
     import onnx
 
     dims = onnx.load(str(path)).graph.output[0].type.tensor_type.shape.dim
@@ -85,10 +86,11 @@ def check_io_names(path: Path, inputs: Sequence[str], outputs: Sequence[str]) ->
 
 
 def quantize_int8(path: Path, metadata: Mapping[str, str]) -> Path:
-    """Dynamic int8 weights for the MatMul/Gemm layers; writes ``<name>.int8.onnx`` beside ``path``."""
+    """Dynamic int8 weights for the MatMul/Gemm layers; writes ``<name>.int8.onnx`` beside ``path``
+    with ``metadata`` plus ``quantization: dynamic-int8``, and returns its path."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    out = path.with_suffix(".int8.onnx")
+    out = path.with_name(int8_name(path.name))
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs a "consider pre-processing" warning on the root logger
@@ -98,5 +100,3 @@ def quantize_int8(path: Path, metadata: Mapping[str, str]) -> Path:
         root.setLevel(level)
     add_metadata(out, {**metadata, "quantization": "dynamic-int8"})
     return out
-
-

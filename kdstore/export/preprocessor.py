@@ -8,8 +8,9 @@ lengths than the tracing example before it is written. The interface is
 ``forward(waveform: float32 (B, N), length: int64 (B,)) -> (features (B, C, T), lengths (B,))``; the
 front-end settings ride along as the extra file ``kdstore.json``.
 
-Loading needs torch (CPU is enough) but not NeMo; :mod:`kdstore.runtime.decoder` uses the file when it is
-present and torch is installed, else :mod:`kdstore.runtime.frontend` (the numpy port).
+Reading it back is :class:`kdstore.runtime.frontend.TorchScriptFrontEnd` (torch, CPU is enough, no
+NeMo); :mod:`kdstore.runtime.decoder` uses it when the file is there and torch is installed, else the
+numpy port.
 """
 
 from __future__ import annotations
@@ -20,13 +21,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from kdstore.errors import ExportError
 from kdstore.runtime.frontend import FrontEndConfig
+from kdstore.runtime.layout import PREPROCESSOR_EXTRA_FILE
 
-PREPROCESSOR_TS = "preprocessor.ts"
-EXTRA_FILE = "kdstore.json"
 TS_TOLERANCE = 1e-4  # max |TorchScript - NeMo| on features, checked at export
 
 
@@ -47,7 +45,9 @@ def _wrapper(featurizer: Any) -> Any:
 
 
 def export_preprocessor(preprocessor: Any, path: Path, frontend: FrontEndConfig) -> tuple[str, str]:
-    """Write ``path`` (TorchScript); returns how it was made (``"script"`` or ``"trace"``) and why."""
+    """Write ``path`` (TorchScript) from a NeMo preprocessor; returns how it was made (``"script"`` or
+    ``"trace"``) and why. ``frontend`` is its settings (stored in the file). Raises ExportError, and
+    writes nothing, when the compiled module's features differ from NeMo's."""
     import torch
 
     featurizer = copy.deepcopy(preprocessor.featurizer).eval()
@@ -66,7 +66,7 @@ def export_preprocessor(preprocessor: Any, path: Path, frontend: FrontEndConfig)
     _check_against(compiled, preprocessor, rate)
     extra = {"method": method, "frontend": frontend.to_metadata()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(compiled, str(path), _extra_files={EXTRA_FILE: json.dumps(extra)})
+    torch.jit.save(compiled, str(path), _extra_files={PREPROCESSOR_EXTRA_FILE: json.dumps(extra)})
     return method, why
 
 
@@ -94,30 +94,3 @@ def _check_against(compiled: Any, preprocessor: Any, rate: int) -> None:
                 raise ExportError(f"preprocessor.ts differs from NeMo's preprocessor by {diff:.2e}; not written")
     finally:
         preprocessor.train(was_training)
-
-
-class TorchScriptFrontEnd:
-    """Batched features with an exported ``preprocessor.ts`` (needs torch, not NeMo)."""
-
-    def __init__(self, path: Path, num_threads: int = 1) -> None:
-        import torch
-
-        torch.set_num_threads(num_threads)
-        extra = {EXTRA_FILE: ""}
-        self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        self.module.eval()
-        info = json.loads(extra[EXTRA_FILE] or "{}")
-        self.method = info.get("method", "unknown")
-        self.config = FrontEndConfig.from_metadata(info.get("frontend", {}))
-
-    def batch(self, waveforms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Waveforms at ``config.sample_rate`` -> features (B, C, T) float32 and valid lengths (B,) int64."""
-        import torch
-
-        lengths = np.array([len(w) for w in waveforms], dtype=np.int64)
-        audio = np.zeros((len(waveforms), int(lengths.max())), dtype=np.float32)
-        for i, wave in enumerate(waveforms):
-            audio[i, : len(wave)] = wave
-        with torch.inference_mode():
-            feats, feat_len = self.module(torch.from_numpy(audio), torch.from_numpy(lengths))
-        return feats.numpy().astype(np.float32, copy=False), feat_len.numpy().astype(np.int64)

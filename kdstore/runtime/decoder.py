@@ -1,10 +1,9 @@
 """Greedy transducer decoding of an exported model with onnxruntime (no NeMo; torch only for preprocessor.ts).
 
-Reads either layout :func:`kdstore.export.run.export_onnx` writes: sherpa-onnx's (``encoder.onnx``,
-``decoder.onnx``, ``joiner.onnx``, ``tokens.txt``) or NeMo's (``encoder-model.onnx``,
-``decoder_joint-model.onnx``, ``vocab.txt``). Features come from the exported ``preprocessor.ts``
-when it is there and torch is installed (``frontend="auto"``), else from the numpy port in
-:mod:`kdstore.runtime.frontend`; both match NeMo's preprocessor (checked at export).
+Reads either layout of :mod:`kdstore.runtime.layout`: sherpa-onnx's (encoder, decoder, joiner,
+tokens) or NeMo's (encoder, decoder_joint, vocab, config.json). Features come from the exported
+``preprocessor.ts`` when it is there and torch is installed (``frontend="auto"``), else from the numpy
+port; both in :mod:`kdstore.runtime.frontend`, both match NeMo's preprocessor (checked at export).
 
 Greedy search as NeMo does it: start with blank as the previous token and zero LSTM states; at each
 encoder frame emit up to ``max_symbols`` tokens; blank moves on to the next frame; the prediction
@@ -14,48 +13,26 @@ net (and its state) advances only when a token is emitted. The encoder runs on p
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from kdstore.inputs.audio import read_samples
-from kdstore.errors import AudioError, DependencyError, ExportError
-from kdstore.runtime.frontend import FrontEndConfig, LogMelFrontEnd
-from kdstore.export.onnx_edit import read_metadata
+from kdstore.errors import DependencyError, ExportError
+from kdstore.runtime.frontend import AudioInput, FrontEndConfig, LogMelFrontEnd, TorchScriptFrontEnd, load_waveform
+from kdstore.runtime.layout import PREPROCESSOR_TS, detect_layout, read_metadata, read_tokens
 
-AudioInput = str | Path | np.ndarray
 WORD_BOUNDARY = "\u2581"  # SentencePiece's '▁'
-SHERPA_FILES = ("encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt")
-NEMO_FILES = ("encoder-model.onnx", "decoder_joint-model.onnx", "vocab.txt")
-PREPROCESSOR_TS = "preprocessor.ts"
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 FRONTENDS = ("auto", "torchscript", "numpy")
-
-
-@dataclass(frozen=True)
-class Transcript:
-    audio: str
-    text: str
-    seconds: float  # audio duration
-
-
-def detect_layout(onnx_dir: Path) -> str:
-    """``"sherpa"`` or ``"nemo"`` from the files present; a clear error for anything else."""
-    sherpa = (onnx_dir / SHERPA_FILES[0]).is_file()
-    nemo = (onnx_dir / NEMO_FILES[0]).is_file()
-    if sherpa and nemo:
-        raise ExportError(f"{onnx_dir} holds both layouts (encoder.onnx and encoder-model.onnx); keep one per folder")
-    if not (sherpa or nemo):
-        raise ExportError(f"{onnx_dir}: not a complete ONNX export, missing encoder.onnx (or encoder-model.onnx); "
-                          "run kdstore export-onnx first")
-    return "sherpa" if sherpa else "nemo"
+FeatureBatch = Callable[[Sequence[np.ndarray]], tuple[np.ndarray, np.ndarray]]  # waves -> (B, C, T), (B,)
 
 
 def session_providers(provider: str) -> list[str]:
-    """onnxruntime providers for ``cpu`` or ``cuda``; cuda without onnxruntime-gpu is a one-line error."""
+    """onnxruntime providers for ``cpu`` or ``cuda``.
+
+    Raises ExportError for another name, DependencyError for cuda without onnxruntime-gpu.
+    """
     import onnxruntime as ort
 
     if provider not in PROVIDERS:
@@ -72,24 +49,28 @@ def session_providers(provider: str) -> list[str]:
 
 
 class OnnxTransducer:
-    """An exported NeMo transducer run with onnxruntime; ``transcribe`` returns one string per input."""
+    """An exported NeMo transducer run with onnxruntime; ``transcribe`` returns one string per input.
+
+    ``onnx_dir`` is a folder of either layout; ``int8`` picks the ``*.int8.onnx`` graphs; ``frontend``
+    is one of :data:`FRONTENDS`; ``provider`` ``cpu`` or ``cuda``. Raises ExportError for an incomplete
+    folder or a bad option, DependencyError for a runtime that is not installed.
+    """
 
     def __init__(self, onnx_dir: Path | str, *, int8: bool = False, num_threads: int = 1, provider: str = "cpu",
                  frontend: str = "auto") -> None:
         import onnxruntime as ort
 
         self.onnx_dir = Path(onnx_dir)
-        self.layout = detect_layout(self.onnx_dir)
-        files = SHERPA_FILES if self.layout == "sherpa" else NEMO_FILES
-        graphs = [n.replace(".onnx", ".int8.onnx") if int8 else n for n in files if n.endswith(".onnx")]
-        token_file = files[-1]
-        missing = [n for n in [*graphs, token_file] if not (self.onnx_dir / n).is_file()]
+        files = detect_layout(self.onnx_dir)
+        self.layout = files.name
+        graphs = files.graphs(int8)
+        missing = [n for n in [*graphs, files.tokens] if not (self.onnx_dir / n).is_file()]
         if missing:
             hint = " (export with --int8)" if int8 else ""
             raise ExportError(f"{self.onnx_dir}: not a complete ONNX export, missing {', '.join(missing)}{hint}")
         self.metadata = read_metadata(self.onnx_dir / graphs[0])
-        config = self._read_config()
-        self.tokens = read_tokens(self.onnx_dir / token_file)
+        config = self._read_config(files.config)
+        self.tokens = read_tokens(self.onnx_dir / files.tokens)
         self.blank_id = int(self.metadata.get("blank_id", len(self.tokens) - 1))
         self.max_symbols = int(self.metadata.get("max_symbols", config.get("max_tokens_per_step", 10)))
         meta = dict(self.metadata)
@@ -105,7 +86,7 @@ class OnnxTransducer:
         providers = session_providers(provider)
         sessions = [ort.InferenceSession(str(self.onnx_dir / n), options, providers=providers) for n in graphs]
         self._encoder, self._decoder = sessions[0], sessions[1]
-        self._joiner = sessions[2] if self.layout == "sherpa" else None
+        self._joiner = sessions[2] if files.joiner else None
         self._enc_in = [i.name for i in self._encoder.get_inputs()]
         self._dec_in = [i.name for i in self._decoder.get_inputs()]
         self._join_in = [i.name for i in self._joiner.get_inputs()] if self._joiner else []
@@ -114,55 +95,52 @@ class OnnxTransducer:
         self._state_shape = (int(self.metadata.get("pred_rnn_layers", shape[0])), 1,
                              int(self.metadata.get("pred_hidden", shape[2])))
 
-    def _read_config(self) -> dict:
-        path = self.onnx_dir / "config.json"
-        if self.layout != "nemo" or not path.is_file():
+    def _read_config(self, name: str | None) -> dict:
+        """onnx-asr's ``config.json`` of the NeMo layout (``max_tokens_per_step``, ``features_size``), else {}."""
+        path = self.onnx_dir / name if name else None
+        if path is None or not path.is_file():
             return {}
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise ExportError(f"{path}: not valid JSON ({err.msg})") from None
 
-    def _make_frontend(self, frontend: str, num_threads: int):
+    def _make_frontend(self, frontend: str, num_threads: int) -> tuple[str, FeatureBatch]:
+        """The feature extractor ``frontend`` asks for: ``preprocessor.ts`` when present and torch imports
+        (``auto``; ``torchscript`` insists), else the numpy port."""
         if frontend not in FRONTENDS:
             raise ExportError(f"frontend: expected one of {', '.join(FRONTENDS)}, got {frontend!r}")
         ts_path = self.onnx_dir / PREPROCESSOR_TS
         if frontend in ("auto", "torchscript") and ts_path.is_file():
             try:
-                from kdstore.export.preprocessor import TorchScriptFrontEnd
-
                 return "torchscript", TorchScriptFrontEnd(ts_path, num_threads).batch
-            except ImportError:
+            except ImportError:  # no torch: the numpy port
                 if frontend == "torchscript":
                     raise DependencyError(f"{ts_path} needs torch; install torch or use the numpy front end") from None
         elif frontend == "torchscript":
             raise ExportError(f"{self.onnx_dir} has no {PREPROCESSOR_TS}; export again or use the numpy front end")
-        numpy_frontend = LogMelFrontEnd(self.frontend_config)
-
-        def batch(waveforms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-            feats = [numpy_frontend(w) for w in waveforms]
-            width = max(f.shape[1] for f, _ in feats)
-            out = np.full((len(feats), feats[0][0].shape[0], width), self.frontend_config.pad_value, np.float32)
-            for i, (f, _) in enumerate(feats):
-                out[i, :, : f.shape[1]] = f
-            return out, np.array([n for _, n in feats], dtype=np.int64)
-
-        return "numpy", batch
+        return "numpy", LogMelFrontEnd(self.frontend_config).batch
 
     # --- decoding --------------------------------------------------------------------------------
 
-    def transcribe(self, audio: Sequence[AudioInput], batch_size: int = 8) -> list[str]:
-        """Greedy transcripts of audio files (any rate/channels soundfile reads) or 1-D float arrays at ``sample_rate``."""
+    def transcribe(self, audio: Sequence[AudioInput], batch_size: int = 8, progress: bool = False) -> list[str]:
+        """Greedy transcripts of audio files (any rate/channels soundfile reads) or 1-D float arrays at
+        ``sample_rate``, in input order; ``progress`` shows a tqdm bar over batches on stderr."""
+        from tqdm import tqdm
+
         waves = [self.load(a) for a in audio]
         texts = [""] * len(waves)
         order = sorted(range(len(waves)), key=lambda i: len(waves[i]))  # similar lengths share a batch
-        for start in range(0, len(order), max(1, batch_size)):
+        batch_size = max(1, batch_size)
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="transcribe", unit="batch", disable=not progress):
             chunk = order[start : start + batch_size]
             for i, enc in zip(chunk, self.encode_batch([waves[i] for i in chunk])):
                 texts[i] = self.decode_ids_to_text(self.greedy(enc))
         return texts
 
     def load(self, audio: AudioInput) -> np.ndarray:
+        """Mono float32 samples at the model's rate (:func:`kdstore.runtime.frontend.load_waveform`)."""
         return load_waveform(audio, self.sample_rate)
 
     def encode_batch(self, waveforms: list[np.ndarray]) -> list[np.ndarray]:
@@ -217,6 +195,7 @@ class OnnxTransducer:
         return hyp
 
     def greedy_ids(self, waveform: np.ndarray) -> list[int]:
+        """Token ids of one waveform at ``sample_rate``."""
         return self.greedy(self.encode(waveform))
 
     def _predict(self, token: int, state: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, tuple]:
@@ -233,40 +212,5 @@ class OnnxTransducer:
         return out, (h, c)
 
     def decode_ids_to_text(self, ids: Sequence[int]) -> str:
+        """Token ids -> words: pieces joined, SentencePiece's word boundary turned into single spaces."""
         return " ".join("".join(self.tokens[i] for i in ids).replace(WORD_BOUNDARY, " ").split())
-
-
-def transcribe_files(model: OnnxTransducer, paths: Sequence[str | Path],
-                     batch_size: int = 8) -> tuple[list[Transcript], float]:
-    """Transcripts of audio files and the wall seconds it took (reading, resampling, features, decoding)."""
-    start = time.perf_counter()
-    waves = [model.load(p) for p in paths]
-    texts = model.transcribe(waves, batch_size=batch_size)
-    seconds = time.perf_counter() - start
-    out = [Transcript(str(p), t, len(w) / model.sample_rate) for p, t, w in zip(paths, texts, waves)]
-    return out, seconds
-
-
-def read_tokens(path: Path) -> list[str]:
-    """``tokens.txt`` / ``vocab.txt`` (``piece id`` lines) as a list indexed by id."""
-    table: dict[int, str] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        piece, _, ident = line.rpartition(" ")
-        if not piece or not ident.isdigit():
-            raise ExportError(f"{path}:{n}: expected 'piece id', got {line!r}")
-        table[int(ident)] = piece
-    if sorted(table) != list(range(len(table))):
-        raise ExportError(f"{path}: token ids are not 0..{len(table) - 1}")
-    return [table[i] for i in range(len(table))]
-
-
-def load_waveform(audio: AudioInput, sample_rate: int) -> np.ndarray:
-    """A file (any rate/channels soundfile reads; resampled, downmixed) or 1-D samples already at
-    ``sample_rate`` -> mono float32 at ``sample_rate``. Shared by both runtimes of ``kdstore transcribe``."""
-    if isinstance(audio, np.ndarray):
-        if audio.ndim != 1:
-            raise AudioError(f"audio array: expected 1-D samples at {sample_rate} Hz, got {audio.shape}")
-        return audio.astype(np.float32, copy=False)
-    return read_samples(Path(audio), sample_rate)

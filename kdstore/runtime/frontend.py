@@ -18,18 +18,30 @@ What NeMo does, step by step, for one utterance of ``n`` samples (eval mode: no 
 7. valid frames = ``(n + 2 * pad - n_fft) // hop`` (``n // hop`` for the defaults); the STFT makes one
    frame more, which (like any frame past the valid length) is set to ``pad_value``; then the time
    axis is padded to a multiple of ``pad_to``.
+
+Also here, so that both runtimes share them: :func:`load_waveform` (a file or samples -> mono float32
+at the model's rate) and :class:`TorchScriptFrontEnd`, the reader of an export's ``preprocessor.ts``
+(NeMo's own preprocessor, traced; torch is imported inside it, never at module import). Both front
+ends have the same ``batch(waveforms) -> (features (B, C, T), lengths (B,))``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from kdstore.errors import ConfigError
+from kdstore.errors import AudioError, ConfigError
+from kdstore.frames import mel_frames
+from kdstore.inputs.audio import read_samples
+from kdstore.runtime.layout import PREPROCESSOR_EXTRA_FILE
+
+AudioInput = str | Path | np.ndarray  # a file soundfile reads, or 1-D samples already at the model's rate
 
 NORMALIZE_STD_EPS = 1e-5  # NeMo adds this to the per-feature std (features.py: CONSTANT)
 _FLOAT32 = np.finfo(np.float32)
@@ -183,8 +195,9 @@ class LogMelFrontEnd:
         self._pad = (cfg.n_fft - cfg.n_window_stride) // 2 if cfg.exact_pad else cfg.n_fft // 2
 
     def num_frames(self, num_samples: int) -> int:
-        """Valid feature frames for ``num_samples`` samples (NeMo's ``get_seq_len``)."""
-        return max(0, (num_samples + 2 * self._pad - self.config.n_fft) // self.config.n_window_stride)
+        """Valid feature frames for ``num_samples`` samples (NeMo's ``get_seq_len``, :mod:`kdstore.frames`)."""
+        cfg = self.config
+        return mel_frames(num_samples, cfg.n_window_stride, cfg.n_fft, cfg.exact_pad)
 
     def __call__(self, waveform: np.ndarray) -> tuple[np.ndarray, int]:
         cfg = self.config
@@ -218,6 +231,61 @@ class LogMelFrontEnd:
             extra = cfg.pad_to - mel.shape[1] % cfg.pad_to
             mel = np.pad(mel, ((0, 0), (0, extra)), constant_values=cfg.pad_value)
         return mel.astype(np.float32), length
+
+    def batch(self, waveforms: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Waveforms at ``config.sample_rate`` -> features (B, C, T) float32 padded with ``pad_value``
+        to the longest, and valid lengths (B,) int64."""
+        feats = [self(w) for w in waveforms]
+        width = max(f.shape[1] for f, _ in feats)
+        out = np.full((len(feats), self.config.features, width), self.config.pad_value, np.float32)
+        for i, (f, _) in enumerate(feats):
+            out[i, :, : f.shape[1]] = f
+        return out, np.array([n for _, n in feats], dtype=np.int64)
+
+
+class TorchScriptFrontEnd:
+    """Batched features with an exported ``preprocessor.ts`` (needs torch, not NeMo).
+
+    The file's interface: ``forward(waveform float32 (B, N), length int64 (B,)) -> (features (B, C, T),
+    lengths (B,))``, with the front-end settings in its extra file (written by
+    :func:`kdstore.export.preprocessor.export_preprocessor`).
+    """
+
+    def __init__(self, path: Path, num_threads: int = 1) -> None:
+        import torch
+
+        torch.set_num_threads(num_threads)
+        extra = {PREPROCESSOR_EXTRA_FILE: ""}
+        self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        self.module.eval()
+        info = json.loads(extra[PREPROCESSOR_EXTRA_FILE] or "{}")
+        self.method = info.get("method", "unknown")
+        self.config = FrontEndConfig.from_metadata(info.get("frontend", {}))
+
+    def batch(self, waveforms: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Waveforms at ``config.sample_rate`` -> features (B, C, T) float32 and valid lengths (B,) int64."""
+        import torch
+
+        lengths = np.array([len(w) for w in waveforms], dtype=np.int64)
+        audio = np.zeros((len(waveforms), int(lengths.max())), dtype=np.float32)
+        for i, wave in enumerate(waveforms):
+            audio[i, : len(wave)] = wave
+        with torch.inference_mode():
+            feats, feat_len = self.module(torch.from_numpy(audio), torch.from_numpy(lengths))
+        return feats.numpy().astype(np.float32, copy=False), feat_len.numpy().astype(np.int64)
+
+
+def load_waveform(audio: AudioInput, sample_rate: int) -> np.ndarray:
+    """A file (any rate/channels soundfile reads; resampled, downmixed) or 1-D samples already at
+    ``sample_rate`` -> mono float32 at ``sample_rate``. Shared by both runtimes of ``kdstore transcribe``.
+
+    Raises AudioError for an unreadable file or an array that is not 1-D.
+    """
+    if isinstance(audio, np.ndarray):
+        if audio.ndim != 1:
+            raise AudioError(f"audio array: expected 1-D samples at {sample_rate} Hz, got {audio.shape}")
+        return audio.astype(np.float32, copy=False)
+    return read_samples(Path(audio), sample_rate)
 
 
 def _normalize(mel: np.ndarray, length: int, normalize: str) -> np.ndarray:

@@ -1,0 +1,98 @@
+"""Audio files -> transcripts with an exported model: what ``kdstore transcribe`` runs.
+
+Two runtimes read an export folder: ``onnxruntime`` (:class:`kdstore.runtime.decoder.OnnxTransducer`,
+kdstore's greedy search on NeMo's features, either layout) and ``sherpa-onnx``
+(:class:`kdstore.runtime.sherpa.SherpaTransducer`, sherpa-onnx itself on the sherpa layout, with its
+own features, frame-aligned by default). :func:`transcribe_files` opens one, transcribes, and times
+it; the result knows its real-time factor and its JSON form.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdstore.errors import ExportError
+from kdstore.runtime.decoder import OnnxTransducer
+from kdstore.runtime.sherpa import SherpaTransducer
+
+RUNTIMES = ("onnxruntime", "sherpa-onnx")
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One file's transcript."""
+
+    audio: str
+    text: str
+    seconds: float  # audio duration
+
+
+@dataclass(frozen=True, kw_only=True)
+class Transcription:
+    """What :func:`transcribe_files` did: the transcripts (input order) and how it ran."""
+
+    onnx_dir: Path
+    runtime: str
+    layout: str  # "sherpa" or "nemo"
+    frontend: str  # the feature extractor's name, e.g. "torchscript"
+    int8: bool
+    provider: str
+    transcripts: tuple[Transcript, ...]
+    seconds: float  # wall time: reading, resampling, features, decoding
+
+    @property
+    def audio_seconds(self) -> float:
+        return sum(t.seconds for t in self.transcripts)
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: wall seconds per second of audio (lower is faster)."""
+        return self.seconds / max(self.audio_seconds, 1e-9)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``kdstore transcribe --json`` object."""
+        return {
+            "onnx": str(self.onnx_dir), "runtime": self.runtime, "layout": self.layout, "int8": self.int8,
+            "frontend": self.frontend, "provider": self.provider, "audio_seconds": round(self.audio_seconds, 3),
+            "seconds": round(self.seconds, 3), "rtf": round(self.rtf, 5),
+            "transcripts": [{"audio": t.audio, "text": t.text} for t in self.transcripts],
+        }
+
+
+def open_transducer(onnx_dir: Path | str, runtime: str = "onnxruntime", *, int8: bool = False, num_threads: int = 1,
+                    provider: str = "cpu", frontend: str = "auto",
+                    sherpa_align: bool = True) -> OnnxTransducer | SherpaTransducer:
+    """The model of ``onnx_dir`` in ``runtime``; ``frontend`` applies to onnxruntime, ``sherpa_align`` to sherpa-onnx.
+
+    Raises ExportError for an unknown runtime or an incomplete folder, DependencyError for a runtime
+    that is not installed.
+    """
+    if runtime == "sherpa-onnx":
+        return SherpaTransducer(onnx_dir, int8=int8, num_threads=num_threads, provider=provider, align=sherpa_align)
+    if runtime != "onnxruntime":
+        raise ExportError(f"runtime: expected one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    return OnnxTransducer(onnx_dir, int8=int8, num_threads=num_threads, provider=provider, frontend=frontend)
+
+
+def transcribe_files(onnx_dir: Path | str, paths: Sequence[str | Path], *, runtime: str = "onnxruntime",
+                     int8: bool = False, batch_size: int = 8, provider: str = "cpu", frontend: str = "auto",
+                     num_threads: int = 1, sherpa_align: bool = True, progress: bool = False) -> Transcription:
+    """Greedy transcripts of audio files (any rate/channels soundfile reads) with the export in ``onnx_dir``.
+
+    Options as :func:`open_transducer`; ``batch_size`` files are encoded together (padded);
+    ``progress`` shows a tqdm bar over batches on stderr. The time counted starts after the model is
+    loaded. Raises AudioError for an unreadable file, and what :func:`open_transducer` raises.
+    """
+    model = open_transducer(onnx_dir, runtime, int8=int8, num_threads=num_threads, provider=provider,
+                            frontend=frontend, sherpa_align=sherpa_align)
+    start = time.perf_counter()
+    waves = [model.load(p) for p in paths]
+    texts = model.transcribe(waves, batch_size=batch_size, progress=progress)
+    seconds = time.perf_counter() - start
+    transcripts = tuple(Transcript(str(p), t, len(w) / model.sample_rate) for p, t, w in zip(paths, texts, waves))
+    return Transcription(onnx_dir=Path(onnx_dir), runtime=runtime, layout=model.layout, frontend=model.frontend_name,
+                         int8=int8, provider=provider, transcripts=transcripts, seconds=seconds)
