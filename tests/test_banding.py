@@ -17,7 +17,15 @@ from kdstore.lattice.posteriors import (
     node_occupancy_batch,
 )
 from kdstore.lattice.rnnt_loss import rnnt_loss
-from kdstore.store.band import band_mask, band_mass, check_band_starts, gather_band, scatter_band, select_band
+from kdstore.store.band import (
+    band_mask,
+    band_mass,
+    check_band_starts,
+    gather_band,
+    scatter_band,
+    select_band,
+    stored_width,
+)
 
 FP16_MIN = float(np.finfo(np.float16).min)
 V = 5  # non-blank tokens; blank = V
@@ -308,3 +316,22 @@ def test_utterance_rows_uses_the_occupancy_it_is_given() -> None:
     assert rows["band_start"].tolist() == [0, labels - 1, labels - 1, labels - 1]
     own = utterance_rows(values, ids, blank_label, labels, band=2)
     assert own["band_start"].tolist() != rows["band_start"].tolist()
+
+
+def test_stored_width_is_the_spec_w_prime() -> None:
+    """docs/store-format.md section 1: W' = min(W, U+1), U+1 for full stores and for one-frame utterances."""
+    assert stored_width(None, 7, 4) == 5
+    assert stored_width(3, 7, 4) == 3
+    assert stored_width(9, 7, 4) == 5
+    assert stored_width(3, 1, 4) == 5  # one frame: its band must start at 0 and cover u = U
+    assert np.array_equal(select_band(np.ones((1, 5)), stored_width(3, 1, 4)), [0])
+    with pytest.raises(ValueError, match="band width must be >= 1"):
+        stored_width(0, 7, 4)
+
+
+def test_band_module_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, kdstore.store.band, kdstore.store.reader; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -3,6 +3,9 @@ crash + resume, multi-part commit, corruption detection."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import zarr
@@ -325,7 +328,7 @@ def test_unknown_format_version_and_non_store_paths_are_refused(tmp_path):
 
 
 def test_store_order_batches_are_contiguous_reads_of_neighbours():
-    from kdstore.distill.data import StoreOrderBatchSampler
+    from kdstore.distill.samplers import StoreOrderBatchSampler
     from kdstore.store.reader import _coalesce
 
     positions = [(0, 5), (1, 0), (0, 0), (0, 1), (1, 1), (0, 2), (0, 3), (0, 4)]
@@ -338,3 +341,164 @@ def test_store_order_batches_are_contiguous_reads_of_neighbours():
             assert keys == sorted(keys)
     assert len({tuple(map(tuple, batches)) for batches in epochs}) > 1  # cut points move between epochs
     assert _coalesce([(10, 20), (0, 5), (5, 10), (30, 31)]) == [(0, 20), (30, 31)]
+
+
+def _edit_root_attribute(path, edit) -> None:
+    """Rewrite a committed store's root attribute ``kdstore`` in place (as a damaged or foreign store would be)."""
+    meta_file = path / "zarr.json"
+    doc = json.loads(meta_file.read_text())
+    edit(doc["attributes"]["kdstore"])
+    meta_file.write_text(json.dumps(doc))
+
+
+def _set(*keys, value):
+    def edit(meta):
+        for key in keys[:-1]:
+            meta = meta[key]
+        meta[keys[-1]] = value
+    return edit
+
+
+def _drop(*keys):
+    def edit(meta):
+        for key in keys[:-1]:
+            meta = meta[key]
+        del meta[keys[-1]]
+    return edit
+
+
+@pytest.mark.parametrize("edit, field, expected, got", [
+    (_set("top_k", value="8"), "kdstore.top_k", "int >= 1", "str '8'"),
+    (_set("counts", "nodes", value=12.0), "kdstore.counts.nodes", "int >= 0", "float 12.0"),
+    (_drop("front_end"), "kdstore.front_end", "object", "nothing (the field is missing)"),
+    (_drop("fingerprint", "teacher_sha256"), "kdstore.fingerprint.teacher_sha256", "str", "nothing (the field is missing)"),
+    (_set("value_dtype", value="bfloat16"), "kdstore.value_dtype", "'float16' or 'float32'", "str 'bfloat16'"),
+    (_set("front_end", "window_stride", value=None), "kdstore.front_end.window_stride", "float >= 0.0", "null"),
+    (_set("blank_id", value=True), "kdstore.blank_id", "int >= 0", "bool True"),
+    (_set("lattice", value="band"), "kdstore.band_width", "int >= 1 (lattice is 'band')", "null"),
+    (_set("extra", value=[1]), "kdstore.extra", "object", "array [1]"),
+    (_set("format", value=1), "kdstore.format", "'kdstore/1'", "int 1"),
+])
+def test_wrong_root_attributes_fail_naming_field_expected_and_got(tmp_path, edit, field, expected, got):
+    from kdstore.errors import MetadataError
+
+    path = tmp_path / "s.zarr"
+    group = open_for_writing(path, {"k": K})
+    write_part(group, 0, build(seed=16, count=3), None)
+    commit_store(group, make_metadata(), {"tokenizer.model": b"x"})
+    _edit_root_attribute(path, edit)
+    with pytest.raises(MetadataError) as caught:
+        StoreReader(path)
+    err = caught.value
+    assert (err.field, err.expected, err.got, err.store) == (field, expected, got, str(path))
+    assert str(err) == (f"store {path}: root attribute {field}: expected {expected}, got {got}; the store was not "
+                        "written by kdstore or is damaged: re-run dump-teacher")
+    assert isinstance(err, StoreError) and "\n" not in str(err)
+    import pickle
+
+    assert str(pickle.loads(pickle.dumps(err))) == str(err)  # survives DataLoader workers
+
+
+def test_unknown_root_attributes_are_ignored(tmp_path):
+    """docs/store-format.md section 6: a kdstore/1 reader ignores attributes it does not know."""
+    path = tmp_path / "s.zarr"
+    group = open_for_writing(path, {"k": K})
+    write_part(group, 0, build(seed=17, count=3), None)
+    written = commit_store(group, make_metadata(), {"tokenizer.model": b"x"})
+
+    def add_unknown(meta):
+        meta["added_by_a_later_writer"] = {"anything": [1, 2]}
+        meta["front_end"]["dither"] = 1e-5
+        meta["counts"]["bytes"] = 123
+        del meta["ctc_top_k"], meta["extra"]  # optional: absent in older stores
+
+    _edit_root_attribute(path, add_unknown)
+    reader = StoreReader(path)
+    assert reader.metadata == dataclasses.replace(written, extra={})
+    assert verify_store(path)
+
+
+def test_metadata_json_round_trip():
+    from kdstore.store.meta_v1 import parse_store_metadata
+
+    meta = dataclasses.replace(make_metadata(lattice="band", width=3), ctc_top_k=2, extra={"settings": {"band": 3}})
+    assert StoreMetadata.from_json(meta.to_json()) == meta
+    assert parse_store_metadata(json.loads(json.dumps(meta.to_json()))) == meta
+    hours_as_int = {**meta.to_json(), "counts": {**meta.to_json()["counts"], "hours": 2}}  # JSON may drop ".0"
+    assert StoreMetadata.from_json(hours_as_int).counts.hours == 2.0
+
+
+def test_verify_checks_each_utterance_band_width_against_the_metadata(tmp_path):
+    path = tmp_path / "s.zarr"
+    group = open_for_writing(path, {"k": K})
+    items = {key: utt for key, utt in build(seed=18, count=12).items() if utt["width"] > 3}
+    write_part(group, 0, items, None)  # full rows ...
+    commit_store(group, make_metadata(lattice="band", width=3), {"tokenizer.model": b"x"})  # ... said to be W = 3
+    with pytest.raises(StoreError, match=r"rows per frame, expected W' = 3"):
+        verify_store(path)
+
+
+def test_verify_reports_band_starts_that_break_the_rules(tmp_path):
+    path = tmp_path / "s.zarr"
+    group = open_for_writing(path, {"k": K})
+    write_part(group, 0, build(seed=19, count=5, width=3), 3)
+    commit_store(group, make_metadata(lattice="band", width=3), {"tokenizer.model": b"x"})
+    starts = zarr.open_array(str(path / "parts/00000/frame/band_start"), mode="r+")
+    starts[0] = 1
+    with pytest.raises(StoreError, match=r"parts/00000/frame/band_start utterance 0: band starts must begin at 0"):
+        verify_store(path)
+
+
+def test_ctc_rows_round_trip_and_verify(tmp_path):
+    """``--ctc`` stores: frame/ctc_logp and frame/ctc_ids (T rows per utterance, k_ctc wide) and root ctc_top_k."""
+    k_ctc = 2
+    items = build(seed=20, count=6, width=3)
+    rng = np.random.default_rng(20)
+    ctc = {}
+    for key, utt in items.items():
+        frames = utt["starts"].shape[0]
+        logits = rng.normal(size=(frames, VOCAB + 1))
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        ids = np.argsort(-logp, -1)[:, :k_ctc]
+        ctc[key] = (np.take_along_axis(logp, ids, -1).astype(np.float32), ids)
+    path = tmp_path / "ctc.zarr"
+    group = open_for_writing(path, {"k": K})
+    writer = PartWriter(group, 0, top_k=K, vocab_size=VOCAB, value_dtype="float32", ctc_top_k=k_ctc)
+    for key, utt in items.items():
+        writer.add_utterance(key, frames=utt["starts"].shape[0], labels=utt["dense"][0].shape[1] - 1,
+                             band_start=utt["starts"], logp=utt["band"]["logp"].reshape(-1, K),
+                             ids=utt["band"]["ids"].reshape(-1, K), blank_label=utt["band"]["blank_label"].reshape(-1, 2),
+                             ctc_logp=ctc[key][0], ctc_ids=ctc[key][1])
+    writer.close()
+    meta = dataclasses.replace(make_metadata("float32", "band", 3), ctc_top_k=k_ctc)
+    commit_store(group, meta, {"tokenizer.model": b"x"})
+    assert verify_store(path)
+    reader = StoreReader(path)
+    assert reader.metadata.ctc_top_k == k_ctc
+    for key, (logp, ids) in ctc.items():
+        rows = reader.read_key(key)
+        np.testing.assert_array_equal(rows.ctc_logp, logp)
+        np.testing.assert_array_equal(rows.ctc_ids, ids)
+    _edit_root_attribute(path, _set("ctc_top_k", value=None))  # arrays present, metadata says none
+    with pytest.raises(StoreError, match="frame/ctc_logp: present but ctc_top_k is None"):
+        verify_store(path)
+    _edit_root_attribute(path, _set("ctc_top_k", value=k_ctc))
+    zarr.open_array(str(path / "parts/00000/frame/ctc_ids"), mode="r+")[1, 0] = VOCAB + 1
+    with pytest.raises(StoreError, match=r"frame/ctc_ids: id above blank \(30\) at row 1"):
+        verify_store(path)
+
+
+def test_unfinished_dump_verifies_its_committed_prefix(tmp_path):
+    from kdstore.store.verify import is_unfinished, verify_unfinished
+
+    pending = {"top_k": K, "value_dtype": "float16", "band": 4, "ctc": False, "vocab_size": VOCAB}
+    items = build(seed=21, count=40, width=4)
+    path = tmp_path / "s.zarr"
+    crashed = write_part(open_for_writing(path, pending), 0, items, 4, stop_after=30)
+    assert is_unfinished(path)
+    totals = verify_unfinished(path)
+    assert totals["parts"] == 1 and totals["utterances"] == crashed.committed_utterances > 0
+    other = tmp_path / "other.zarr"  # the same rows, but the dump's settings say band 2
+    write_part(open_for_writing(other, {**pending, "band": 2}), 0, items, 4, stop_after=30)
+    with pytest.raises(StoreError, match="expected W' = 2"):
+        verify_unfinished(other)

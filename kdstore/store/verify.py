@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,11 +33,49 @@ def row_blocks(array, total: int, name: str):
                              "the store is corrupt, dump it again") from None
 
 
-def _check_part(source: Source, p: _PartIndex, part: int, value_dtype: str, vocab: int, top_k: int,
-                exact_shapes: bool = True, band_width: int | None = None, check_width: bool = False) -> None:
-    """Rules of one part over its (committed) index ``p``; ``exact_shapes=False`` allows arrays that are
-    longer than the committed prefix (an unfinished dump's uncommitted tail). ``check_width``: each
-    utterance's W' must be :func:`~kdstore.store.band.stored_width` of ``band_width`` (None: full)."""
+@dataclass(frozen=True)
+class PartRules:
+    """What a part is checked against: the committed metadata, or an unfinished dump's settings.
+
+    ``band_width``: W (None: a full store); checked per utterance only when ``check_width``.
+    ``ctc_top_k``: k of ``frame/ctc_*`` (None: no CTC arrays), checked only when ``check_ctc``.
+    ``exact_shapes=False`` allows arrays longer than the committed prefix (an unfinished dump's tail).
+    """
+
+    value_dtype: str
+    vocab: int
+    top_k: int
+    band_width: int | None = None
+    check_width: bool = False
+    ctc_top_k: int | None = None
+    check_ctc: bool = False
+    exact_shapes: bool = True
+
+
+def _check_top_k(source: Source, base: str, logp_name: str, ids_name: str, total: int, k: int,
+                 rules: PartRules) -> None:
+    """A top-k pair (``node/logp``+``node/ids`` or ``frame/ctc_*``): shapes, ids <= V, log-probs <= eps,
+    probabilities summing to <= 1 + eps (section 5, rule 3)."""
+    for name in (logp_name, ids_name):
+        shape = tuple(source.array(f"{base}/{name}").shape)
+        if shape[1:] != (k,) or (shape[0] != total if rules.exact_shapes else shape[0] < total):
+            raise StoreError(f"{base}/{name}: shape {shape}, expected {(total, k)}")
+    eps, vocab = MASS_EPS[rules.value_dtype], rules.vocab
+    for start, ids in row_blocks(source.array(f"{base}/{ids_name}"), total, f"{base}/{ids_name}"):
+        if ids.size and int(ids.max()) > vocab:
+            raise StoreError(f"{base}/{ids_name}: id above blank ({vocab}) at row {start + int(np.argmax(ids.max(-1) > vocab))}")
+    for start, logp in row_blocks(source.array(f"{base}/{logp_name}"), total, f"{base}/{logp_name}"):
+        logp = logp.astype(np.float64)
+        if np.any(logp > eps):
+            raise StoreError(f"{base}/{logp_name}: positive log-prob at row {start + int(np.argmax((logp > eps).any(-1)))}")
+        mass = np.exp(logp).sum(-1)
+        if np.any(mass > 1 + eps):
+            raise StoreError(f"{base}/{logp_name}: probabilities sum to {mass.max():.4f} > 1 at row "
+                             f"{start + int(np.argmax(mass))}")
+
+
+def _check_part(source: Source, p: _PartIndex, part: int, rules: PartRules) -> None:
+    """Rules of one part (section 5, rules 1, 3 and 4) over its (committed) index ``p``."""
     base = layout.part_name(part)
     frames, labels = p.frames.astype(np.int64), p.labels.astype(np.int64)
     for name, offsets, per in ((layout.NODE_OFFSET, p.node_offset, None), (layout.FRAME_OFFSET, p.frame_offset, frames)):
@@ -51,38 +90,34 @@ def _check_part(source: Source, p: _PartIndex, part: int, value_dtype: str, voca
     if np.any(width * frames != rows_per_utt) or np.any(width > labels + 1) or np.any(width <= 0):
         bad = int(np.argmax((width * frames != rows_per_utt) | (width > labels + 1) | (width <= 0)))
         raise StoreError(f"{base} utterance {bad}: {int(rows_per_utt[bad])} rows is not T x W' for T={int(frames[bad])}")
+    total_frames = int(p.frame_offset[-1])
     starts_all = np.concatenate([b for _, b in row_blocks(source.array(f"{base}/{layout.BAND_START}"),
-                                                          int(p.frame_offset[-1]), f"{base}/{layout.BAND_START}")] or [np.zeros(0)])
+                                                          total_frames, f"{base}/{layout.BAND_START}")] or [np.zeros(0)])
     for j in range(len(frames)):
         t, u, w = int(frames[j]), int(labels[j]), int(width[j])
-        if check_width and w != stored_width(band_width, t, u):
+        if rules.check_width and w != stored_width(rules.band_width, t, u):
             raise StoreError(f"{base} utterance {j}: {w} rows per frame, expected W' = "
-                             f"{stored_width(band_width, t, u)} for T={t}, U={u} and band width {band_width}")
+                             f"{stored_width(rules.band_width, t, u)} for T={t}, U={u} and band width {rules.band_width}")
         try:
             check_band_starts(starts_all[p.frame_offset[j] : p.frame_offset[j + 1]], t, u, w)
         except ValueError as err:
             raise StoreError(f"{base}/{layout.BAND_START} utterance {j}: {err}") from None
     total = int(p.node_offset[-1])
-    for name, trailing in ((layout.LOGP, (top_k,)), (layout.IDS, (top_k,)), (layout.BLANK_LABEL, (2,))):
-        shape = tuple(source.array(f"{base}/{name}").shape)
-        if shape[1:] != trailing or (shape[0] != total if exact_shapes else shape[0] < total):
-            raise StoreError(f"{base}/{name}: shape {shape}, expected {(total, *trailing)}")
-    eps = MASS_EPS[value_dtype]
-    for start, ids in row_blocks(source.array(f"{base}/{layout.IDS}"), total, f"{base}/{layout.IDS}"):
-        if ids.size and int(ids.max()) > vocab:
-            raise StoreError(f"{base}/{layout.IDS}: id above blank ({vocab}) at row {start + int(np.argmax(ids.max(-1) > vocab))}")
-    for start, logp in row_blocks(source.array(f"{base}/{layout.LOGP}"), total, f"{base}/{layout.LOGP}"):
-        logp = logp.astype(np.float64)
-        if np.any(logp > eps):
-            raise StoreError(f"{base}/{layout.LOGP}: positive log-prob at row {start + int(np.argmax((logp > eps).any(-1)))}")
-        mass = np.exp(logp).sum(-1)
-        if np.any(mass > 1 + eps):
-            raise StoreError(f"{base}/{layout.LOGP}: probabilities sum to {mass.max():.4f} > 1 at row "
-                             f"{start + int(np.argmax(mass))}")
+    _check_top_k(source, base, layout.LOGP, layout.IDS, total, rules.top_k, rules)
+    shape = tuple(source.array(f"{base}/{layout.BLANK_LABEL}").shape)
+    if shape[1:] != (2,) or (shape[0] != total if rules.exact_shapes else shape[0] < total):
+        raise StoreError(f"{base}/{layout.BLANK_LABEL}: shape {shape}, expected {(total, 2)}")
     for name in (layout.BLANK_LABEL, layout.OCCUPANCY):
         if source.has(f"{base}/{name}"):
             for _ in row_blocks(source.array(f"{base}/{name}"), total, f"{base}/{name}"):
                 pass
+    if rules.check_ctc:
+        present = source.has(f"{base}/{layout.CTC_LOGP}")
+        if present != (rules.ctc_top_k is not None):
+            raise StoreError(f"{base}/{layout.CTC_LOGP}: {'present' if present else 'missing'} but ctc_top_k is "
+                             f"{rules.ctc_top_k}")
+        if rules.ctc_top_k is not None:
+            _check_top_k(source, base, layout.CTC_LOGP, layout.CTC_IDS, total_frames, rules.ctc_top_k, rules)
 
 
 def verify_store(path: str | os.PathLike) -> bool:
@@ -106,9 +141,10 @@ def verify_store(path: str | os.PathLike) -> bool:
             raise StoreError(f"fingerprint.{field} is empty")
     if "tokenizer.model" not in source.children(layout.TOKENIZER_GROUP):
         raise StoreError(f"{layout.TOKENIZER_GROUP}/tokenizer.model is missing")
+    rules = PartRules(value_dtype=meta.value_dtype, vocab=meta.vocab_size, top_k=meta.top_k, band_width=meta.band_width,
+                      check_width=True, ctc_top_k=meta.ctc_top_k, check_ctc=True)
     for part, index in reader.parts.items():
-        _check_part(source, index, part, meta.value_dtype, meta.vocab_size, meta.top_k,
-                    band_width=meta.band_width, check_width=True)
+        _check_part(source, index, part, rules)
     return True
 
 
@@ -123,6 +159,10 @@ def verify_unfinished(path: str | os.PathLike) -> dict[str, int]:
     if pending is None:
         raise StoreError(f"{path} is neither a committed store nor an unfinished dump")
     pending = json.loads(pending) if isinstance(pending, str) else dict(pending)
+    rules = PartRules(value_dtype=pending["value_dtype"], vocab=int(pending.get("vocab_size", 1 << 31)),
+                      top_k=int(pending["top_k"]), band_width=pending.get("band"), check_width="band" in pending,
+                      ctc_top_k=int(pending["top_k"]) if pending.get("ctc") else None, check_ctc="ctc" in pending,
+                      exact_shapes=False)
     totals = {"parts": 0, "utterances": 0, "nodes": 0}
     for name in source.children(layout.PARTS_GROUP):
         part = int(name)
@@ -134,9 +174,7 @@ def verify_unfinished(path: str | os.PathLike) -> dict[str, int]:
                               (layout.FRAME_OFFSET, n + 1))))
         if int(index.node_offset[-1]) != int(progress.get("nodes", -1)):
             raise StoreError(f"{base}: committed index and progress record disagree; dump again with --overwrite")
-        _check_part(source, index, part, pending["value_dtype"], int(pending.get("vocab_size", 1 << 31)),
-                    int(pending["top_k"]), exact_shapes=False, band_width=pending.get("band"),
-                    check_width="band" in pending)
+        _check_part(source, index, part, rules)
         totals["parts"] += 1
         totals["utterances"] += n
         totals["nodes"] += int(progress.get("nodes", 0))
