@@ -19,8 +19,8 @@ prefers blank while the next token's frame is ahead, the token once it is due, c
 from the alignment and less so within one frame of it; 10 competitor tokens per frame (shared along
 u, as the joint of one encoder frame tends to) and a residual mass for the other ~1000 tokens give
 a normalised log-softmax without materialising V+1 scores. Band starts come from
-``kdstore.lattice.posteriors.node_occupancy`` + ``select_band`` over the synthetic blank/label log-probs, as
-in ``dump-teacher --band W``.
+``kdstore.lattice.posteriors.node_occupancy`` + ``kdstore.store.band.select_band`` over the synthetic
+blank/label log-probs, as in ``dump-teacher --band W``.
 
 Usage: ``python bench/store.py [--hours H] [--out docs/benchmarks.md]``. With ``--out`` the section
 "## Store" of that Markdown file is written (or replaced, leaving the rest of the file alone).
@@ -47,12 +47,13 @@ import torch
 from _report import machine, write_section  # bench/ is sys.path[0] when run as a script
 
 import kdstore
-from kdstore.lattice.posteriors import gather_band, node_occupancy, select_band
+from kdstore.lattice.posteriors import node_occupancy
 from kdstore.store import PartWriter, StoreReader, commit_store, open_for_writing
 from kdstore.store.background import BackgroundWriter
+from kdstore.store.band import gather_band, select_band, stored_width
 from kdstore.store.convert import convert
 from kdstore.store.layout import label_slot_fill, node_chunk_rows
-from kdstore.store.metadata import Counts, Fingerprint, FrontEnd, StoreMetadata
+from kdstore.store.meta_v1 import Counts, Fingerprint, FrontEnd, StoreMetadata
 from kdstore.store.verify import verify_store
 
 SECTION = "## Store"
@@ -144,14 +145,14 @@ def occupancy_of(dense: dict) -> np.ndarray:
 
 
 def store_rows(dense: dict, band: int | None, occupancy: np.ndarray | None = None) -> dict:
-    """What ``dump-teacher`` hands its part writer (kdstore.dump.run.utterance_rows, on numpy input)."""
+    """What ``dump-teacher`` hands its part writer (kdstore.dump.rows.utterance_rows, on numpy input)."""
     frames, labels = dense["frames"], dense["labels"]
     arrays = {name: dense[name] for name in ("logp", "ids", "blank_label")}
     starts = np.zeros(frames, dtype=np.int32)
     occ = None
     if band is not None:
         occupancy = occupancy_of(dense) if occupancy is None else occupancy
-        width = band if frames > 1 else labels + 1
+        width = stored_width(band, frames, labels)
         starts = select_band(occupancy, width).astype(np.int32)
         arrays = {name: gather_band(array, starts, width) for name, array in arrays.items()}
         occ = gather_band(occupancy, starts, width).reshape(-1)
@@ -160,8 +161,8 @@ def store_rows(dense: dict, band: int | None, occupancy: np.ndarray | None = Non
 
 
 def check_against_dump(dense: dict, band: int) -> None:
-    """The rows above equal kdstore.dump.run.utterance_rows on the same teacher output."""
-    from kdstore.dump.run import utterance_rows
+    """The rows above equal kdstore.dump.rows.utterance_rows on the same teacher output."""
+    from kdstore.dump.rows import utterance_rows
 
     ref = utterance_rows(*(torch.from_numpy(dense[n]) for n in ("logp", "ids", "blank_label")),
                          dense["labels"], band)
@@ -557,7 +558,7 @@ of it; {COMPETITORS} competitor tokens per frame and a residual mass for the res
 through kdstore's own path (`open_for_writing` + `PartWriter` + `commit_store`), default chunking
 unless stated, float16 values, uint16 ids; band stores carry `node/occupancy` as `dump-teacher --band`
 writes it, and their band starts come from `node_occupancy` + `select_band` over the synthetic
-blank/label log-probs (checked equal to `kdstore.dump.run.utterance_rows`). Sizes are whole store folders
+blank/label log-probs (checked equal to `kdstore.dump.rows.utterance_rows`). Sizes are whole store folders
 (index and metadata included) divided by the nodes of the FULL lattice. The synthetic teacher is
 confident, so "alignment mass kept" is optimistic; `kdstore inspect` reports it for a real store.
 

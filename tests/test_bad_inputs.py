@@ -65,8 +65,10 @@ def write_manifest(path: Path, good: list[dict], bad_line: str | None) -> int:
     return 3  # the bad line's number
 
 
-CASE_NAMES = ["malformed JSON", "missing key", "missing file", "corrupt audio", "empty transcript", "unencodable",
-              "zero-length", "too many tokens", "duration mismatch"]
+KINDS = {"malformed JSON": "malformed_line", "missing key": "malformed_line", "missing file": "missing_audio",
+         "corrupt audio": "unreadable_audio", "empty transcript": "bad_transcript", "unencodable": "bad_transcript",
+         "zero-length": "too_short", "too many tokens": "too_many_tokens", "duration mismatch": "duration_mismatch"}
+CASE_NAMES = list(KINDS)
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
@@ -92,6 +94,8 @@ def test_dump_teacher_stops_or_skips(name, cases, teacher, tmp_path):
     assert len(keys) == len(good) and all(g["audio_filepath"] in " ".join(keys) for g in good)
     side = [json.loads(x) for x in Path(str(out) + ".skipped.jsonl").read_text().splitlines()]
     assert len(side) == 1 and side[0]["line"] == number and fragment in side[0]["reason"]
+    assert side[0]["kind"] == KINDS[name] and side[0]["file"] == str(manifest) and side[0]["raw"]
+    assert set(side[0]) == {"kind", "file", "line", "utterance", "reason", "raw"}
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
@@ -109,4 +113,5 @@ def test_train_student_stops_or_skips(name, cases, demo_corpus, tmp_path):
     result = runner.invoke(cli, [*args, "--skip-bad"])
     assert result.exit_code == 0, result.output
     assert "skipped 1 bad manifest lines" in result.output
-    assert (tmp_path / "s.skipped.jsonl").is_file()
+    side = [json.loads(x) for x in (tmp_path / "s.skipped.jsonl").read_text().splitlines()]
+    assert len(side) == 1 and side[0]["line"] == number and side[0]["kind"] == KINDS[name]

@@ -12,7 +12,7 @@ import pytest
 import soundfile
 from click.testing import CliRunner
 
-from kdstore.corpus import grammar, prepare_demo, synthetic, texts, tts
+from kdstore.corpus import grammar, prepare_demo, synthetic, texts, tokenizer, tts
 from kdstore.errors import DependencyError, KdstoreError
 
 
@@ -140,9 +140,9 @@ def test_plan_is_seeded_and_balanced():
 
 def test_tokenizer_vocab_size_is_clamped(tmp_path):
     small = ["set a timer for five minutes", "call mom", "turn on the lights"]
-    info = synthetic.train_tokenizer(small, tmp_path / "big", 1000)
+    info = tokenizer.train_tokenizer(small, tmp_path / "big", 1000)
     assert info.vocab_size < 1000 and "1000" in info.warning
-    info = synthetic.train_tokenizer(small, tmp_path / "tiny", 4)
+    info = tokenizer.train_tokenizer(small, tmp_path / "tiny", 4)
     assert info.vocab_size > 4 and "below" in info.warning
 
 

@@ -14,7 +14,8 @@ import pytest
 import soundfile
 from click.testing import CliRunner
 
-from kdstore.corpus import librispeech, prepare_librispeech
+from kdstore import files
+from kdstore.corpus import prepare_librispeech
 from kdstore.errors import ManifestError
 
 SR = 16000
@@ -232,7 +233,9 @@ def test_bad_entry_stops_or_is_skipped(tree, tmp_path, case):
     rows = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
     base = str(tree.resolve())
     assert [(r["kind"], r["file"].replace(base + "/", ""), r["line"], r["utterance"]) for r in rows] == skipped
-    assert all(r["subset"] == "dev-clean" and r["reason"] for r in rows)
+    assert all(set(r) == {"kind", "file", "line", "utterance", "reason", "raw"} and r["reason"] for r in rows)
+    assert all(r["file"].startswith(f"{base}/{DEV.split('/')[0]}") for r in rows)
+    assert all((r["raw"] is not None) == (r["kind"] == "malformed_line") for r in rows)
     assert len(result.skipped) == len(skipped) and result.skipped_path == out / "skipped.jsonl"
     assert read(out / "train.json") == expected_rows(tree, "train-clean-100") + expected_rows(tree, "train-clean-360")
     if kept:
@@ -248,7 +251,7 @@ def test_empty_subset_and_clean_skip_run(tree, tmp_path):
     with pytest.raises(ManifestError, match=r"dev-other: no <speaker>/<chapter>/.*trans\.txt transcripts"):
         prepare_librispeech(tree, tmp_path / "out")
     result = prepare_librispeech(tree, tmp_path / "out", skip_bad=True)
-    assert [(s.kind, s.subset) for s in result.skipped] == [("empty_subset", "dev-other")]
+    assert [(s.kind, Path(s.file).name) for s in result.skipped] == [("empty_subset", "dev-other")]
     assert "dev-other" not in result.manifests
     (tree / "dev-other").rmdir()
     result = prepare_librispeech(tree, tmp_path / "out", skip_bad=True)
@@ -264,7 +267,7 @@ def test_interrupted_write_keeps_the_old_manifest(tree, tmp_path, monkeypatch):
     def fail(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(librispeech.os, "fsync", fail)
+    monkeypatch.setattr(files.os, "fsync", fail)
     with pytest.raises(OSError, match="No space"):
         prepare_librispeech(tree, out, subsets="dev-clean")
     assert (out / "dev-clean.json").read_bytes() == before
@@ -295,11 +298,11 @@ def test_cli_subsets_and_combine(tree, tmp_path):
     assert lines[-1].endswith("(train-clean-100 + train-clean-360)") and str(out / "train.json") in lines[-1]
     assert (out / "train.json").is_file() and not (out / "skipped.jsonl").exists()
 
-    result = invoke(tree, tmp_path / "d", "--subsets", "dev-clean")  # progress bar on (stderr)
+    result = invoke("--root", tree, "--out", tmp_path / "d", "--subsets", "dev-clean")  # progress bar on (stderr)
     assert result.exit_code == 0 and sorted(p.name for p in (tmp_path / "d").iterdir()) == ["dev-clean.json"]
 
     result = invoke(tree, out, "--subsets", "dev-clean,dev-noisy")
-    assert result.exit_code == 2 and "unknown subset(s) dev-noisy" in result.output
+    assert result.exit_code == 2 and "unknown LibriSpeech subset(s) dev-noisy" in result.output
 
 
 def test_cli_bad_entry(tree, tmp_path):

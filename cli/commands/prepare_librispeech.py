@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import click
 
-from kdstore.cli.common import friendly_errors
-from kdstore.corpus.librispeech import COMBINATIONS, SKIPPED_FILE, SUBSETS
+from kdstore.cli.common import friendly_errors, progress_option, required_path
+from kdstore.corpus.librispeech import COMBINATIONS, SKIPPED_FILE, SUBSETS, subset_names
+from kdstore.errors import ManifestError
 
 
 def _split_subsets(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
-    names = [s.strip() for value in values for s in value.split(",") if s.strip()]
-    unknown = [s for s in names if s not in SUBSETS]
-    if unknown:
-        raise click.BadParameter(f"unknown subset(s) {', '.join(unknown)}; choose from {', '.join(SUBSETS)}")
-    return tuple(dict.fromkeys(names))
+    try:
+        return subset_names(values) or ()
+    except ManifestError as err:  # a usage error: exit 2 with the option named
+        raise click.BadParameter(str(err)) from None
 
 
 @click.command(
@@ -33,13 +33,14 @@ and utterance; text is lower-cased, apostrophes kept; files are replaced atomica
 
 \b
 Examples:
-  kdstore prepare-librispeech /data/LibriSpeech manifests --subsets dev-clean,test-clean
+  kdstore prepare-librispeech --root /data/LibriSpeech --out manifests --subsets dev-clean,test-clean
   # -> manifests/dev-clean.json, manifests/test-clean.json
-  kdstore prepare-librispeech /data manifests --combine train -j 16 --skip-bad
+  kdstore prepare-librispeech --root /data --out manifests --combine train -j 16 --skip-bad
   # -> one manifest per subset found, manifests/train.json, manifests/{SKIPPED_FILE}""",
 )
-@click.argument("root", type=click.Path(exists=True, file_okay=False))
-@click.argument("out", type=click.Path(file_okay=False))
+@required_path("root", "The LibriSpeech folder, or the folder that contains it.", positional=True, exists=True,
+               file_okay=False)
+@required_path("out", "Folder for the manifests (created).", positional=True, file_okay=False)
 @click.option(
     "--subsets",
     "--subset",
@@ -66,7 +67,7 @@ Examples:
     help=f"Leave out bad entries (malformed transcript line, missing FLAC or transcript line, unreadable "
     f"FLAC) and list them in OUT/{SKIPPED_FILE} instead of stopping at the first one.",
 )
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@progress_option
 @friendly_errors
 def command(
     root: str,

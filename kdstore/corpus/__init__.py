@@ -5,7 +5,7 @@ and the tests); ``prepare_librispeech`` writes NeMo manifests for a downloaded L
 Nothing here imports NeMo or torch: the corpus steps run before any model exists.
 """
 
-from kdstore.corpus.synthetic import DemoCorpus, prepare_demo
 from kdstore.corpus.librispeech import prepare_librispeech
+from kdstore.corpus.synthetic import DemoCorpus, prepare_demo
 
 __all__ = ["DemoCorpus", "prepare_demo", "prepare_librispeech"]

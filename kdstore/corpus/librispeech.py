@@ -15,11 +15,13 @@ Outputs in ``OUT``:
 * ``<subset>.json`` for every subset converted (NeMo manifest: ``audio_filepath`` absolute,
   ``duration`` in seconds, ``text`` lower-cased with apostrophes kept);
 * ``train.json`` with ``combine="train"``: the train-* subsets converted, concatenated;
-* ``skipped.jsonl`` with ``skip_bad=True``: one JSON object per entry left out, with the reason.
+* ``skipped.jsonl`` with ``skip_bad=True``: one JSON object per entry left out, with the reason (the
+  one side-file schema of ``kdstore.inputs.screening``; emptied when the run starts).
 
 Rows are sorted by subset, speaker, chapter and utterance (ids compared as numbers), so the same tree
-gives byte-identical manifests whatever ``num_jobs`` is. Every file is written to a temporary name
-and renamed into place: an interrupted run never leaves a truncated manifest behind.
+gives byte-identical manifests whatever ``num_jobs`` is. Every manifest is written to a temporary
+name and renamed into place (``kdstore.files.write_atomic``): an interrupted run never leaves a
+truncated manifest behind.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kdstore.errors import ManifestError
 from kdstore.files import write_atomic
+from kdstore.inputs.screening import BadInputPolicy, Skipped
 
 SUBSETS = (
     "train-clean-100",
@@ -50,36 +53,6 @@ COMBINATIONS: dict[str, tuple[tuple[str, ...], str]] = {"train": (TRAIN_SUBSETS,
 SKIPPED_FILE = "skipped.jsonl"
 
 _UTT = re.compile(r"\w+")
-_SKIP_HINT = f"or rerun with --skip-bad to leave it out and list it in OUT/{SKIPPED_FILE}"
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """One entry left out: what (``kind``), where (``file``, ``line`` for a transcript) and why."""
-
-    subset: str
-    # malformed_line | unreadable_transcript | missing_audio | missing_transcript | unreadable_audio
-    # | empty_subset (no transcripts at all, or every entry skipped)
-    kind: str
-    file: str
-    line: int | None
-    utterance: str | None
-    reason: str
-    hint: str = field(default="", compare=False)
-
-    def message(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line is not None else self.file
-        return f"{where}: {self.reason}; {self.hint}, {_SKIP_HINT}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "subset": self.subset,
-            "kind": self.kind,
-            "file": self.file,
-            "line": self.line,
-            "utterance": self.utterance,
-            "reason": self.reason,
-        }
 
 
 @dataclass
@@ -103,19 +76,6 @@ class _Utterance:
     utt_id: str
     audio: Path
     text: str
-
-
-class _Problems:
-    """Collects bad entries; raises the first one at once unless skipping (fail fast, one line)."""
-
-    def __init__(self, skip: bool) -> None:
-        self.skip = skip
-        self.items: list[Skipped] = []
-
-    def add(self, item: Skipped) -> None:
-        if not self.skip:
-            raise ManifestError(item.message())
-        self.items.append(item)
 
 
 def _id_key(name: str) -> tuple[int, int, str]:
@@ -146,7 +106,7 @@ def find_root(root: str | Path) -> Path:
 
 
 def _parse_transcript(
-    subset: str, trans: Path, prefix: str, problems: _Problems
+    trans: Path, prefix: str, policy: BadInputPolicy
 ) -> tuple[dict[str, tuple[int, str]], set[str]]:
     """``utt_id -> (line number, lower-cased text)`` of one chapter, and the ids named by bad lines.
 
@@ -159,15 +119,15 @@ def _parse_transcript(
     try:
         raw_lines = trans.read_bytes().split(b"\n")
     except OSError as err:
-        problems.add(Skipped(subset, "unreadable_transcript", str(trans), None, None,
-                             f"cannot read the transcript ({err.strerror or err})", "check its permissions"))
+        policy.add(Skipped("unreadable_transcript", str(trans), None, None,
+                           f"cannot read the transcript ({err.strerror or err})", hint="check its permissions"))
         return lines, claimed
     for number, raw in enumerate(raw_lines, start=1):
         try:
             line = raw.decode("utf-8").strip()
         except UnicodeDecodeError:
-            problems.add(Skipped(subset, "malformed_line", str(trans), number, None,
-                                 "line is not UTF-8 text", hint))
+            policy.add(Skipped("malformed_line", str(trans), number, None, "line is not UTF-8 text",
+                               raw.decode("utf-8", "replace"), hint))
             continue
         if not line:
             continue
@@ -177,16 +137,16 @@ def _parse_transcript(
         good_id = utt_id.startswith(prefix + "-") and _UTT.fullmatch(utt_id[len(prefix) + 1 :]) is not None
         if good_id and utt_id in lines:
             claimed.add(utt_id)
-            problems.add(Skipped(subset, "malformed_line", str(trans), number, utt_id,
-                                 f"{utt_id} is listed twice (also on line {lines[utt_id][0]}; both left out)", hint))
+            policy.add(Skipped("malformed_line", str(trans), number, utt_id,
+                               f"{utt_id} is listed twice (also on line {lines[utt_id][0]}; both left out)", line, hint))
             continue
         if not good_id or not text:
             if good_id:
                 claimed.add(utt_id)
             what = "no transcript text after the id" if good_id else f"utterance id is not '{prefix}-<number>'"
             shown = line if len(line) <= 80 else line[:77] + "..."
-            problems.add(Skipped(subset, "malformed_line", str(trans), number, utt_id if good_id else None,
-                                 f"expected '<UTTID> <TEXT>', {what}: {shown!r}", hint))
+            policy.add(Skipped("malformed_line", str(trans), number, utt_id if good_id else None,
+                               f"expected '<UTTID> <TEXT>', {what}: {shown!r}", line, hint))
             continue
         lines[utt_id] = (number, text)
     # a listed id that is a duplicate stays out of the manifest entirely (which text is right?)
@@ -195,7 +155,7 @@ def _parse_transcript(
     return lines, claimed
 
 
-def _scan_subset(subset: str, folder: Path, problems: _Problems) -> list[_Utterance]:
+def _scan_subset(subset: str, folder: Path, policy: BadInputPolicy) -> list[_Utterance]:
     """Every well-formed utterance of one subset, in (speaker, chapter, utterance) order."""
     found: list[_Utterance] = []
     for speaker_dir in _visible_dirs(folder):
@@ -208,15 +168,15 @@ def _scan_subset(subset: str, folder: Path, problems: _Problems) -> list[_Uttera
                 if p.name.endswith(".flac") and not p.name.startswith(".") and p.is_file()
             }
             if trans.is_file():
-                lines, claimed = _parse_transcript(subset, trans, prefix, problems)
+                lines, claimed = _parse_transcript(trans, prefix, policy)
             else:
                 lines, claimed = {}, set()
             for utt_id, (number, text) in sorted(lines.items(), key=lambda kv: kv[1][0]):
                 audio = flacs.get(utt_id)
                 if audio is None:
-                    problems.add(Skipped(subset, "missing_audio", str(trans), number, utt_id,
-                                         f"{utt_id} is listed but {chapter_dir / (utt_id + '.flac')} does not exist",
-                                         "re-extract this chapter from the LibriSpeech archive"))
+                    policy.add(Skipped("missing_audio", str(trans), number, utt_id,
+                                       f"{utt_id} is listed but {chapter_dir / (utt_id + '.flac')} does not exist",
+                                       hint="re-extract this chapter from the LibriSpeech archive"))
                     continue
                 key = (subset, _id_key(speaker_dir.name), _id_key(chapter_dir.name),
                        _id_key(utt_id[len(prefix) + 1 :]))
@@ -224,8 +184,8 @@ def _scan_subset(subset: str, folder: Path, problems: _Problems) -> list[_Uttera
             for utt_id in sorted(set(flacs) - set(lines) - claimed, key=_id_key):
                 reason = (f"no line for {utt_id} in {trans.name}" if trans.is_file()
                           else f"no transcript {trans.name} in its folder")
-                problems.add(Skipped(subset, "missing_transcript", str(flacs[utt_id]), None, utt_id, reason,
-                                     "re-extract this chapter from the LibriSpeech archive or remove the stray file"))
+                policy.add(Skipped("missing_transcript", str(flacs[utt_id]), None, utt_id, reason, hint="re-extract "
+                                   "this chapter from the LibriSpeech archive or remove the stray file"))
     found.sort(key=lambda u: u.key)
     return found
 
@@ -244,7 +204,7 @@ def _duration(audio: Path) -> float | str:
 
 
 def _with_durations(
-    utterances: list[_Utterance], num_jobs: int, progress: bool, problems: _Problems
+    utterances: list[_Utterance], num_jobs: int, progress: bool, policy: BadInputPolicy
 ) -> Iterator[tuple[_Utterance, float]]:
     """Header reads on a thread pool, yielded in input order; the first bad one stops the pool."""
     pool = ThreadPoolExecutor(max_workers=num_jobs)
@@ -258,8 +218,8 @@ def _with_durations(
             if bar is not None:
                 bar.update()
             if isinstance(result, str):
-                problems.add(Skipped(utt.subset, "unreadable_audio", str(utt.audio), None, utt.utt_id, result,
-                                     "the file is truncated or corrupt: re-extract it from the LibriSpeech archive"))
+                policy.add(Skipped("unreadable_audio", str(utt.audio), None, utt.utt_id, result, hint="the file is "
+                                   "truncated or corrupt: re-extract it from the LibriSpeech archive"))
                 continue
             yield utt, result
     finally:
@@ -272,7 +232,7 @@ def _row(utt: _Utterance, duration: float) -> str:
     return json.dumps({"audio_filepath": str(utt.audio), "duration": duration, "text": utt.text}) + "\n"
 
 
-def _subset_names(subsets: Iterable[str] | None) -> tuple[str, ...] | None:
+def subset_names(subsets: Iterable[str] | None) -> tuple[str, ...] | None:
     """Accept ``["dev-clean", "test-clean"]`` and ``["dev-clean,test-clean"]`` alike."""
     if subsets is None:
         return None
@@ -303,26 +263,16 @@ def prepare_librispeech(
 
     Bad entries (a malformed transcript line, a listed utterance without its FLAC, a FLAC without a
     transcript line, an unreadable FLAC header) raise ``ManifestError`` naming the file (and line) and
-    what to do, before anything is written. With ``skip_bad=True`` they are left out and written to
-    ``OUT/skipped.jsonl`` (rewritten on every such run, empty when nothing was skipped).
+    what to do, before anything is written. With ``skip_bad=True`` they are left out and listed in
+    ``OUT/skipped.jsonl`` (``kdstore.inputs.screening``'s side file; emptied when the run starts).
     """
     if num_jobs < 1:
         raise ManifestError(f"num_jobs must be at least 1, got {num_jobs}")
     if combine is not None and combine not in COMBINATIONS:
         raise ManifestError(f"unknown combination {combine!r}; choose from {', '.join(COMBINATIONS)}")
-    wanted = _subset_names(subsets)
+    wanted = subset_names(subsets)
     base = find_root(root)
-    if wanted is None:
-        found = [s for s in SUBSETS if (base / s).is_dir()]
-    else:
-        missing = [s for s in wanted if not (base / s).is_dir()]
-        if missing:
-            present = [s for s in SUBSETS if (base / s).is_dir()]
-            raise ManifestError(
-                f"subset(s) {', '.join(missing)} not found in {base} (present: {', '.join(present)}); "
-                "download and extract them there, or leave them out of --subsets"
-            )
-        found = sorted(wanted, key=SUBSETS.index)
+    found = _present_subsets(base, wanted)
     to_combine: dict[str, tuple[str, ...]] = {}
     if combine is not None:
         members, _ = COMBINATIONS[combine]
@@ -332,30 +282,34 @@ def prepare_librispeech(
                 f"--combine {combine} needs at least one of {', '.join(members)}, but the subsets converted "
                 f"are {', '.join(found)}"
             )
+    out = Path(out_dir)
+    skipped_path = out / SKIPPED_FILE if skip_bad else None  # the policy creates OUT and empties it
+    policy = BadInputPolicy(skip_bad=skip_bad, side_file=skipped_path, listed_in=str(out / SKIPPED_FILE))
 
     # 1. the tree and transcripts (fast; structural problems stop here, before any header is read)
-    problems = _Problems(skip_bad)
-    scanned = {subset: _scan_subset(subset, base / subset, problems) for subset in found}
-    for subset, utts in scanned.items():
-        if not utts and not any(p.subset == subset for p in problems.items):
-            problems.add(Skipped(subset, "empty_subset", str(base / subset), None, None,
-                                 "no <speaker>/<chapter>/<speaker>-<chapter>.trans.txt transcripts",
-                                 "extract the subset's archive again"))
+    scanned: dict[str, list[_Utterance]] = {}
+    for subset in found:
+        before = len(policy.skipped)
+        scanned[subset] = _scan_subset(subset, base / subset, policy)
+        if not scanned[subset] and len(policy.skipped) == before:
+            policy.add(Skipped("empty_subset", str(base / subset), None, None,
+                               "no <speaker>/<chapter>/<speaker>-<chapter>.trans.txt transcripts",
+                               hint="extract the subset's archive again"))
 
     # 2. durations from the FLAC headers, in parallel, in order
     everything = [u for subset in found for u in scanned[subset]]
     rows: dict[str, list[str]] = {subset: [] for subset in found}
     seconds: dict[str, float] = {subset: 0.0 for subset in found}
-    for utt, duration in _with_durations(everything, num_jobs, progress, problems):
+    for utt, duration in _with_durations(everything, num_jobs, progress, policy):
         rows[utt.subset].append(_row(utt, duration))
         seconds[utt.subset] += duration
     for subset in found:  # only reachable when skipping: a subset whose every entry was bad
-        if not rows[subset] and not any(p.subset == subset and p.kind == "empty_subset" for p in problems.items):
-            problems.add(Skipped(subset, "empty_subset", str(base / subset), None, None,
-                                 "every utterance was skipped", f"see the other entries of {SKIPPED_FILE}"))
+        folder = str(base / subset)
+        if not rows[subset] and not any(p.kind == "empty_subset" and p.file == folder for p in policy.skipped):
+            policy.add(Skipped("empty_subset", folder, None, None, "every utterance was skipped",
+                               hint=f"see the other entries of {SKIPPED_FILE}"))
 
     # 3. write (each file atomically); subsets left with no rows get no manifest
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifests: dict[str, Path] = {}
     utterances: dict[str, int] = {}
@@ -373,17 +327,19 @@ def prepare_librispeech(
             write_atomic(manifests[name], (row for s in members for row in rows[s]))
             utterances[name] = sum(utterances[s] for s in members)
             hours[name] = sum(hours[s] for s in members)
-    skipped_path = None
-    if skip_bad:
-        skipped_path = out / SKIPPED_FILE
-        write_atomic(skipped_path, (json.dumps(p.to_json()) + "\n" for p in problems.items))
-    return LibriSpeechManifests(
-        root=base,
-        out_dir=out,
-        manifests=manifests,
-        utterances=utterances,
-        hours=hours,
-        combined=to_combine,
-        skipped=problems.items,
-        skipped_path=skipped_path,
-    )
+    return LibriSpeechManifests(root=base, out_dir=out, manifests=manifests, utterances=utterances, hours=hours,
+                                combined=to_combine, skipped=policy.skipped, skipped_path=skipped_path)
+
+
+def _present_subsets(base: Path, wanted: tuple[str, ...] | None) -> list[str]:
+    """The subsets to convert, in ``SUBSETS`` order: ``wanted`` (all must exist) or every one present."""
+    present = [s for s in SUBSETS if (base / s).is_dir()]
+    if wanted is None:
+        return present
+    missing = [s for s in wanted if s not in present]
+    if missing:
+        raise ManifestError(
+            f"subset(s) {', '.join(missing)} not found in {base} (present: {', '.join(present)}); "
+            "download and extract them there, or leave them out of --subsets"
+        )
+    return sorted(wanted, key=SUBSETS.index)

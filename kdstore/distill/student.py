@@ -31,7 +31,8 @@ from kdstore.lattice.rnnt_loss import VectorizedRNNTLoss
 from kdstore.inputs.screening import BadInputPolicy, rules_for, screened_manifest
 from kdstore.store import StoreReader
 from kdstore.store.layout import label_slot_fill
-from kdstore.dump.teacher import front_end_of, full_lattice, lattice_rows
+from kdstore.dump.teacher import full_lattice, lattice_rows
+from kdstore.nemo.frontend import front_end_from_config
 
 PLAIN_TARGETS = {
     "rnnt": "nemo.collections.asr.models.rnnt_bpe_models.EncDecRNNTBPEModel",
@@ -114,9 +115,10 @@ class KDMixin:
     def _kd_loader(self, data_cfg, *, with_store: bool, shuffle: bool, nemo_tuples: bool):
         skipped_file = data_cfg.get("skipped_file")
         policy = BadInputPolicy(skip_bad=bool(data_cfg.get("skip_bad", False)),
-                                side_file=Path(skipped_file) if skipped_file else None)
+                                side_file=Path(skipped_file) if skipped_file else None,
+                                listed_in=skipped_file or "<output>.skipped.jsonl")
         entries = screened_manifest(data_cfg.manifest_filepath, self.tokenizer.text_to_ids,
-                                    rules_for(self, front_end_of(self)), policy)
+                                    rules_for(self, front_end_from_config(self.cfg)), policy)
         self.skipped_lines = getattr(self, "skipped_lines", 0) + len(policy.skipped)
         max_duration = data_cfg.get("max_duration")
         if max_duration:

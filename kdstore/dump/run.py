@@ -20,24 +20,18 @@ import numpy as np
 import torch
 
 from kdstore import __version__
-from kdstore.lattice.posteriors import gather_band, node_occupancy, node_occupancy_batch, select_band
-from kdstore.distill.data import TranscribedAudioDataset, collate, duration_sorted_batches
+from kdstore.dump.ranks import discover, shutdown
+from kdstore.dump.rows import RowSpec, batch_rows
 from kdstore.errors import AudioError, KdstoreError, StoreError
 from kdstore.files import sha256_bytes, sha256_file
-from kdstore.nemo.checkpoint import read_tokenizer_files, restore_model
-from kdstore.dump.ranks import discover, shutdown
+from kdstore.inputs.batches import TranscribedAudioDataset, collate, duration_sorted_batches
 from kdstore.inputs.screening import BadInputPolicy, rules_for, screened_manifest
+from kdstore.nemo.checkpoint import read_tokenizer_files, restore_model
+from kdstore.nemo.frontend import front_end_from_config
 from kdstore.store import PartWriter, commit_store, open_for_writing
 from kdstore.store.background import BackgroundWriter
 from kdstore.store.layout import label_slot_fill
-from kdstore.store.metadata import Counts, Fingerprint, StoreMetadata
-from kdstore.dump.teacher import (
-    encode_teacher_forced,
-    frames_per_slice_for,
-    front_end_of,
-    lattice_rows,
-    time_sliced_log_probs,
-)
+from kdstore.store.meta_v1 import Counts, Fingerprint, StoreMetadata
 
 
 @dataclass(frozen=True)
@@ -62,49 +56,6 @@ def _autocast(settings: DumpSettings):
     return contextlib.nullcontext()
 
 
-def utterance_rows(values: torch.Tensor, ids: torch.Tensor, blank_label: torch.Tensor, labels: int,
-                   band: int | None, occupancy: torch.Tensor | None = None) -> dict:
-    """One utterance's per-node top-k and (blank, label) pairs, (T, U+1, ...), -> what a part stores.
-
-    With a band, the teacher's node occupancy (forward-backward over its own blank/label log-probs)
-    picks the W label positions per frame to keep (docs/store-format.md, "Band"). ``occupancy`` (T, U+1)
-    is that posterior when the caller computed it for the whole batch at once (``batch_occupancy``).
-    """
-    frames = values.shape[0]
-    arrays = {"logp": values.cpu().numpy(), "ids": ids.cpu().numpy(), "blank_label": blank_label.cpu().numpy()}
-    starts = np.zeros(frames, dtype=np.int32)
-    kept_occupancy = None
-    if band is not None:
-        occ = occupancy if occupancy is not None else node_occupancy(
-            blank_label[..., 0].double(), blank_label[..., 1].double(), labels)  # (T, U+1)
-        width = band if frames > 1 else labels + 1  # one frame: every label is emitted in it
-        starts = select_band(occ, width).astype(np.int32)
-        arrays = {name: gather_band(array, starts, width) for name, array in arrays.items()}
-        kept_occupancy = gather_band(occ.cpu().numpy(), starts, width)
-    out = {name: array.reshape(-1, *array.shape[2:]) for name, array in arrays.items()}  # (T * W', ...)
-    out["occupancy"] = kept_occupancy.reshape(-1) if kept_occupancy is not None else None
-    return {"frames": frames, "labels": labels, "band_start": starts, **out}
-
-
-def batch_occupancy(blank_labels: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """Node occupancy (T_b, U_b+1) float64 of several utterances from one padded forward-backward.
-
-    Per utterance the recursion is T small tensor ops: batching them costs one pass for the whole
-    batch instead of one per utterance, which is most of what a band dump adds to the teacher forward.
-    ``blank_labels`` maps batch position -> the utterance's (T, U+1, 2) blank/label log-probs.
-    """
-    if not blank_labels:
-        return {}
-    order = list(blank_labels)
-    frames = [blank_labels[b].shape[0] for b in order]
-    nodes = [blank_labels[b].shape[1] for b in order]
-    padded = torch.zeros(len(order), max(frames), max(nodes), 2, dtype=torch.float64)
-    for i, b in enumerate(order):
-        padded[i, : frames[i], : nodes[i]] = blank_labels[b].double().cpu()
-    occ = node_occupancy_batch(padded[..., 0], padded[..., 1], frames, [n - 1 for n in nodes])
-    return {b: occ[i, : frames[i], : nodes[i]] for i, b in enumerate(order)}
-
-
 def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str | Path,
                  settings: DumpSettings = DumpSettings()) -> StoreMetadata | None:
     """Write ``out`` (a kdstore/1 store). Returns the metadata on the committing rank, else None."""
@@ -118,11 +69,10 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
         if settings.ctc and getattr(model, "ctc_decoder", None) is None:
             raise KdstoreError(f"--ctc needs a hybrid RNNT-CTC teacher; {type(model).__name__} has no CTC head")
         ctc_top_k = top_k if settings.ctc else None
-        front_end = front_end_of(model)
-        side_file = Path(str(out) + ".skipped.jsonl") if ranks.is_main and settings.skip_bad else None
-        if side_file is not None and side_file.exists():
-            side_file.unlink()
-        policy = BadInputPolicy(skip_bad=settings.skip_bad, side_file=side_file)
+        front_end = front_end_from_config(model.cfg)
+        side_file = Path(str(out) + ".skipped.jsonl")
+        policy = BadInputPolicy(skip_bad=settings.skip_bad, side_file=side_file if ranks.is_main else None,
+                                listed_in=str(side_file))
         entries = screened_manifest(manifest_path, model.tokenizer.text_to_ids, rules_for(model, front_end), policy)
         teacher_sha, manifest_sha = sha256_file(teacher_path), sha256_file(manifest_path)
         pending = {"teacher_sha256": teacher_sha, "manifest_sha256": manifest_sha, "top_k": top_k,
@@ -141,7 +91,8 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
         writer = BackgroundWriter(part)
         dataset = TranscribedAudioDataset(entries, model.tokenizer.text_to_ids, front_end.sample_rate)
         plan = [b for n, b in enumerate(duration_sorted_batches(entries, settings.batch_size)) if ranks.owns(n)]
-        fill = label_slot_fill(np.dtype(settings.value_dtype))
+        spec = RowSpec(top_k=top_k, blank=blank, vocab=vocab, label_fill=label_slot_fill(np.dtype(settings.value_dtype)),
+                       band=settings.band, ctc=settings.ctc)
         bar = tqdm(total=sum(len(b) for b in plan), desc=f"dump-teacher[{ranks.rank}]", unit="utt",
                    disable=not settings.progress, initial=len(committed))
         try:
@@ -149,7 +100,7 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
                 todo = [entries[i].key not in committed for i in batch_indices]
                 if not any(todo):
                     continue  # the whole batch was committed before an interruption
-                _dump_batch(model, dataset, batch_indices, todo, writer, settings, top_k, blank, vocab, fill, policy)
+                _dump_batch(model, dataset, batch_indices, todo, writer, settings, spec, policy)
                 bar.update(sum(todo))
             writer.close()
         except OSError as err:
@@ -207,44 +158,17 @@ def _load_items(dataset, batch_indices, todo, policy: BadInputPolicy) -> tuple[l
             if not policy.skip_bad:
                 raise
             if needed:
-                policy.reject(dataset.entries[index], str(err).split(": ", 1)[-1])
+                policy.reject(dataset.entries[index], "unreadable_audio", str(err).split(": ", 1)[-1],
+                              "re-encode or remove it")
     return items, kept_todo
 
 
-def _dump_batch(model, dataset, batch_indices, todo, writer, settings, top_k, blank, vocab, fill,
-                policy) -> None:
+def _dump_batch(model, dataset, batch_indices, todo, writer, settings: DumpSettings, spec: RowSpec,
+                policy: BadInputPolicy) -> None:
     """Teacher forward on one planned batch; rows of the not-yet-committed utterances to the writer."""
     items, todo = _load_items(dataset, batch_indices, todo, policy)
     if not any(todo):
         return
-    batch = collate(items)
-    device = settings.device
     with torch.inference_mode(), _autocast(settings):
-        encoded = encode_teacher_forced(model, batch.signal.to(device), batch.signal_len.to(device),
-                                        batch.tokens.to(device), batch.tokens_len.to(device))
-        nodes = encoded.prediction.shape[-1]
-        slice_frames = frames_per_slice_for(len(items), nodes, vocab + 1)
-        pieces: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in items]
-        for t0, log_probs in time_sliced_log_probs(model, encoded, slice_frames):  # (B, t, U+1, V+1)
-            for b in range(len(items)):
-                frames_b = int(encoded.encoded_len[b]) - t0
-                if todo[b] and frames_b > 0:
-                    labels_b = int(batch.tokens_len[b])
-                    pieces[b].append(lattice_rows(log_probs[b, :frames_b, : labels_b + 1].float(),
-                                                  batch.tokens[b].to(log_probs.device), labels_b, top_k, blank, fill))
-        ctc = None
-        if settings.ctc:  # (B, T, V+1) log-probs of the CTC head; blank is last, as in the joint
-            ctc = model.ctc_decoder(encoder_output=encoded.encoded).float().log_softmax(-1).topk(top_k, dim=-1)
-        joined = {b: tuple(torch.cat(parts, dim=0) for parts in zip(*pieces[b], strict=True))
-                  for b in range(len(items)) if todo[b]}  # b -> (values, ids, blank_label)
-        occupancy = batch_occupancy({b: rows[2] for b, rows in joined.items()}) if settings.band else {}
-        for b, key in enumerate(batch.keys):
-            if todo[b]:
-                values, ids, blank_label = joined[b]
-                rows = utterance_rows(values, ids, blank_label, int(batch.tokens_len[b]), settings.band,
-                                      occupancy.get(b))
-                if ctc is not None:
-                    frames_b = int(encoded.encoded_len[b])
-                    rows["ctc_logp"] = ctc.values[b, :frames_b].cpu().numpy()
-                    rows["ctc_ids"] = ctc.indices[b, :frames_b].cpu().numpy()
-                writer.add_utterance(key, **rows)
+        for key, rows in batch_rows(model, collate(items), todo, spec, settings.device):
+            writer.add_utterance(key, **rows)

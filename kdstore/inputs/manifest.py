@@ -16,6 +16,8 @@ from kdstore.errors import ManifestError
 
 @dataclass(frozen=True)
 class ManifestEntry:
+    """One usable manifest line (seconds for ``duration`` and ``offset``)."""
+
     audio_filepath: str  # as written in the manifest
     audio_path: Path  # resolved on this machine
     duration: float
@@ -34,6 +36,7 @@ class ManifestEntry:
 
 
 def utterance_key(audio_filepath: str, offset: float, duration: float) -> str:
+    """The store key of an utterance: ``audio_filepath|offset|duration`` (seconds, 3 decimals)."""
     return f"{audio_filepath}|{offset:.3f}|{duration:.3f}"
 
 
@@ -48,45 +51,48 @@ def _resolve(audio_filepath: str, manifest: Path) -> Path:
 
 @dataclass(frozen=True)
 class BadLine:
-    """A manifest line that cannot be used, and why (for --skip-bad side files)."""
+    """A manifest line that cannot be used, and why (``kind``: a ``screening.KINDS`` name)."""
 
     manifest: Path
     line: int
+    kind: str
     reason: str
     raw: str
-
-    @property
-    def message(self) -> str:
-        return f"{self.manifest}:{self.line}: {self.reason}"
 
 
 OnBadLine = Callable[[BadLine], None]
 
 
+class _LineError(ManifestError):
+    def __init__(self, reason: str, kind: str = "malformed_line") -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+
 def _parse_line(raw: str, number: int, manifest: Path, require_text: bool, check_audio: bool) -> ManifestEntry:
-    """One line -> entry, or ManifestError with a reason (without the file:line prefix)."""
+    """One line -> entry, or _LineError with a reason and kind (without the file:line prefix)."""
     try:
         item = json.loads(raw)
     except json.JSONDecodeError as err:
-        raise ManifestError(f"not a JSON object ({err.msg}); each line must be one JSON object") from None
+        raise _LineError(f"not a JSON object ({err.msg}); each line must be one JSON object") from None
     if not isinstance(item, dict):
-        raise ManifestError(f"expected a JSON object, got {type(item).__name__}")
+        raise _LineError(f"expected a JSON object, got {type(item).__name__}")
     for field in ("audio_filepath", "duration"):
         if field not in item:
-            raise ManifestError(f"missing field {field!r}")
+            raise _LineError(f"missing field {field!r}")
     try:
         duration = float(item["duration"])
         offset = float(item.get("offset") or 0.0)
     except (TypeError, ValueError):
-        raise ManifestError("duration/offset must be numbers") from None
+        raise _LineError("duration/offset must be numbers") from None
     if duration <= 0:
-        raise ManifestError(f"duration must be positive, got {duration}")
+        raise _LineError(f"duration must be positive, got {duration}")
     text = str(item.get("text") or "").strip()
     if require_text and not text:
-        raise ManifestError("empty transcript; remove the line or give it a 'text'")
+        raise _LineError("empty transcript; remove the line or give it a 'text'", "bad_transcript")
     audio_path = _resolve(str(item["audio_filepath"]), manifest)
     if check_audio and not audio_path.is_file():
-        raise ManifestError(f"audio file {item['audio_filepath']} not found (looked at {audio_path})")
+        raise _LineError(f"audio file {item['audio_filepath']} not found (looked at {audio_path})", "missing_audio")
     return ManifestEntry(str(item["audio_filepath"]), audio_path, duration, offset, text, number, manifest)
 
 
@@ -104,10 +110,10 @@ def read_manifest(path: str | Path, *, require_text: bool = True, check_audio: b
                 continue
             try:
                 entries.append(_parse_line(raw, number, manifest, require_text, check_audio))
-            except ManifestError as err:
+            except _LineError as err:
                 if on_bad_line is None:
                     raise ManifestError(f"{manifest}:{number}: {err}") from None
-                on_bad_line(BadLine(manifest, number, str(err), raw.rstrip("\n")))
+                on_bad_line(BadLine(manifest, number, err.kind, str(err), raw.rstrip("\n")))
     if not entries:
         raise ManifestError(f"manifest {manifest} has no usable entries")
     return entries
