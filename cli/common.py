@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: one error policy and one way to pick the torch thread count.
+"""Shared CLI plumbing: one error policy, one form for required paths, one way to pick the torch thread count.
 
 Commands import torch and NeMo inside their bodies, so ``kdstore --help`` stays fast.
 """
@@ -35,6 +35,45 @@ def friendly_errors(func: F) -> F:
             raise click.ClickException(str(err)) from None
 
     return debug_option(wrapper)  # type: ignore[return-value]
+
+
+def required_path(name: str, help: str, *, positional: bool = False, **path: Any) -> Callable[[F], F]:
+    """``--NAME PATH``, required: the one form every verb gives its required inputs and outputs.
+
+    ``path`` goes to ``click.Path`` (``exists=True``, ``dir_okay=False``, ...). ``positional=True``
+    also accepts the path as a bare argument, for the verbs design.md section 7 shows positionally
+    (``kdstore inspect S.zarr``, ``kdstore prepare-demo OUT``); giving both forms, differently, or
+    neither is a usage error. See docs/decisions.md, "CLI".
+    """
+    flag = "--" + name.replace("_", "-")
+    path_type = click.Path(**path)
+    if not positional:
+        return click.option(flag, name, type=path_type, required=True, help=help)
+    alias = f"{name}_positional"
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            given, named = kwargs.pop(alias), kwargs[name]
+            if given is not None and named is not None and given != named:
+                raise click.UsageError(f"{name.upper()} given twice ({flag} {named} and {given}); give it once")
+            if given is None and named is None:
+                raise click.UsageError(f"Missing option '{flag}' (or {name.upper()} as an argument).")
+            kwargs[name] = named if named is not None else given
+            return func(*args, **kwargs)
+
+        argument = click.argument(alias, metavar=f"[{name.upper()}]", required=False, type=path_type)
+        option = click.option(flag, name, type=path_type, default=None,
+                              help=f"{help} Required; may also be given as the argument {name.upper()}.")
+        return option(argument(wrapper))  # type: ignore[return-value]
+
+    return decorate
+
+
+def progress_option(func: F) -> F:
+    """``--progress/--no-progress``: whether the library draws progress bars (on stderr)."""
+    return click.option("--progress/--no-progress", default=True, show_default=True,
+                        help="Progress bars on stderr.")(func)
 
 
 def set_threads(num_threads: int | None) -> None:

@@ -57,6 +57,23 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
     assert result.exit_code != 0 and "known names" in result.output
 
 
+def test_required_paths_are_options_and_section_7_positionals_still_work(tmp_path):
+    """One convention (docs/decisions.md, CLI): --NAME for every required path; inspect S.zarr etc. kept."""
+    missing = str(tmp_path / "nope.zarr")
+    runner = CliRunner()
+    for args in (["inspect", "--store", missing], ["inspect", missing], ["inspect", missing, "--store", missing]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 1 and "no kdstore store" in result.output, (args, result.output)
+    result = runner.invoke(cli, ["inspect", missing, "--store", str(tmp_path / "other.zarr")])
+    assert result.exit_code == 2 and "given twice" in result.output
+    result = runner.invoke(cli, ["inspect"])
+    assert result.exit_code == 2 and "Missing option '--store'" in result.output
+    result = runner.invoke(cli, ["dump-teacher", "--out", missing])
+    assert result.exit_code == 2 and "Missing option '--teacher'" in result.output
+    for verb in ("prepare-demo", "convert", "inspect", "dump-teacher", "eval"):
+        assert "--out" in runner.invoke(cli, [verb, "--help"]).output or verb == "inspect"
+
+
 def test_unknown_override_key_fails_loudly():
     result = CliRunner().invoke(cli, ["train-student", "--config", "tiny", "model.encoder.n_layerz=2"])
     assert result.exit_code != 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from kdstore.errors import ConfigError
 from kdstore.evaluate.normalize import get_normalizer, normalize_basic, normalize_none, normalize_whisper
 from kdstore.evaluate.scoring import Errors, bootstrap_interval, paired_bootstrap, score, word_errors, write_trn
 
@@ -60,8 +62,6 @@ def test_normalizers(text, basic, whisper):
 
 
 def test_unknown_normalizer_is_a_config_error():
-    from kdstore.errors import ConfigError
-
     assert get_normalizer("basic") is normalize_basic
     with pytest.raises(ConfigError, match="basic, whisper, none"):
         get_normalizer("english")
@@ -170,8 +170,6 @@ def test_paired_bootstrap_edge_cases():
     assert worse.low == worse.high == worse.difference == pytest.approx(0.4) and worse.p_a_better == 0.0
     better = paired_bootstrap(np.r_[np.zeros(30), np.ones(10)], np.ones(40), n, samples=500)
     assert better.high < 0 and better.p_a_better == 1.0
-    from kdstore.errors import ConfigError
-
     with pytest.raises(ConfigError):
         paired_bootstrap([], [], [])
 
@@ -200,6 +198,36 @@ def test_bootstrap_agrees_with_kaldialign():
 
 
 # --- kdstore eval ---------------------------------------------------------------------------------
+
+
+def _result(hypotheses: list[str], model: str):
+    from kdstore.evaluate.transcribe import EvalResult
+
+    scored = score(REFS, hypotheses, "basic")
+    return EvalResult(model=model, manifest="m.json", utterances=len(REFS), normalizer="basic", wer=scored.wer,
+                      cer=scored.cer, substitutions=scored.total.substitutions, deletions=scored.total.deletions,
+                      insertions=scored.total.insertions, ref_words=scored.total.ref_words, params=1000,
+                      audio_seconds=10.0, decode_seconds=1.0, rtf=0.1, seconds=2.0, hypotheses=list(hypotheses),
+                      references=list(REFS), keys=[f"u{i}" for i in range(len(REFS))], scored=scored)
+
+
+def test_report_renders_markdown_and_the_terminal_from_one_source(tmp_path):
+    from kdstore.evaluate.compare import compare
+    from kdstore.evaluate.report import comparison_lines, console_summary, write_report
+
+    results = {"model": _result(HYPS, "student.nemo"), "teacher": _result(REFS, "teacher.nemo")}
+    comparison = compare(results["model"], results["teacher"], samples=200)
+    assert comparison.accuracy_retention == pytest.approx(1 - results["model"].wer)
+    markdown = comparison_lines(comparison)
+    assert "**" in markdown[0] and "**" in markdown[1]
+    terminal = console_summary(results, comparison)
+    assert "**" not in terminal and "Accuracy retention" in terminal and "`student.nemo`" in terminal
+    assert [line.replace("**", "") for line in markdown] == terminal.splitlines()[-len(markdown):]
+    report = write_report(results, comparison, tmp_path).read_text()
+    assert all(line in report for line in markdown)
+    with pytest.raises(ConfigError, match="different utterances"):
+        compare(results["model"], dataclasses.replace(results["teacher"], keys=["other"] * len(REFS)))
+
 
 
 def test_eval_help():

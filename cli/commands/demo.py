@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import click
 
-from kdstore.cli.common import friendly_errors, quiet_nemo
+from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo
 
 
 @click.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False), default="demo-run", show_default=True)
 @click.option("--quick", is_flag=True, help="A few minutes instead of ~30: smaller corpus, fewer steps.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--train-teacher", is_flag=True,
               help="Instead of the demo: (re)build the demo teacher into WORKDIR/demo_teacher/ (~1 h, resumable).")
 @click.option("--teacher-steps", default=6000, show_default=True, help="With --train-teacher: training steps.")
+@progress_option
 @friendly_errors
-def command(workdir, quick, seed, progress, train_teacher, teacher_steps):
+def command(workdir: str, quick: bool, seed: int, train_teacher: bool, teacher_steps: int, progress: bool) -> None:
     """prepare-demo -> teacher -> dump-teacher -> students (KD and not) -> eval -> export -> report.
 
     Re-running reuses finished steps (delete WORKDIR/steps/NAME.json to redo one).

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
-from kdstore.cli.common import friendly_errors, quiet_nemo, set_threads
+from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo, required_path, set_threads
 
 
 @click.command("dump-teacher")
-@click.option("--teacher", type=click.Path(exists=True, dir_okay=False), required=True, help="Teacher .nemo (RNNT or hybrid RNNT-CTC).")
-@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), required=True, help="NeMo JSON-lines manifest.")
-@click.option("--out", type=click.Path(), required=True, help="Output store (a .zarr folder).")
+@required_path("teacher", "Teacher .nemo (RNNT or hybrid RNNT-CTC).", exists=True, dir_okay=False)
+@required_path("manifest", "NeMo JSON-lines manifest.", exists=True, dir_okay=False)
+@required_path("out", "Output store (a .zarr folder).")
 @click.option("--top-k", default=8, show_default=True, help="Log-probs kept per lattice node.")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--dtype", "value_dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
@@ -29,7 +29,7 @@ from kdstore.cli.common import friendly_errors, quiet_nemo, set_threads
 @click.option("--resume", is_flag=True, help="Continue an interrupted dump (same teacher, manifest and options).")
 @click.option("--skip-bad", is_flag=True,
               help="Skip unusable manifest lines (listed with reasons in OUT.skipped.jsonl) instead of stopping.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@progress_option
 @friendly_errors
 def command(teacher, manifest, out, top_k, batch_size, value_dtype, band, ctc, device, precision, chunk_rows, threads,
             overwrite, resume, skip_bad, progress):

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from kdstore.cli.common import friendly_errors, quiet_nemo, set_threads
+from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo, required_path, set_threads
 from kdstore.evaluate.normalize import NORMALIZERS
 
 
 @click.command("eval")
-@click.option("--model", type=click.Path(exists=True, dir_okay=False), required=True, help="Model .nemo to score.")
-@click.option("--manifest", type=click.Path(exists=True, dir_okay=False), required=True)
+@required_path("model", "Model .nemo to score.", exists=True, dir_okay=False)
+@required_path("manifest", "NeMo JSON-lines manifest (the test set).", exists=True, dir_okay=False)
 @click.option("--teacher", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Also score this model and compare: accuracy retention, bootstrap CI of the WER difference.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -25,8 +25,10 @@ from kdstore.evaluate.normalize import NORMALIZERS
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--threads", default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@progress_option
 @friendly_errors
-def command(model, manifest, teacher, out, normalizer, bootstrap_samples, seed, batch_size, threads, as_json):
+def command(model: str, manifest: str, teacher: str | None, out: str | None, normalizer: str, bootstrap_samples: int,
+            seed: int, batch_size: int, threads: int, as_json: bool, progress: bool) -> None:
     """Greedy-decode MANIFEST with MODEL (and TEACHER) and print WER, CER, errors by type and RTF.
 
     \b
@@ -35,22 +37,14 @@ def command(model, manifest, teacher, out, normalizer, bootstrap_samples, seed, 
     """
     quiet_nemo()
     set_threads(threads)
-    from kdstore.evaluate.report import comparison_lines, summary_table, write_report
-    from kdstore.evaluate.transcribe import compare, evaluate_model
+    from kdstore.evaluate.report import console_summary
+    from kdstore.evaluate.run import run_eval
 
-    results = {"model": evaluate_model(model, manifest, batch_size, normalizer=normalizer)}
-    if teacher:
-        results["teacher"] = evaluate_model(teacher, manifest, batch_size, normalizer=normalizer)
-    comparison = compare(results["model"], results["teacher"], bootstrap_samples, seed) if teacher else None
-    report = write_report(results, comparison, out) if out else None
+    run = run_eval(model, manifest, teacher, out, normalizer=normalizer, batch_size=batch_size,
+                   bootstrap_samples=bootstrap_samples, seed=seed, progress=progress)
     if as_json:
-        data = {role: r.summary() for role, r in results.items()}
-        if comparison:
-            data["model"]["vs_teacher"] = comparison.to_dict()
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(run.to_dict(), indent=2))
         return
-    click.echo(summary_table(results))
-    for line in comparison_lines(comparison) if comparison else []:
-        click.echo(line.replace("**", ""))
-    if report:
-        click.echo(f"wrote {report} and {Path(out) / 'eval.png'}")
+    click.echo(console_summary(run.results, run.comparison))
+    if run.report is not None:
+        click.echo(f"wrote {run.report} and {Path(out) / 'eval.png'}")

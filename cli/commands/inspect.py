@@ -6,20 +6,20 @@ import json
 
 import click
 
-from kdstore.cli.common import friendly_errors
+from kdstore.cli.common import friendly_errors, required_path
 
 
 @click.command("inspect")
-@click.argument("store", type=str)
+@required_path("store", "Store to summarise (.zarr folder, .h5 file or a Zarr URL).", positional=True)
 @click.option("--verify", is_flag=True, help="Check every invariant of the format; exit non-zero on the first broken one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @friendly_errors
-def command(store, verify, as_json):
+def command(store: str, verify: bool, as_json: bool) -> None:
     """Summarise STORE: utterances, hours, nodes, bytes per node, mean top-k mass.
 
     \b
     Example:
-      kdstore inspect teacher.zarr --verify
+      kdstore inspect --store teacher.zarr --verify
     """
     from kdstore.store.summary import summarize
     from kdstore.store.verify import is_unfinished, verify_store, verify_unfinished

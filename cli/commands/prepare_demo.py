@@ -6,33 +6,28 @@ import logging
 
 import click
 
-from kdstore.cli.common import friendly_errors
+from kdstore.cli.common import friendly_errors, progress_option, required_path
 
 
 @click.command(
     "prepare-demo",
     epilog="""\b
 Example:
-  kdstore prepare-demo demo-data --task commands --hours 1 -j 2
+  kdstore prepare-demo --out demo-data --task commands --hours 1 -j 2
   # -> demo-data/{train,val,test}.json, demo-data/tokenizer/, demo-data/corpus.json""",
 )
-@click.argument("out", type=click.Path(file_okay=False))
-@click.option(
-    "--task",
-    type=click.Choice(["commands", "open"]),
-    default="commands",
-    show_default=True,
-    help="Voice-command grammar (learnable on CPU) or open sentences from Debian texts.",
-)
+@required_path("out", "Folder for the corpus (created).", positional=True, file_okay=False)
+@click.option("--task", type=click.Choice(["commands", "open"]), default="commands", show_default=True,
+              help="Voice-command grammar (learnable on CPU) or open sentences from Debian texts.")
 @click.option("--hours", type=float, default=1.0, show_default=True, help="Total audio to synthesise.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same corpus.")
 @click.option("--vocab-size", type=int, default=128, show_default=True, help="SentencePiece BPE size.")
 @click.option("-j", "--num-jobs", type=int, default=2, show_default=True, help="Parallel synthesis jobs.")
 @click.option("--overwrite", is_flag=True, help="Replace a corpus built with other arguments.")
+@progress_option
 @friendly_errors
-def command(
-    out: str, task: str, hours: float, seed: int, vocab_size: int, num_jobs: int, overwrite: bool
-) -> None:
+def command(out: str, task: str, hours: float, seed: int, vocab_size: int, num_jobs: int, overwrite: bool,
+            progress: bool) -> None:
     """Synthesise a multi-voice speech corpus offline with espeak-ng, flite and festival.
 
     Splits train/val/test by voice (test voices are unseen) and trains the tokenizer on train texts.
@@ -40,21 +35,9 @@ def command(
     from kdstore.corpus import prepare_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    corpus = prepare_demo(
-        out,
-        task=task,
-        hours=hours,
-        seed=seed,
-        vocab_size=vocab_size,
-        num_jobs=num_jobs,
-        progress=True,
-        overwrite=overwrite,
-    )
+    corpus = prepare_demo(out, task=task, hours=hours, seed=seed, vocab_size=vocab_size, num_jobs=num_jobs,
+                          progress=progress, overwrite=overwrite)
     for split, path in corpus.manifests.items():
-        click.echo(
-            f"{split:5s} {corpus.utterances[split]:6d} utterances {corpus.hours[split]:7.3f} h  {path}"
-        )
-    click.echo(
-        f"tokenizer {corpus.tokenizer_dir} ({corpus.vocab_size} pieces); dropped {corpus.dropped}; "
-        f"stats {corpus.stats_path}"
-    )
+        click.echo(f"{split:5s} {corpus.utterances[split]:6d} utterances {corpus.hours[split]:7.3f} h  {path}")
+    click.echo(f"tokenizer {corpus.tokenizer_dir} ({corpus.vocab_size} pieces); dropped {corpus.dropped}; "
+               f"stats {corpus.stats_path}")

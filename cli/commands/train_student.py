@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import click
 
-from kdstore.cli.common import friendly_errors, quiet_nemo
+from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo
 
 
 @click.command("train-student", context_settings={"ignore_unknown_options": True})
-@click.option("--config", required=True, help="YAML path or a name in configs/models (tiny, tiny-teacher, small, medium, large).")
+@click.option("--config", required=True, help="YAML path or a name in kdstore/configs (tiny, tiny-teacher, small, medium, large).")
 @click.option("--store", default=None, help="Teacher store (shorthand for model.kd.store=...; this flag wins).")
 @click.option("--skip-bad", is_flag=True,
               help="Skip unusable manifest lines (listed in <output>.skipped.jsonl) instead of stopping.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@progress_option
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @friendly_errors
-def command(config, store, skip_bad, progress, overrides):
+def command(config: str, store: str | None, skip_bad: bool, progress: bool, overrides: tuple[str, ...]) -> None:
     """Train a FastConformer-Transducer; with --store, loss = (1-a)*RNNT + a*tau^2*KD.
 
     OVERRIDES are key=value pairs (OmegaConf dot syntax; +key=value adds a key).

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from kdstore.evaluate.transcribe import Comparison, EvalResult, write_transcripts
+from kdstore.evaluate.compare import Comparison
 from kdstore.evaluate.scoring import write_trn
+from kdstore.evaluate.transcribe import EvalResult, write_transcripts
 
 NORMALIZER_NOTES = {
     "basic": "lower case, punctuation stripped (apostrophes inside words kept), whitespace collapsed",
@@ -27,13 +28,19 @@ def summary_table(results: Mapping[str, EvalResult]) -> str:
     return "\n".join(lines)
 
 
-def comparison_lines(c: Comparison) -> list[str]:
+def comparison_lines(c: Comparison, markdown: bool = True) -> list[str]:
+    """Bullet lines: accuracy retention, the WER difference with its CI, kaldialign's cross-check.
+
+    ``markdown`` puts the two headline numbers in bold (report.md); without it the lines are plain
+    text for a terminal.
+    """
+    strong = "**{}**" if markdown else "{}"
     b = c.bootstrap
     pct = round(100 * b.confidence)
     lines = [
-        (f"- Accuracy retention (1 - WER_student) / (1 - WER_teacher): **{_pct(c.accuracy_retention)}**; "
+        (f"- Accuracy retention (1 - WER_student) / (1 - WER_teacher): {strong.format(_pct(c.accuracy_retention))}; "
          f"WER ratio student / teacher: {'n/a' if c.wer_ratio is None else f'{c.wer_ratio:.3f}'}"),
-        (f"- WER difference student - teacher: **{100 * b.difference:+.2f}** points, {pct}% CI "
+        (f"- WER difference student - teacher: {strong.format(f'{100 * b.difference:+.2f}')} points, {pct}% CI "
          f"[{100 * b.low:+.2f}, {100 * b.high:+.2f}] (paired bootstrap over utterances, {b.samples} resamples, "
          f"seed {b.seed}); student better in {100 * b.p_a_better:.1f}% of resamples"),
     ]
@@ -45,6 +52,14 @@ def comparison_lines(c: Comparison) -> list[str]:
             f"P(student better) {k['p_a_better']:.3f}"
         )
     return lines
+
+
+def console_summary(results: Mapping[str, EvalResult], comparison: Comparison | None) -> str:
+    """What ``kdstore eval`` prints: the summary table, then the comparison as plain text."""
+    lines = [summary_table(results)]
+    if comparison is not None:
+        lines += comparison_lines(comparison, markdown=False)
+    return "\n".join(lines)
 
 
 def _pct(value: float | None) -> str:

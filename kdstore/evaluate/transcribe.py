@@ -1,8 +1,9 @@
-"""Greedy transcription of a manifest with a .nemo model, scored with jiwer; student-vs-teacher comparison.
+"""Greedy transcription of a manifest with a .nemo model, scored with jiwer.
 
 Decoding goes through our own data path (honours manifest offsets) and NeMo's greedy decoder,
 so the numbers are the model's, not a re-implementation's. Scoring (S/D/I, CER, bootstrap) lives in
-:mod:`kdstore.evaluate.scoring`, text normalisation in :mod:`kdstore.evaluate.normalize`, the written report in
+:mod:`kdstore.evaluate.scoring`, text normalisation in :mod:`kdstore.evaluate.normalize`, the
+student-vs-teacher comparison in :mod:`kdstore.evaluate.compare`, the written report in
 :mod:`kdstore.evaluate.report`.
 """
 
@@ -12,8 +13,9 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from kdstore.evaluate.scoring import CorpusScore, PairedBootstrap, kaldialign_bootstrap, paired_bootstrap, score
+from kdstore.evaluate.scoring import CorpusScore, score
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,47 +42,31 @@ class EvalResult:
     keys: list[str] = field(repr=False)
     scored: CorpusScore = field(repr=False)
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
+        """Every field but the per-utterance lists: what ``kdstore eval --json`` prints per model."""
         data = asdict(self)
         for name in ("hypotheses", "references", "keys", "scored"):
             data.pop(name)
         return data
 
 
-@dataclass(frozen=True, kw_only=True)
-class Comparison:
-    """A student against its teacher on the same utterances.
+def transcribe_manifest(model: Any, manifest_path: str | Path, batch_size: int = 16,
+                        progress: bool = False) -> tuple[list[str], list[str], list[str]]:
+    """(keys, references, hypotheses) in manifest order: greedy RNN-T decoding with ``model``.
 
-    ``accuracy_retention`` = (1 - WER_student) / (1 - WER_teacher): the share of the teacher's word
-    accuracy the student keeps (None when the teacher's WER is 100% or more). ``wer_ratio`` =
-    WER_student / WER_teacher (None when the teacher makes no errors). ``bootstrap`` is the paired
-    bootstrap of WER_student - WER_teacher (negative: the student is better).
+    ``model`` is a restored NeMo transducer (:func:`kdstore.nemo.checkpoint.restore_model`); audio is
+    read at its preprocessor's sample rate, ``batch_size`` utterances of similar duration at a time.
+    ``progress`` draws a bar on stderr. Raises ``ManifestError``/``AudioError`` on unusable inputs.
     """
-
-    student_wer: float
-    teacher_wer: float
-    accuracy_retention: float | None
-    wer_ratio: float | None
-    bootstrap: PairedBootstrap
-    kaldialign: dict | None  # kaldialign's bootstrap on the same texts, when installed
-
-    def to_dict(self) -> dict:
-        return {"student_wer": self.student_wer, "teacher_wer": self.teacher_wer,
-                "accuracy_retention": self.accuracy_retention, "wer_ratio": self.wer_ratio,
-                "bootstrap": self.bootstrap.to_dict(), "kaldialign": self.kaldialign}
-
-
-def transcribe_manifest(model, manifest_path: str | Path, batch_size: int = 16, progress: bool = False):
-    """(keys, references, hypotheses) in manifest order, greedy RNN-T decoding."""
     import torch
     from tqdm import tqdm
 
-    from kdstore.distill.data import TranscribedAudioDataset, collate, duration_sorted_batches
+    from kdstore.inputs.batches import TranscribedAudioDataset, collate, duration_sorted_batches
     from kdstore.inputs.manifest import read_manifest
+    from kdstore.nemo.frontend import sample_rate_of
 
     entries = read_manifest(manifest_path)
-    sample_rate = int(model.cfg.preprocessor.get("sample_rate", model.cfg.sample_rate))
-    dataset = TranscribedAudioDataset(entries, model.tokenizer.text_to_ids, sample_rate)
+    dataset = TranscribedAudioDataset(entries, model.tokenizer.text_to_ids, sample_rate_of(model))
     hypotheses: dict[int, str] = {}
     model.eval()
     with torch.inference_mode():
@@ -98,7 +84,11 @@ def transcribe_manifest(model, manifest_path: str | Path, batch_size: int = 16, 
 
 def evaluate_model(model_path: str | Path, manifest_path: str | Path, batch_size: int = 16,
                    progress: bool = False, normalizer: str = "basic") -> EvalResult:
-    """Restore ``model_path``, decode ``manifest_path`` greedily, score with ``normalizer``."""
+    """Restore ``model_path``, decode ``manifest_path`` greedily, score with ``normalizer``.
+
+    ``normalizer`` is one of :data:`kdstore.evaluate.normalize.NORMALIZERS`; ``progress`` draws a bar.
+    Raises ``KdstoreError`` subclasses for an unreadable model, manifest or audio file.
+    """
     from kdstore.inputs.manifest import read_manifest
     from kdstore.nemo.checkpoint import restore_model
 
@@ -120,27 +110,7 @@ def evaluate_model(model_path: str | Path, manifest_path: str | Path, batch_size
     )
 
 
-def compare(student: EvalResult, teacher: EvalResult, samples: int = 2000, seed: int = 0) -> Comparison:
-    """Accuracy retention and a paired bootstrap of the WER difference (same manifest, same order)."""
-    from kdstore.errors import ConfigError
-
-    if student.keys != teacher.keys:
-        raise ConfigError("student and teacher were scored on different utterances; use the same manifest")
-    ref_words = [u.ref_words for u in student.scored.utterances]
-    boot = paired_bootstrap([u.errors for u in student.scored.utterances],
-                            [u.errors for u in teacher.scored.utterances], ref_words, samples=samples, seed=seed)
-    cross = kaldialign_bootstrap(student.scored.references, student.scored.hypotheses, teacher.scored.hypotheses,
-                                 samples=samples, seed=seed)
-    teacher_acc = 1.0 - teacher.wer
-    return Comparison(
-        student_wer=student.wer, teacher_wer=teacher.wer,
-        accuracy_retention=(1.0 - student.wer) / teacher_acc if teacher_acc > 0 else None,
-        wer_ratio=student.wer / teacher.wer if teacher.wer > 0 else (None if student.wer > 0 else 1.0),
-        bootstrap=boot, kaldialign=cross,
-    )
-
-
-def utterance_rows(result: EvalResult) -> list[dict]:
+def utterance_rows(result: EvalResult) -> list[dict[str, Any]]:
     """One dict per utterance: key, raw and normalised texts, S/D/I counts and WER."""
     rows = []
     for key, ref, hyp, nref, nhyp, err in zip(result.keys, result.references, result.hypotheses,
