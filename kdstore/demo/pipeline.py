@@ -17,11 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdstore.assets import demo_teacher_dir
 from kdstore.errors import KdstoreError
 from kdstore.nemo.checkpoint import read_tokenizer_files
+
+if TYPE_CHECKING:
+    from kdstore.corpus import DemoCorpus
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,12 @@ def _train_seconds(curve_csv: str) -> tuple[float | None, int | None]:
 
 def run_demo(workdir: str | Path, quick: bool = False, seed: int = 0, progress: bool = True,
              echo: Echo = print) -> Path:
-    """Run every stage; returns the path of report.md."""
+    """Run every stage in ``workdir`` (re-runs reuse finished steps); returns the path of report.md.
+
+    ``quick`` picks the few-minute plan (:class:`DemoPlan`); ``progress`` draws the corpus, dump and
+    eval bars; ``echo`` receives one line per step. Raises ``KdstoreError`` when a step fails
+    (training subprocess logs are in ``workdir/logs``).
+    """
     from kdstore.corpus import prepare_demo
 
     work = Path(workdir).resolve()
@@ -201,8 +209,9 @@ def run_demo(workdir: str | Path, quick: bool = False, seed: int = 0, progress: 
     return write_report(work, plan, corpus, scores, teacher_info, student_info, onnx_info, store_path, echo)
 
 
-def write_report(work: Path, plan: DemoPlan, corpus, scores: dict, teacher_info: dict, student_info: dict,
-                 onnx_info: dict, store_path: Path, echo: Echo) -> Path:
+def write_report(work: Path, plan: DemoPlan, corpus: DemoCorpus, scores: dict, teacher_info: dict,
+                 student_info: dict, onnx_info: dict, store_path: Path, echo: Echo) -> Path:
+    """``work``/report.md (scores table, training curves plot, ONNX transcripts); returns its path."""
     from kdstore.demo.report import ModelRow, format_table, plot_report
 
     curves = {"teacher": teacher_info["curve_csv"], "student (KD)": student_info["kd"]["curve_csv"],

@@ -19,12 +19,18 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from kdstore.errors import KdstoreError
+
+if TYPE_CHECKING:
+    from kdstore.corpus import DemoCorpus
 
 
 @dataclass(frozen=True)
 class TeacherRecipe:
+    """How the committed demo teacher was trained: corpus size and seed, steps, batch, threads, config."""
+
     hours: float = 2.0
     seed: int = 0
     steps: int = 6000
@@ -34,7 +40,8 @@ class TeacherRecipe:
     config: str = "tiny-teacher"
 
 
-def teacher_command(recipe: TeacherRecipe, corpus, work: Path) -> list[str]:
+def teacher_command(recipe: TeacherRecipe, corpus: DemoCorpus, work: Path) -> list[str]:
+    """The ``kdstore train-student`` command line (a subprocess, resumable via exp_manager) of the recipe."""
     return [sys.executable, "-m", "kdstore.cli.main", "train-student", "--config", recipe.config, "--no-progress",
             "model.enable_kd=false", f"model.train_ds.manifest_filepath={corpus.train_manifest}",
             f"model.validation_ds.manifest_filepath={corpus.val_manifest}",
@@ -46,7 +53,7 @@ def teacher_command(recipe: TeacherRecipe, corpus, work: Path) -> list[str]:
 
 
 def train_demo_teacher(workdir: str | Path, recipe: TeacherRecipe = TeacherRecipe(), out_dir: Path | None = None,
-                       echo: Callable[[str], None] = print) -> dict:
+                       echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Corpus -> train (resumable) -> score on the test split -> ``out_dir``/teacher.nemo (fp16) + scores.
 
     ``out_dir`` defaults to ``WORKDIR/demo_teacher``; it gets the files of ``kdstore/assets/demo_teacher``
