@@ -72,7 +72,8 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     from kdstore.distill.config import load_train_config
-    from kdstore.distill.data import StoreCollate, TranscribedAudioDataset, duration_sorted_batches
+    from kdstore.distill.data import StoreCollate
+    from kdstore.inputs.batches import TranscribedAudioDataset, duration_sorted_batches
     from kdstore.inputs.manifest import read_manifest
     from kdstore.store import StoreReader
     from kdstore.distill.train import build_student

@@ -1,6 +1,6 @@
 """Reader throughput for training batches of store neighbours vs random batches (band-6, LibriSpeech-shaped).
 
-The training loader batches store neighbours (kdstore.distill.data.StoreOrderBatchSampler), so a batch is one
+The training loader batches store neighbours (kdstore.distill.samplers.StoreOrderBatchSampler), so a batch is one
 contiguous slice per array.   python bench/store_batches.py
 """
 import random

@@ -16,7 +16,7 @@ for each student:
 
 Sizes keep the FastConformer-Transducer family's parameter ratios scaled down for a CPU: Large/Medium
 (120M/32M = 3.75x) and Large/Small (120M/14M = 8.6x). The teacher is built from
-``configs/models/tiny-teacher.yaml`` and the students from ``configs/models/tiny.yaml`` with d_model,
+``kdstore/configs/tiny-teacher.yaml`` and the students from ``kdstore/configs/tiny.yaml`` with d_model,
 layers, heads and prediction/joint width overridden (``SIZES``). The teacher is randomly initialised
 (speed does not depend on the weights), saved to a temporary .nemo, and dumped (``dump_teacher``, k = 8,
 float16, full lattice) over the first utterances of the manifest. Every configuration trains on the same
@@ -165,7 +165,8 @@ def prepare(work: Path, manifest: Path, utterances: int, tokenizer_dir: Path) ->
 
 def load_batches(work: Path, model, batch_size: int, with_store: bool):
     """The same duration-sorted batches for every configuration (store rows added for offline KD)."""
-    from kdstore.distill.data import TranscribedAudioDataset, collate, duration_sorted_batches
+    from kdstore.distill.data import StoreCollate
+    from kdstore.inputs.batches import TranscribedAudioDataset, duration_sorted_batches
     from kdstore.inputs.manifest import read_manifest
     from kdstore.store import StoreReader
 
@@ -173,20 +174,20 @@ def load_batches(work: Path, model, batch_size: int, with_store: bool):
     dataset = TranscribedAudioDataset(entries, model.tokenizer.text_to_ids, 16000)
     reader = StoreReader(work / "teacher.zarr") if with_store else None
     plan = duration_sorted_batches(entries, batch_size)
-    return [collate([dataset[i] for i in indices], reader) for indices in plan], dataset, plan, reader
+    return [StoreCollate(reader)([dataset[i] for i in indices]) for indices in plan], dataset, plan, reader
 
 
 class OnlineTimer:
-    """Times the online teacher inside the step: ``kdstore.distill.student.online_rows`` (teacher rows) and the
-    ``full_lattice`` forward it calls, by wrapping the module globals that ``KDMixin`` looks up."""
+    """Times the online teacher inside the step: ``kdstore.distill.kd_term.online_rows`` (teacher rows) and the
+    ``full_lattice`` forward it calls, by wrapping the module globals that ``KDMixin`` and ``online_rows`` look up."""
 
     def __init__(self) -> None:
-        from kdstore import student
+        from kdstore.distill import kd_term, student
 
         self.key: str | None = None
         self.seconds: dict[str, dict[str, float]] = {}
         self.calls: dict[str, int] = {}
-        original_rows, original_forward = student.online_rows, student.full_lattice
+        original_rows, original_forward = student.online_rows, kd_term.full_lattice
 
         def timed(name, function):
             def wrapper(*args, **kwargs):
@@ -202,7 +203,7 @@ class OnlineTimer:
             return wrapper
 
         student.online_rows = timed("rows", original_rows)
-        student.full_lattice = timed("forward", original_forward)
+        kd_term.full_lattice = timed("forward", original_forward)
 
     def per_step(self, key: str) -> tuple[float, float] | None:
         """(teacher forward, top-k + row building) seconds per step, or None for offline/plain."""
@@ -223,14 +224,14 @@ def train_step(model, batch) -> float:
 
 def data_seconds(dataset, plan, reader, repeats: int) -> dict[str, float]:
     """Median seconds to build one batch: audio + tokens, and audio + tokens + store rows."""
-    from kdstore.distill.data import collate
+    from kdstore.distill.data import StoreCollate
 
     times: dict[str, list[float]] = {"audio": [], "audio+store": []}
     for _ in range(repeats):
         for indices in plan:
             for name, store in (("audio", None), ("audio+store", reader)):
                 start = time.perf_counter()
-                collate([dataset[i] for i in indices], store)
+                StoreCollate(store)([dataset[i] for i in indices])
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
@@ -307,7 +308,7 @@ def report(args, info: dict, params: dict, timing: dict, memory: dict, data: dic
          "vocabulary (the original online recipe). Teacher randomly initialised (speed does not depend on "
          "the weights). \"Teacher forward / top-k rows\": time inside the online steps spent in "
          "`kdstore.dump.teacher.full_lattice` (the teacher's no_grad forward + log_softmax) and in the rest of "
-         "`kdstore.distill.student.online_rows` (top-k and (blank, label) per node, one utterance at a time), per "
+         "`kdstore.distill.kd_term.online_rows` (top-k and (blank, label) per node, one utterance at a time), per "
          "step. Peak RSS delta: each configuration in its own process; after setup the RSS high-water mark "
          "is reset (`/proc/self/clear_refs`), one pass over the batches runs, and the high-water mark "
          "(`VmHWM`, the counter `ru_maxrss` reads; `ru_maxrss` itself kept the setup's peak, identical in "

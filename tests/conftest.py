@@ -28,7 +28,7 @@ def emitting_model(demo_corpus, tmp_path_factory: pytest.TempPathFactory):
     """Path of a tiny EncDecRNNTBPEModel (.nemo) overfitted on 10 demo utterances, so it emits tokens.
 
     A model that emits only blanks proves nothing about an export. Built from
-    ``configs/models/tiny.yaml`` (no SpecAugment) with a plain torch loop: Adam 3e-3, all 10
+    the ``tiny`` config (no SpecAugment) with a plain torch loop: Adam 3e-3, all 10
     utterances in one batch, kdstore's vectorised RNN-T loss, until the loss is below 0.3 and most
     greedy transcripts are non-empty (~150 steps, ~30 s on one idle core). The utterances it saw are in
     ``train.json`` beside it (see ``emitting_manifest``).
@@ -53,7 +53,9 @@ def emitting_model(demo_corpus, tmp_path_factory: pytest.TempPathFactory):
     try:
         from nemo.collections.asr.models import EncDecRNNTBPEModel
 
-        cfg = OmegaConf.load(Path(__file__).parents[1] / "configs" / "models" / "tiny.yaml").model
+        from kdstore.distill.config import load_train_config
+
+        cfg = OmegaConf.create(OmegaConf.to_container(load_train_config("tiny").model, resolve=True))
         for key in ("enable_kd", "kd_alpha", "kd_temperature", "teacher_model_path", "kd", "optim",
                     "spec_augment", "train_ds"):  # kdstore-only keys; no data loaders needed
             cfg.pop(key, None)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kdstore.distill.augment import length_changing, nemo_augment
-from kdstore.distill.data import TranscribedAudioDataset
+from kdstore.inputs.batches import TranscribedAudioDataset
 from kdstore.errors import ConfigError
 
 

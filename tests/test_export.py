@@ -221,12 +221,14 @@ def test_export_refuses_missing_model(tmp_path):
 
 
 def _untrained_model(demo_corpus, path: Path, hybrid: bool = False, blank_as_pad: bool = True) -> Path:
-    """A randomly initialised tiny model from configs/models/tiny.yaml, saved as .nemo."""
+    """A randomly initialised tiny model from the tiny config, saved as .nemo."""
     import torch
     from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel, EncDecRNNTBPEModel
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(Path(__file__).parents[1] / "configs" / "models" / "tiny.yaml").model
+    from kdstore.distill.config import load_train_config
+
+    cfg = OmegaConf.create(OmegaConf.to_container(load_train_config("tiny").model, resolve=True))
     for key in ("enable_kd", "kd_alpha", "kd_temperature", "teacher_model_path", "kd", "optim", "spec_augment",
                 "train_ds"):
         cfg.pop(key, None)

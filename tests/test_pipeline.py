@@ -62,7 +62,7 @@ def exact_store(teacher_nemo, small_manifest, tmp_path_factory) -> Path:
 
 
 def test_dump_rows_match_live_teacher_and_student_lattice_shape(teacher_nemo, small_manifest, demo_corpus, tmp_path):
-    from kdstore.distill.data import TranscribedAudioDataset, collate
+    from kdstore.inputs.batches import TranscribedAudioDataset, collate
     from kdstore.dump.run import DumpSettings, dump_teacher
     from kdstore.inputs.manifest import read_manifest
     from kdstore.nemo.checkpoint import restore_model
@@ -96,20 +96,21 @@ def test_dump_rows_match_live_teacher_and_student_lattice_shape(teacher_nemo, sm
 
 
 def test_offline_kd_from_exact_store_equals_online_kd(teacher_nemo, exact_store, small_manifest, demo_corpus):
-    from kdstore.distill.data import TranscribedAudioDataset, collate
-    from kdstore.distill.settings import KDSettings
+    from kdstore.distill.config import KDSettings
+    from kdstore.distill.data import StoreCollate
+    from kdstore.distill.kd_term import kd_node_loss, online_rows
+    from kdstore.inputs.batches import TranscribedAudioDataset
     from kdstore.inputs.manifest import read_manifest
     from kdstore.nemo.checkpoint import restore_model
     from kdstore.store import StoreReader
-    from kdstore.distill.student import kd_node_loss, online_rows
 
     teacher = restore_model(teacher_nemo)
     student = build_model("tiny", demo_corpus.tokenizer_dir, seed=7)
     reader = StoreReader(exact_store)
     assert reader.metadata.top_k == teacher.decoder.vocab_size + 1
     entries = read_manifest(small_manifest)
-    dataset = TranscribedAudioDataset(entries, teacher.tokenizer.text_to_ids, 16000, store=reader)
-    batch = collate([dataset[i] for i in (0, 3, 5, 1)], reader)  # a different padding than the dump's batches
+    dataset = TranscribedAudioDataset(entries, teacher.tokenizer.text_to_ids, 16000)
+    batch = StoreCollate(reader)([dataset[i] for i in (0, 3, 5, 1)])  # a different padding than the dump's batches
     enc, _ = student.forward(input_signal=batch.signal, input_signal_length=batch.signal_len)
     pred, _, _ = student.decoder(targets=batch.tokens, target_length=batch.tokens_len)
     log_probs = student.joint.joint(enc.transpose(1, 2), pred.transpose(1, 2)).log_softmax(-1)
@@ -247,12 +248,13 @@ def test_occupancy_weights_from_a_full_store_train(exact_store, small_manifest, 
 
 def test_collapsed_from_topk_store_equals_full_store_and_band_equals_restricted_dense(
         teacher_nemo, exact_store, small_manifest, demo_corpus, tmp_path):
-    from kdstore.distill.data import TranscribedAudioDataset, collate
+    from kdstore.distill.config import KDSettings
+    from kdstore.distill.data import StoreCollate
+    from kdstore.distill.kd_term import kd_node_loss
     from kdstore.dump.run import DumpSettings, dump_teacher
-    from kdstore.distill.settings import KDSettings
+    from kdstore.inputs.batches import TranscribedAudioDataset
     from kdstore.inputs.manifest import read_manifest
     from kdstore.store import StoreReader
-    from kdstore.distill.student import kd_node_loss
 
     small = tmp_path / "k4.zarr"
     dump_teacher(teacher_nemo, small_manifest, small, DumpSettings(top_k=4, batch_size=4, value_dtype="float32"))
@@ -262,7 +264,7 @@ def test_collapsed_from_topk_store_equals_full_store_and_band_equals_restricted_
     entries = read_manifest(small_manifest)
     dataset = TranscribedAudioDataset(entries, student.tokenizer.text_to_ids, 16000)
     items = [dataset[i] for i in range(len(entries))]
-    batches = {name: collate(items, StoreReader(path)) for name, path in
+    batches = {name: StoreCollate(StoreReader(path))(items) for name, path in
                (("full", exact_store), ("k4", small), ("band", band))}
     b = batches["full"]
     enc, _ = student.forward(input_signal=b.signal, input_signal_length=b.signal_len)

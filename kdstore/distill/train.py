@@ -1,23 +1,34 @@
 """Stage 2 entry point: train a student (with KD from a store, or plainly) and save a plain .nemo.
 
 Callable without the CLI: ``train_student(load_train_config("tiny", [...], store=...))``.
-Order as in a readable recipe: settings -> checks -> model -> trainer -> fit -> save.
+Order as in a readable recipe: settings -> checks -> trainer -> model -> fit -> save.
 """
 
 from __future__ import annotations
 
-import csv
+import dataclasses
+import inspect
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 
 from kdstore.distill.augment import length_changing
-from kdstore.distill.config import require
+from kdstore.distill.callbacks import CurveRecorder, start_exp_manager
+from kdstore.distill.config import KDSettings, ModelSection, read_train_config, required
 from kdstore.errors import ConfigError, IncompatibleStoreError
 from kdstore.files import sha256_file
-from kdstore.distill.settings import KDSettings
+from kdstore.nemo.frontend import front_end_from_config
+
+# Trainer arguments kdstore sets itself, and where to set what they stand for.
+SET_BY_KDSTORE = {
+    "logger": "exp_manager adds the loggers (exp_manager.create_tensorboard_logger, ...)",
+    "enable_checkpointing": "exp_manager adds checkpoints (exp_manager.create_checkpoint_callback)",
+    "enable_progress_bar": "use --progress/--no-progress",
+    "callbacks": "kdstore adds its loss-curve callback; exp_manager adds the others",
+}
 
 
 @dataclass(frozen=True)
@@ -33,57 +44,53 @@ class TrainResult:
     skipped_lines: int = 0  # manifest lines skipped under model.train_ds.skip_bad
 
 
-def check_store_compatible(cfg, store_path: str) -> object:
-    """Refuse a store whose front end or tokenizer differs from the student's (design section 6)."""
+def check_store_compatible(model_cfg: Any, model: ModelSection, store_path: str) -> Any:
+    """Open the store, refusing one whose front end, k or T differs from what the student will see
+    (design section 6). ``model_cfg`` is NeMo's model config (its preprocessor is built to read the
+    front end), ``model`` its typed view. Returns the StoreReader; raises IncompatibleStoreError."""
     from kdstore.store import StoreReader
 
     reader = StoreReader(store_path)
     meta = reader.metadata
-    pre, enc = cfg.model.preprocessor, cfg.model.encoder
-    student = {
-        "sample_rate": int(pre.sample_rate), "window_size": float(pre.window_size),
-        "window_stride": float(pre.window_stride), "features": int(pre.features),
-        "normalize": str(pre.normalize), "subsampling_factor": int(enc.subsampling_factor),
-    }
+    student = dataclasses.asdict(front_end_from_config(model_cfg))
     for name, value in student.items():
         stored = getattr(meta.front_end, name)
-        if stored != value:
+        if stored is not None and stored != value:  # None: not recorded by an older dump
             raise IncompatibleStoreError(
                 f"store {store_path} was dumped with {name}={stored} but the student has {name}={value}; "
                 "student and teacher must share the preprocessor and subsampling factor (set "
                 f"model.{'encoder' if name == 'subsampling_factor' else 'preprocessor'}.{name}={stored})"
             )
-    top_k = (cfg.model.get("kd") or {}).get("top_k")
-    if top_k and int(top_k) > meta.top_k:
+    top_k = model.kd.top_k
+    if top_k is not None and top_k > meta.top_k:
         raise IncompatibleStoreError(f"model.kd.top_k={top_k} but store {store_path} holds only k={meta.top_k} per node; "
                                      f"use model.kd.top_k<={meta.top_k} (or null for all)")
-    changing = length_changing(cfg.model.train_ds.get("augmentor"))
+    changing = length_changing(model.train_ds.augmentor)
     if changing:
         raise IncompatibleStoreError(f"{changing[0]} perturbation changes the number of frames T: remove "
                                      f"model.train_ds.augmentor.{changing[0]} while KD from a store is on")
     return reader
 
 
-def _tokenizer_for_store(cfg, reader, workdir: Path) -> None:
-    """Use the store's tokenizer unless one is given; if one is given it must be the same."""
-    from omegaconf import OmegaConf
-
-    stored_sha = reader.metadata.fingerprint.tokenizer_sha256
-    if OmegaConf.is_missing(cfg.model.tokenizer, "dir"):
-        cfg.model.tokenizer.dir = str(reader.write_tokenizer(workdir / "tokenizer"))
-        return
-    model_file = Path(cfg.model.tokenizer.dir) / "tokenizer.model"
+def tokenizer_for_store(tokenizer_dir: str | None, reader: Any, workdir: Path) -> str:
+    """The tokenizer folder to train with: the store's (written to ``workdir``) unless one is given;
+    one given must be the teacher's (same tokenizer.model sha256) or IncompatibleStoreError is raised."""
+    if tokenizer_dir is None:
+        return str(reader.write_tokenizer(workdir / "tokenizer"))
+    model_file = Path(tokenizer_dir) / "tokenizer.model"
     if not model_file.is_file():
-        raise ConfigError(f"model.tokenizer.dir={cfg.model.tokenizer.dir} has no tokenizer.model")
-    if sha256_file(model_file) != stored_sha:
+        raise ConfigError(f"model.tokenizer.dir={tokenizer_dir} has no tokenizer.model")
+    if sha256_file(model_file) != reader.metadata.fingerprint.tokenizer_sha256:
         raise IncompatibleStoreError(
             f"tokenizer {model_file} differs from the teacher's tokenizer in the store; leave "
             "model.tokenizer.dir unset to use the store's own tokenizer"
         )
+    return tokenizer_dir
 
 
-def build_student(model_cfg, trainer=None):
-    """Instantiate the student class that fits the config; it records the plain NeMo class as target."""
+def build_student(model_cfg: Any, trainer: pl.Trainer | None = None) -> Any:
+    """Instantiate the student class that fits NeMo's model config (hybrid when ``aux_ctc`` is set); it
+    records the plain NeMo class as ``target``, so the saved .nemo loads without kdstore."""
     from omegaconf import open_dict
 
     from kdstore.distill.student import PLAIN_TARGETS, KDHybridModel, KDRNNTModel
@@ -95,110 +102,76 @@ def build_student(model_cfg, trainer=None):
     return cls(cfg=model_cfg, trainer=trainer)
 
 
-class CurveRecorder(pl.Callback):
-    """Writes one CSV row of losses per training step (the demo plots these curves)."""
+def trainer_arguments(trainer: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """The config's ``trainer`` section as Lightning Trainer arguments, plus kdstore's own settings.
 
-    def __init__(self, path: Path, print_every: int = 0) -> None:
-        self.path, self.rows, self.start, self.print_every = path, [], time.time(), print_every
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_rank != 0:
-            return  # one curve per run: rank 0's
-        logs = getattr(pl_module, "last_step_logs", {})
-        row = {"step": trainer.global_step, "seconds": round(time.time() - self.start, 3), **logs}
-        self.rows.append(row)
-        if self.print_every and trainer.global_step % self.print_every == 0:
-            losses = " ".join(f"{k.removeprefix('train_')}={v:.4g}" for k, v in logs.items() if k != "learning_rate")
-            print(f"step {trainer.global_step}/{trainer.max_steps} {row['seconds']:.0f}s {losses}", flush=True)
-        if trainer.global_step % 25 == 0:
-            self.write()
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.global_rank == 0:
-            self.write()
-
-    def write(self) -> None:
-        """Rewrite the CSV (cheap: a few thousand rows), so a killed run still leaves its curve."""
-        keys = sorted({k for row in self.rows for k in row}, key=lambda k: (k not in ("step", "seconds"), k))
-        with self.path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.rows)
-
-
-def start_exp_manager(trainer, cfg, output: Path) -> Path | None:
-    """NeMo's exp_manager: loggers, checkpoints (best by val WER), early stopping, resume.
-
-    Checkpoint selection and early stopping watch ``val_wer``, so without a validation manifest they
-    are switched off (the final model is still saved to ``run.output``).
+    Raises ConfigError for a key that is not a Trainer argument, or one kdstore sets itself.
     """
-    from nemo.utils.exp_manager import exp_manager
+    accepted = inspect.signature(pl.Trainer.__init__).parameters
+    for key in trainer:
+        if key in SET_BY_KDSTORE:
+            raise ConfigError(f"trainer.{key} is set by kdstore: remove it ({SET_BY_KDSTORE[key]})")
+        if key not in accepted:
+            raise ConfigError(f"trainer.{key} is not an argument of Lightning's Trainer; check the spelling")
+    return {"enable_model_summary": False,
+            "use_distributed_sampler": False,  # kdstore's samplers shard batches by rank themselves
+            **trainer, "enable_progress_bar": progress, "logger": False, "enable_checkpointing": False}
+
+
+def train_student(cfg: Any, progress: bool = False) -> TrainResult:
+    """Train per ``cfg`` (a loaded config, :func:`kdstore.distill.config.load_train_config`; every key is
+    described in kdstore/configs/_base.yaml) and save ``run.output`` as a plain .nemo.
+
+    ``cfg`` is the DictConfig NeMo builds the model from: the store's tokenizer folder and the default
+    skipped-lines file are written into it, and it is saved in the .nemo. Raises ConfigError for a
+    missing or wrong setting and IncompatibleStoreError for a store the student cannot learn from.
+    """
+    import torch
     from omegaconf import OmegaConf
 
-    if cfg.get("exp_manager") is None:
-        return None
-    params = OmegaConf.to_container(cfg.exp_manager, resolve=True)
-    params["exp_dir"] = params.get("exp_dir") or str(output.parent / "logs")
-    if not cfg.model.validation_ds.get("manifest_filepath"):
-        params["create_checkpoint_callback"] = False
-        params["create_early_stopping_callback"] = False
-    log_dir = exp_manager(trainer, OmegaConf.create(params))
-    return Path(log_dir) if log_dir else None
-
-
-def train_student(cfg, progress: bool = False) -> TrainResult:
-    """Train per ``cfg`` (see configs/models/tiny.yaml) and save ``cfg.run.output`` as a plain .nemo."""
-    import torch
-    from omegaconf import OmegaConf, open_dict
-
-    require(cfg, "run.output", "set run.output=PATH.nemo")
-    require(cfg, "model.train_ds.manifest_filepath", "set model.train_ds.manifest_filepath=train.json")
-    output = Path(cfg.run.output)
+    settings = read_train_config(cfg)
+    run, model = settings.run, settings.model
+    output = Path(required(run.output, "run.output", "set run.output=PATH.nemo"))
+    required(model.train_ds.manifest_filepath, "model.train_ds.manifest_filepath",
+             "set model.train_ds.manifest_filepath=train.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     workdir = output.with_suffix(".files")
     workdir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(int(cfg.run.num_threads))
-    pl.seed_everything(int(cfg.run.seed), verbose=False)
 
-    if cfg.model.train_ds.get("skip_bad") and not cfg.model.train_ds.get("skipped_file"):
+    if model.train_ds.skip_bad and model.train_ds.skipped_file is None:
         cfg.model.train_ds.skipped_file = str(output.with_suffix(".skipped.jsonl"))
-    settings = KDSettings.from_model_config(cfg.model)
-    if settings.enabled and settings.store:
-        reader = check_store_compatible(cfg, settings.store)
-        _tokenizer_for_store(cfg, reader, workdir)
-    require(cfg, "model.tokenizer.dir", "set model.tokenizer.dir=DIR (or give --store to use the teacher's)")
+    kd = KDSettings.of(model)
+    tokenizer_dir = model.tokenizer.dir
+    if kd.enabled and kd.store:
+        reader = check_store_compatible(cfg.model, model, kd.store)
+        tokenizer_dir = tokenizer_for_store(tokenizer_dir, reader, workdir)
+    cfg.model.tokenizer.dir = required(tokenizer_dir, "model.tokenizer.dir",
+                                       "set model.tokenizer.dir=DIR (or give --store to use the teacher's)")
 
-    curve_csv = Path(cfg.run.log_csv) if cfg.run.get("log_csv") else output.with_suffix(".log.csv")
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_kwargs.setdefault("enable_progress_bar", progress)
-    trainer_kwargs["enable_progress_bar"] = progress
-    trainer_kwargs.setdefault("enable_model_summary", False)
-    recorder = CurveRecorder(curve_csv, print_every=0 if progress else int(cfg.trainer.log_every_n_steps))
-    trainer_kwargs.update(logger=False, enable_checkpointing=False)  # exp_manager adds both
-    trainer_kwargs.setdefault("use_distributed_sampler", False)  # our duration buckets shard by rank
-    trainer = pl.Trainer(**trainer_kwargs, callbacks=[recorder])
-    log_dir = start_exp_manager(trainer, cfg, output)
+    torch.set_num_threads(run.num_threads)
+    pl.seed_everything(run.seed, verbose=False)
+    curve_csv = Path(run.log_csv) if run.log_csv else output.with_suffix(".log.csv")
+    recorder = CurveRecorder(curve_csv, print_losses=not progress)
+    trainer = pl.Trainer(**trainer_arguments(settings.trainer, progress), callbacks=[recorder])
+    log_dir = start_exp_manager(trainer, settings.exp_manager, output,
+                                validation=bool(model.validation_ds.manifest_filepath))
 
-    model_cfg = cfg.model
-    with open_dict(model_cfg):
-        model_cfg.pop("kdstore_rnnt_loss", None)
-    model = build_student(model_cfg, trainer=trainer)
-    model.rnnt_loss_choice = str(cfg.run.rnnt_loss)
-    params = int(sum(p.numel() for p in model.parameters()))
+    student = build_student(cfg.model, trainer=trainer)
+    student.rnnt_loss_choice = run.rnnt_loss
+    params = int(sum(p.numel() for p in student.parameters()))
 
     start = time.time()
-    trainer.fit(model)
+    trainer.fit(student)
     seconds = time.time() - start
     # With validation, NeMo's checkpoint callback restores the best-by-val-WER weights at the end of
     # fit (and the trainer's step counter with them): run.output then holds the best model.
     steps = max((int(row["step"]) for row in recorder.rows), default=int(trainer.global_step))
 
-    model.eval()
-    if trainer.global_rank == 0:
-        model.save_to(str(output))
-        OmegaConf.save(cfg, workdir / "train_config.yaml", resolve=True)
+    student.eval()
     if trainer.global_rank != 0:
         return TrainResult(output, steps, seconds, params, curve_csv, {}, log_dir, None)
-    best = next(iter(sorted(Path(log_dir).rglob(f"{cfg.name}.nemo"))), None) if log_dir else None
-    return TrainResult(output, steps, seconds, params, curve_csv,
-                       dict(getattr(model, "last_step_logs", {})), log_dir, best, int(getattr(model, "skipped_lines", 0)))
+    student.save_to(str(output))
+    OmegaConf.save(cfg, workdir / "train_config.yaml", resolve=True)
+    best = next(iter(sorted(Path(log_dir).rglob(f"{settings.name}.nemo"))), None) if log_dir else None
+    return TrainResult(output, steps, seconds, params, curve_csv, dict(getattr(student, "last_step_logs", {})),
+                       log_dir, best, int(getattr(student, "skipped_lines", 0)))

@@ -1,0 +1,95 @@
+"""The KD term of one training step: student log-probs vs the teacher's rows (stored or live).
+
+The loss formulas are :mod:`kdstore.distill.losses`; this module gathers the batch's lattice, masks
+the nodes that count (valid t < T, u <= U, and kept by the store) and reduces them, per
+docs/training.md ("The loss and what kd_alpha means").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kdstore.distill import losses
+from kdstore.distill.config import KDSettings
+from kdstore.distill.data import KDRows
+from kdstore.dump.teacher import full_lattice, lattice_rows
+from kdstore.errors import IncompatibleStoreError
+from kdstore.inputs.batches import AudioBatch
+from kdstore.store.layout import label_slot_fill
+
+
+def kd_node_loss(log_probs: torch.Tensor, rows: KDRows, tokens: torch.Tensor, blank: int,
+                 settings: KDSettings) -> torch.Tensor:
+    """Batch KD term (without tau^2) from student log-probs (B, T, U+1, V+1) and teacher rows.
+
+    Only the k stored ids are gathered from the student; the teacher side stays k-wide.
+    """
+    frames, nodes = rows.logp.shape[1], rows.logp.shape[2]
+    device = log_probs.device
+    lattice = log_probs[:, :frames, :nodes]  # (B, T, U+1, V+1)
+    mask = losses.lattice_mask(rows.frames.to(device), rows.labels.to(device), frames, nodes - 1)
+    if rows.stored is not None:
+        mask = mask & rows.stored.to(device)  # band stores: only the kept nodes
+    teacher_logp, teacher_ids = rows.logp.to(device), rows.ids.to(device)
+    if settings.top_k:
+        teacher_logp, teacher_ids = losses.truncate_topk(teacher_logp, teacher_ids, settings.top_k)
+    if settings.loss == "topk_rest":
+        node_kl = losses.topk_rest_kl(lattice, teacher_logp, teacher_ids, settings.temperature)
+    elif settings.loss == "topk_renorm":
+        node_kl = losses.topk_renorm_kl(lattice, teacher_logp, teacher_ids, settings.temperature)
+    else:
+        u = torch.arange(nodes, device=device)[None, None, :]
+        label_valid = mask & (u < rows.labels.to(device)[:, None, None])
+        node_kl = losses.collapsed_kl(lattice, rows.blank_label.to(device), tokens, label_valid, blank,
+                                      settings.temperature)
+    weights = losses.node_weights(
+        settings.weights, mask, blank_label=rows.blank_label.to(device), frames=rows.frames.to(device),
+        labels=rows.labels.to(device), occupancy=rows.occupancy.to(device) if rows.occupancy is not None else None)
+    return losses.reduce_nodes(node_kl, weights)
+
+
+def ctc_kd_loss(ctc_log_probs: torch.Tensor, rows: KDRows, settings: KDSettings) -> torch.Tensor:
+    """KD on a hybrid student's CTC head: ``topk_rest`` KL per frame against the teacher's CTC top-k,
+    mean over each utterance's frames, then over the batch (same scale as the lattice term)."""
+    frames = rows.ctc_logp.shape[1]
+    student = ctc_log_probs[:, :frames]  # (B, T, V+1)
+    teacher_logp, teacher_ids = rows.ctc_logp.to(student.device), rows.ctc_ids.to(student.device)
+    if settings.top_k:
+        teacher_logp, teacher_ids = losses.truncate_topk(teacher_logp, teacher_ids, settings.top_k)
+    mask = torch.arange(frames, device=student.device)[None, :] < rows.frames.to(student.device)[:, None]
+    return losses.reduce_nodes(losses.topk_rest_kl(student, teacher_logp, teacher_ids, settings.temperature), mask)
+
+
+def check_alignment(batch: AudioBatch, rows: KDRows, encoded_len: torch.Tensor) -> None:
+    """The student's T and U must equal the store's for every utterance (design section 6)."""
+    for b, key in enumerate(batch.keys):
+        if int(encoded_len[b]) != int(rows.frames[b]):
+            raise IncompatibleStoreError(
+                f"utterance {key!r}: student has {int(encoded_len[b])} encoder frames, store has "
+                f"{int(rows.frames[b])}; use the teacher's preprocessor and subsampling factor, no speed perturbation"
+            )
+        if int(batch.tokens_len[b]) != int(rows.labels[b]):
+            raise IncompatibleStoreError(
+                f"utterance {key!r}: student has {int(batch.tokens_len[b])} tokens, store has {int(rows.labels[b])}; "
+                "train with the store's tokenizer"
+            )
+
+
+def online_rows(teacher, batch: AudioBatch, top_k: int = 0) -> KDRows:
+    """KDRows from a live teacher on this batch (top_k 0 = the whole vocabulary)."""
+    device = next(teacher.parameters()).device
+    with torch.no_grad():
+        log_probs, enc_len = full_lattice(teacher, batch.signal.to(device), batch.signal_len.to(device),
+                                          batch.tokens.to(device), batch.tokens_len.to(device))
+    classes = log_probs.shape[-1]
+    k = classes if top_k <= 0 else min(top_k, classes)
+    blank = int(teacher.decoder.blank_idx)
+    fill = label_slot_fill(np.dtype(np.float32))
+    per_utt = [lattice_rows(log_probs[b], batch.tokens[b].to(device), int(batch.tokens_len[b]), k, blank, fill)
+               for b in range(log_probs.shape[0])]  # each (T, U+1, k), padded lattice
+    values = torch.stack([v for v, _, _ in per_utt]).cpu()
+    ids = torch.stack([i for _, i, _ in per_utt]).cpu()
+    blank_label = torch.stack([bl for _, _, bl in per_utt]).cpu()
+    return KDRows(logp=values, ids=ids.long(), blank_label=blank_label, frames=enc_len.cpu().long(),
+                  labels=batch.tokens_len.cpu().long())
