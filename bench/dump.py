@@ -55,7 +55,7 @@ def quiet() -> None:
 
 def forward_run(teacher: Path, manifest: Path, batch_size: int) -> dict:
     """The teacher's own forward over the dump's batch plan; returns seconds (total and restore)."""
-    from kdstore.distill.data import TranscribedAudioDataset, collate, duration_sorted_batches
+    from kdstore.inputs.batches import TranscribedAudioDataset, collate, duration_sorted_batches
     from kdstore.inputs.manifest import read_manifest
     from kdstore.nemo.checkpoint import restore_model
     from kdstore.dump.teacher import encode_teacher_forced, joint_log_probs

@@ -426,7 +426,7 @@ def main() -> None:
                         help="folder with train.json and test.json (the teacher's corpus)")
     parser.add_argument("--workdir", type=Path, default=REPO / "demo-run-study",
                         help="models, stores, logs, result JSON (default demo-run-study/, git-ignored)")
-    parser.add_argument("--config", default="tiny", help="student config (configs/models)")
+    parser.add_argument("--config", default="tiny", help="student config (a path or a name in kdstore/configs)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per student (1000; 200 with --quick)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds for the main rows (2; 1 with --quick)")
     parser.add_argument("--batch-size", type=int, default=16)
