@@ -201,7 +201,7 @@ class Study:
 
     def evaluate(self, model: Path, log: Path) -> dict:
         rc = run_logged(kdstore_cmd("eval", "--model", str(model), "--manifest", str(self.test), "--json",
-                                    "--threads", "1"), log)
+                                    "--no-progress", "--threads", "1"), log)
         if rc != 0:
             raise RuntimeError(f"eval of {model} failed (rc {rc}); see {log}")
         return parse_eval_json(log)["model"]
