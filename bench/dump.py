@@ -58,13 +58,14 @@ def forward_run(teacher: Path, manifest: Path, batch_size: int) -> dict:
     from kdstore.inputs.batches import TranscribedAudioDataset, collate, duration_sorted_batches
     from kdstore.inputs.manifest import read_manifest
     from kdstore.nemo.checkpoint import restore_model
+    from kdstore.nemo.frontend import sample_rate_of
     from kdstore.dump.teacher import encode_teacher_forced, joint_log_probs
 
     start = time.perf_counter()
     model = restore_model(teacher)
     restored = time.perf_counter()
     entries = read_manifest(manifest)
-    dataset = TranscribedAudioDataset(entries, model.tokenizer.text_to_ids, int(model.cfg.preprocessor.sample_rate))
+    dataset = TranscribedAudioDataset(entries, model.tokenizer.text_to_ids, sample_rate_of(model))
     nodes = 0
     for indices in duration_sorted_batches(entries, batch_size):
         batch = collate([dataset[i] for i in indices])

@@ -10,26 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from kdstore.errors import IncompatibleStoreError
+from kdstore.frames import encoder_frames
 from kdstore.inputs.manifest import ManifestEntry
 from kdstore.store import StoreReader
 from kdstore.store.meta_v1 import FrontEnd
-
-
-def expected_frames(num_samples: int, front_end: FrontEnd) -> int | None:
-    """Encoder frames NeMo's FastConformer gives for ``num_samples`` (None if not a power-of-2 stack).
-
-    Mel frames = samples // hop; each 2x conv stage (kernel 3, stride 2, padding 1) maps
-    L -> floor((L + 2 - 3) / 2) + 1.
-    """
-    hop = round(front_end.window_stride * front_end.sample_rate)
-    factor = front_end.subsampling_factor
-    if factor < 1 or factor & (factor - 1):
-        return None
-    frames = num_samples // hop
-    while factor > 1:
-        frames = (frames + 2 - 3) // 2 + 1
-        factor //= 2
-    return frames
 
 
 def _num_samples(entry: ManifestEntry, sample_rate: int) -> int:
@@ -59,7 +43,7 @@ def check_alignment_upfront(entries: Sequence[ManifestEntry], tokenize: Callable
             raise IncompatibleStoreError(
                 f"{entry.where}: the student's tokenizer gives {tokens} tokens, the store has U={stored_u}; "
                 "train with the store's tokenizer (leave model.tokenizer.dir unset) and the same transcript")
-        frames = expected_frames(_num_samples(entry, front_end.sample_rate), front_end)
+        frames = encoder_frames(_num_samples(entry, front_end.sample_rate), front_end)
         if frames is not None and frames != stored_t:
             raise IncompatibleStoreError(
                 f"{entry.where}: the student would see T={frames} encoder frames, the store has T={stored_t}; "

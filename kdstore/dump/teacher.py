@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from kdstore.store.meta_v1 import FrontEnd
-
 
 @dataclass
 class EncodedBatch:
@@ -72,16 +70,3 @@ def lattice_rows(log_probs: torch.Tensor, tokens: torch.Tensor, labels: int, top
         index = tokens[:labels].long()[None, :, None].expand(log_probs.shape[0], labels, 1)
         label_lp[:, :labels] = log_probs[:, :labels, :].gather(-1, index).squeeze(-1)
     return values, ids, torch.stack([blank_lp, label_lp], dim=-1)
-
-
-def front_end_of(model) -> FrontEnd:
-    """The settings that decide T, read from a NeMo model's config."""
-    pre = model.cfg.preprocessor
-    return FrontEnd(
-        sample_rate=int(pre.get("sample_rate", model.cfg.sample_rate)),
-        window_size=float(pre.get("window_size", 0.02)),
-        window_stride=float(pre.get("window_stride", 0.01)),
-        features=int(pre.get("features", 64)),
-        normalize=str(pre.get("normalize", "per_feature")),
-        subsampling_factor=int(model.cfg.encoder.get("subsampling_factor", 1)),
-    )

@@ -1,7 +1,10 @@
-"""The NeMo model's front end: read the preprocessor settings NeMo actually uses, repair fp16-rounded
-buffers, and prove :mod:`kdstore.runtime.frontend` reproduces the features.
+"""The NeMo model's front end, read in one place: what decides T, what the export reproduces.
 
-* :func:`frontend_config_from_nemo` reads the featurizer (its attributes, then its config, then defaults);
+* :func:`front_end_from_config` reads the settings that decide the number of encoder frames T (the
+  store's ``front_end``) from a model config: dump-teacher, train-student and its store check use it;
+* :func:`sample_rate_of` is the rate a restored model's preprocessor expects (eval, transcribe);
+* :func:`frontend_config_from_nemo` reads every setting of the featurizer (its attributes, then its
+  config, then defaults) for the numpy front end of an export;
 * :func:`restore_rounded_buffers` puts exact window and filterbank values back into a model saved in fp16;
 * :func:`check_frontend` runs NeMo's preprocessor and the numpy front end on synthetic audio.
 """
@@ -13,10 +16,63 @@ from typing import Any
 
 import numpy as np
 
-from kdstore.errors import ExportError
+from kdstore.errors import ConfigError, ExportError
 from kdstore.runtime.frontend import WINDOW_FUNCTIONS, FrontEndConfig, LogMelFrontEnd, mel_filterbank, resolve_log_guard
+from kdstore.store.meta_v1 import FrontEnd
 
 FRONTEND_TOLERANCE = 1e-3  # max |ours - NeMo| on normalised log-mel features, checked at export
+MEL_PREPROCESSOR = "AudioToMelSpectrogramPreprocessor"
+
+
+def front_end_from_config(model_cfg: Any) -> FrontEnd:
+    """The settings that decide T for a NeMo transducer config (``model.cfg``, or a student's
+    ``cfg.model`` before the model exists): the preprocessor is built from ``model_cfg.preprocessor``,
+    so unset keys take NeMo's defaults exactly as the model does (window and hop in samples, ``n_fft``,
+    ``exact_pad``); ``subsampling_factor`` is the encoder config's, else its class's default, else 1.
+    Frame counts from it: :func:`kdstore.frames.encoder_frames`.
+
+    Raises:
+        ConfigError: the preprocessor is not NeMo's log-mel ``AudioToMelSpectrogramPreprocessor``.
+    """
+    from nemo.core.classes.common import Serialization
+
+    preprocessor = Serialization.from_config_dict(model_cfg.preprocessor)
+    if type(preprocessor).__name__ != MEL_PREPROCESSOR:
+        raise ConfigError(f"model.preprocessor is {type(preprocessor).__name__}; kdstore needs NeMo's log-mel "
+                          f"{MEL_PREPROCESSOR} (set model.preprocessor._target_)")
+    fz = preprocessor.featurizer
+    rate = int(fz.sample_rate)
+    return FrontEnd(
+        sample_rate=rate,
+        window_size=int(fz.win_length) / rate,
+        window_stride=int(fz.hop_length) / rate,
+        features=int(fz.nfilt),
+        normalize=str(fz.normalize),
+        subsampling_factor=_subsampling_factor(model_cfg.encoder),
+        n_fft=int(fz.n_fft),
+        exact_pad=bool(fz.exact_pad),
+    )
+
+
+def sample_rate_of(model: Any) -> int:
+    """Samples per second a restored NeMo ASR model's preprocessor expects (any preprocessor kind)."""
+    return int(model.preprocessor._sample_rate)
+
+
+def _constructor_defaults(cls: type) -> dict[str, Any]:
+    """Keyword defaults of ``cls.__init__`` (what NeMo uses for keys a config leaves out)."""
+    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+            if k != "self" and p.default is not inspect.Parameter.empty}
+
+
+def _subsampling_factor(encoder_cfg: Any) -> int:
+    """The encoder's time subsampling: its config's, else its class's default; 1 for encoders without one."""
+    if "subsampling_factor" in encoder_cfg:
+        return int(encoder_cfg.subsampling_factor)
+    from hydra.utils import get_class
+
+    return int(_constructor_defaults(get_class(encoder_cfg._target_)).get("subsampling_factor") or 1)
+
 
 def frontend_config_from_nemo(preprocessor: Any) -> FrontEndConfig:
     """The front-end settings NeMo actually uses: the featurizer's attributes and tensors first, then
@@ -26,10 +82,7 @@ def frontend_config_from_nemo(preprocessor: Any) -> FrontEndConfig:
         raise ExportError(f"preprocessor.frame_splicing={fz.frame_splicing} is not supported (use 1)")
     if fz.pad_to == "max":
         raise ExportError("preprocessor.pad_to='max' is not supported; use an integer (0 or 16)")
-    defaults = {
-        k: p.default for k, p in inspect.signature(type(preprocessor).__init__).parameters.items() if k != "self"
-    }
-    cfg = {**defaults, **dict(getattr(preprocessor, "_cfg", None) or {})}
+    cfg = {**_constructor_defaults(type(preprocessor)), **dict(getattr(preprocessor, "_cfg", None) or {})}
     config = FrontEndConfig(
         sample_rate=int(fz.sample_rate),
         n_window_size=int(fz.win_length),
@@ -58,6 +111,8 @@ def frontend_config_from_nemo(preprocessor: Any) -> FrontEndConfig:
         raise ExportError("cannot reproduce the preprocessor's mel filterbank (lowfreq, highfreq, mel_norm); "
                           "this preprocessor configuration is not supported")
     return config
+
+
 def _window_name(window: Any) -> str:
     """Which of NeMo's (symmetric) windows the featurizer holds."""
     if window is None:
@@ -68,6 +123,8 @@ def _window_name(window: Any) -> str:
         if fn is not None and np.allclose(fn(len(values)), values, atol=1e-3):
             return name
     raise ExportError("the preprocessor's STFT window is none of hann, hamming, blackman, bartlett; not supported")
+
+
 def restore_rounded_buffers(preprocessor: Any, frontend: FrontEndConfig) -> bool:
     """Put exact float32 values back into a featurizer whose window and filterbank were saved in fp16.
 
@@ -94,6 +151,8 @@ def restore_rounded_buffers(preprocessor: Any, frontend: FrontEndConfig) -> bool
             fz.window.data.copy_(torch.from_numpy(exact_window))
             replaced = True
     return replaced
+
+
 def check_frontend(preprocessor: Any, frontend: FrontEndConfig, seconds: float = 1.37) -> float:
     """Run NeMo's preprocessor and ours on the same synthetic audio; refuse a mismatch."""
     import torch
