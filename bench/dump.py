@@ -5,7 +5,7 @@ per repeat (forward, dump full, dump band, forward, ...), medians over repeats:
 
 - forward: ``restore_model`` + for each batch: audio + tokens (kdstore's dataset and collate, as the
   dump reads them), preprocessor -> encoder -> prediction net -> joint -> log_softmax over the whole
-  (B, T, U+1, V+1) lattice under ``torch.inference_mode`` (``kdstore.dump.teacher.encode_teacher_forced`` and
+  (B, T, U+1, V+1) lattice under ``torch.inference_mode`` (``kdstore.nemo.teacher_forced.encode_teacher_forced`` and
   ``joint_log_probs``), nothing kept;
 - dump full / dump band W: ``kdstore.dump.run.dump_teacher`` end to end (restore, manifest screening, the same
   forward in time slices, top-k and (blank, label) per node, band selection by the teacher's
@@ -59,7 +59,7 @@ def forward_run(teacher: Path, manifest: Path, batch_size: int) -> dict:
     from kdstore.inputs.manifest import read_manifest
     from kdstore.nemo.checkpoint import restore_model
     from kdstore.nemo.frontend import sample_rate_of
-    from kdstore.dump.teacher import encode_teacher_forced, joint_log_probs
+    from kdstore.nemo.teacher_forced import encode_teacher_forced, joint_log_probs
 
     start = time.perf_counter()
     model = restore_model(teacher)

@@ -307,7 +307,7 @@ def report(args, info: dict, params: dict, timing: dict, memory: dict, data: dic
          "and keeps the same k=8 per node, so (b) and (c) compute the same loss; (c') keeps the whole "
          "vocabulary (the original online recipe). Teacher randomly initialised (speed does not depend on "
          "the weights). \"Teacher forward / top-k rows\": time inside the online steps spent in "
-         "`kdstore.dump.teacher.full_lattice` (the teacher's no_grad forward + log_softmax) and in the rest of "
+         "`kdstore.nemo.teacher_forced.full_lattice` (the teacher's no_grad forward + log_softmax) and in the rest of "
          "`kdstore.distill.kd_term.online_rows` (top-k and (blank, label) per node, one utterance at a time), per "
          "step. Peak RSS delta: each configuration in its own process; after setup the RSS high-water mark "
          "is reset (`/proc/self/clear_refs`), one pass over the batches runs, and the high-water mark "

@@ -68,7 +68,7 @@ def test_dump_rows_match_live_teacher_and_student_lattice_shape(teacher_nemo, sm
     from kdstore.nemo.checkpoint import restore_model
     from kdstore.store import StoreReader
     from kdstore.store.verify import verify_store
-    from kdstore.dump.teacher import full_lattice
+    from kdstore.nemo.teacher_forced import full_lattice
 
     store = tmp_path / "t.zarr"
     meta = dump_teacher(teacher_nemo, small_manifest, store, DumpSettings(top_k=4, batch_size=4))

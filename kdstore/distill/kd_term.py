@@ -13,9 +13,9 @@ import torch
 from kdstore.distill import losses
 from kdstore.distill.config import KDSettings
 from kdstore.distill.data import KDRows
-from kdstore.dump.teacher import full_lattice, lattice_rows
 from kdstore.errors import IncompatibleStoreError
 from kdstore.inputs.batches import AudioBatch
+from kdstore.nemo.teacher_forced import full_lattice, lattice_rows
 from kdstore.store.layout import label_slot_fill
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdstore.dump.teacher import encode_teacher_forced, frames_per_slice_for, lattice_rows, time_sliced_log_probs
 from kdstore.lattice.posteriors import node_occupancy, node_occupancy_batch
+from kdstore.nemo.teacher_forced import encode_teacher_forced, frames_per_slice_for, lattice_rows, time_sliced_log_probs
 from kdstore.store.band import gather_band, select_band, stored_width
 
 

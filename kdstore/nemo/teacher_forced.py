@@ -1,6 +1,7 @@
-"""Teacher-forced joint log-probs over the T x (U+1) lattice of a NeMo RNN-T model (stage 1).
+"""Teacher-forced joint log-probs over the T x (U+1) lattice of a NeMo RNN-T model.
 
-Works for EncDecRNNTBPEModel and the hybrid RNNT-CTC model (its transducer head). The joint is
+What a NeMo transducer computes on the reference tokens, for ``dump-teacher`` (kdstore.dump.rows)
+and for online KD (kdstore.distill.kd_term): NeMo-adapter code, so both stages may use it. Works for EncDecRNNTBPEModel and the hybrid RNNT-CTC model (its transducer head). The joint is
 computed in time slices so peak memory stays bounded on long batches: B x T x (U+1) x (V+1)
 floats would otherwise be tens of GB for LibriSpeech-length utterances at V = 1025.
 """
