@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from kdstore.errors import ExportError
+from kdstore.nemo.frontend import MEL_PREPROCESSOR
 
 
 def check_exportable(model: Any) -> None:
@@ -30,5 +31,5 @@ def check_exportable(model: Any) -> None:
         raise ExportError(f"{name}'s prediction net ({type(decoder).__name__}) is not an LSTM RNNTDecoder")
     if not getattr(decoder, "blank_as_pad", False):
         raise ExportError(f"{name} was built with decoder.blank_as_pad=false; export needs blank_as_pad=true")
-    if type(model.preprocessor).__name__ != "AudioToMelSpectrogramPreprocessor":
+    if type(model.preprocessor).__name__ != MEL_PREPROCESSOR:
         raise ExportError(f"{name} uses {type(model.preprocessor).__name__}; only log-mel preprocessors are supported")

@@ -65,10 +65,10 @@ def exact_frontend_buffers(model: Any) -> bool:
     Preprocessors kdstore cannot describe (not log-mel, unusual settings) are left as they are.
     """
     from kdstore.errors import ExportError
-    from kdstore.nemo.frontend import frontend_config_from_nemo, restore_rounded_buffers
+    from kdstore.nemo.frontend import MEL_PREPROCESSOR, frontend_config_from_nemo, restore_rounded_buffers
 
     preprocessor = getattr(model, "preprocessor", None)
-    if type(preprocessor).__name__ != "AudioToMelSpectrogramPreprocessor":
+    if type(preprocessor).__name__ != MEL_PREPROCESSOR:
         return False
     try:
         frontend = frontend_config_from_nemo(preprocessor)
