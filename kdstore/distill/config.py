@@ -18,10 +18,13 @@ from dataclasses import dataclass, field, fields
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
 from kdstore.distill.losses import KDLossName, NodeWeightKind
 from kdstore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 RNNT_LOSSES = ("auto", "nemo", "kdstore")
 T = TypeVar("T")
@@ -74,6 +77,9 @@ class DataSection:
     """``model.validation_ds`` (and the base of ``train_ds``): read by kdstore's loader, not NeMo's."""
 
     manifest_filepath: str | None = None
+    # Validation runs in manifest order; the key stays because a plain NeMo model built from this config
+    # (no kdstore) writes shuffle=false into it when it sets up its own validation loader.
+    shuffle: bool = False
     sample_rate: int = 16000
     batch_size: int = 16
     num_workers: int = 0
@@ -85,7 +91,7 @@ class DataSection:
 
 @dataclass
 class TrainDataSection(DataSection):
-    """``model.train_ds``: adds shuffling and NeMo's waveform augmentor (training audio only)."""
+    """``model.train_ds``: shuffled by default, and NeMo's waveform augmentor (training audio only)."""
 
     shuffle: bool = True  # duration buckets (store order with a store); false: manifest order
     augmentor: dict[str, Any] | None = None  # NeMo's AudioAugmentor config (kdstore.distill.augment)
@@ -296,7 +302,8 @@ def _yaml_layers(source: Path | Traversable, chain: tuple[str, ...] = ()) -> lis
     return [*layers, (name, cfg)]
 
 
-def load_train_config(config: str | Path, overrides: list[str] | tuple[str, ...] = (), store: str | None = None):
+def load_train_config(config: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                      store: str | None = None) -> DictConfig:
     """Load a training config (path or name), apply ``key=value`` overrides and ``--store`` (which wins).
 
     ``+key=value`` adds a key to NeMo's sections (``+model.train_ds.augmentor.shift.prob=1``). Returns
