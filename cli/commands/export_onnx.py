@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from kdstore.cli.common import friendly_errors, quiet_nemo, set_threads
+from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo, set_threads
 
 
 @click.command(
@@ -27,7 +27,7 @@ from kdstore.cli.common import friendly_errors, quiet_nemo, set_threads
 @click.option("--preprocessor/--no-preprocessor", default=True, show_default=True,
               help="Also write NeMo's preprocessor as TorchScript (preprocessor.ts).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="Torch CPU threads.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@progress_option
 @friendly_errors
 def command(model_path: Path, out_dir: Path, layout: str, int8: bool, preprocessor: bool, threads: int,
             progress: bool) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from kdstore.cli.common import friendly_errors
+from kdstore.cli.common import friendly_errors, progress_option
 
 
 @click.command(
@@ -35,7 +35,7 @@ from kdstore.cli.common import friendly_errors
               help="With --runtime sherpa-onnx: frame-align the audio so sherpa-onnx frames it as NeMo does "
               "(kdstore.runtime.sherpa; README, export-onnx).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: transcripts, seconds, RTF.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@progress_option
 @friendly_errors
 def command(onnx_dir: Path, audio: tuple[Path, ...], int8: bool, batch_size: int, provider: str, frontend: str,
             threads: int, runtime: str, sherpa_align: bool, as_json: bool, progress: bool) -> None:
