@@ -4,6 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+# Fixtures that synthesise speech (Debian TTS engines) or train a model. A test that needs one,
+# directly or through another fixture, is `slow` without saying so: `pytest -m "not slow"` is the fast
+# inner loop (no TTS engine, nothing trained, under a minute on 2 cores).
+HEAVY_FIXTURES = frozenset({"demo_corpus", "emitting_model"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory: pytest.TempPathFactory):

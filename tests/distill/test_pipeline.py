@@ -13,23 +13,10 @@ import pytest
 import torch
 
 from kdstore.errors import IncompatibleStoreError, ManifestError
+from tests.models import build_model
 
 pytestmark = pytest.mark.slow
 
-
-def build_model(config_name: str, tokenizer_dir: Path, seed: int, **overrides):
-    from omegaconf import OmegaConf
-
-    from kdstore.distill.config import load_train_config
-    from kdstore.distill.train import build_student
-
-    cfg = load_train_config(config_name, [f"{k}={v}" for k, v in overrides.items()])
-    model_cfg = cfg.model
-    model_cfg.tokenizer.dir = str(tokenizer_dir)
-    model_cfg.train_ds.manifest_filepath = None
-    torch.manual_seed(seed)
-    model = build_student(OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True)))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def test_unknown_override_key_fails_loudly():
 @pytest.mark.slow
 def test_dump_inspect_train_eval_through_the_cli(demo_corpus, tmp_path):
     """The verbs chained as a user would type them, on a tiny teacher built on the spot."""
-    from tests.test_pipeline import build_model
+    from tests.models import build_model
 
     teacher = tmp_path / "teacher.nemo"
     build_model("tiny", demo_corpus.tokenizer_dir, seed=3).save_to(str(teacher))

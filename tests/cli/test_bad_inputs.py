@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def teacher(demo_corpus, tmp_path_factory) -> Path:
-    from tests.test_pipeline import build_model
+    from tests.models import build_model
 
     path = tmp_path_factory.mktemp("bad_teacher") / "teacher.nemo"
     build_model("tiny", demo_corpus.tokenizer_dir, seed=21).save_to(str(path))

@@ -18,12 +18,12 @@ from kdstore.store import StoreReader
 from kdstore.store.verify import verify_store
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def teacher(demo_corpus, tmp_path_factory) -> Path:
-    from tests.test_pipeline import build_model
+    from tests.models import build_model
 
     path = tmp_path_factory.mktemp("dump_teacher") / "teacher.nemo"
     build_model("tiny", demo_corpus.tokenizer_dir, seed=11).save_to(str(path))

@@ -72,6 +72,7 @@ def test_demo_tokenizer_encodes_train_texts(demo_corpus):
         assert sp.decode(ids) == row["text"]
 
 
+@pytest.mark.slow  # needs the TTS engines
 def test_same_seed_same_corpus_and_restart(tmp_path):
     first = prepare_demo(tmp_path / "a", hours=0.008, seed=3, num_jobs=2)
     second = prepare_demo(tmp_path / "b", hours=0.008, seed=3, num_jobs=1)
@@ -156,6 +157,7 @@ def test_bad_arguments_raise(tmp_path):
 # ---------------------------------------------------------------- engines
 
 
+@pytest.mark.slow  # needs the TTS engines
 def test_missing_engine_is_a_warning_and_none_is_an_error(monkeypatch):
     import shutil
 
@@ -247,6 +249,7 @@ def test_cli_help():
         assert result.exit_code == 0 and "Example" in result.output
 
 
+@pytest.mark.slow  # needs the TTS engines
 def test_cli_prepare_demo_open_task(tmp_path):
     from kdstore.cli.main import cli
 
