@@ -1,0 +1,1 @@
+"""``kdstore eval``: transcribe with NeMo, score (WER/CER with jiwer), compare two models, write reports."""
