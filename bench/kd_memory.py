@@ -73,10 +73,10 @@ def main() -> None:
 
     from kdstore.distill.config import load_train_config
     from kdstore.distill.data import StoreCollate
+    from kdstore.distill.train import build_student
     from kdstore.inputs.batches import TranscribedAudioDataset, duration_sorted_batches
     from kdstore.inputs.manifest import read_manifest
     from kdstore.store import StoreReader
-    from kdstore.distill.train import build_student
 
     reader = StoreReader(args.store)
     tokenizer_dir = reader.write_tokenizer(Path("/tmp/kdstore-bench-tokenizer"))

@@ -38,7 +38,7 @@ def test_import_contracts_hold():
 
 def test_nothing_in_the_library_imports_the_cli():
     """(The demo may start ``python -m kdstore.cli.main`` subprocesses; it never imports the CLI.)"""
-    imports_cli = re.compile(r"^\s*(from|import)\s+kdstore\.cli\b", re.M)
+    imports_cli = re.compile(r"^\s*(from|import)\s+kdstore\.cli\b", re.MULTILINE)
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "kdstore").rglob("*.py")
                  if imports_cli.search(p.read_text(encoding="utf-8"))]
     assert offenders == []

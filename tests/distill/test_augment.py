@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from kdstore.distill.augment import length_changing, nemo_augment
-from kdstore.inputs.batches import TranscribedAudioDataset
 from kdstore.errors import ConfigError
+from kdstore.inputs.batches import TranscribedAudioDataset
 
 
 def test_no_augmentor_is_none():

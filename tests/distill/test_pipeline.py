@@ -49,13 +49,13 @@ def exact_store(teacher_nemo, small_manifest, tmp_path_factory) -> Path:
 
 
 def test_dump_rows_match_live_teacher_and_student_lattice_shape(teacher_nemo, small_manifest, demo_corpus, tmp_path):
-    from kdstore.inputs.batches import TranscribedAudioDataset, collate
     from kdstore.dump.run import DumpSettings, dump_teacher
+    from kdstore.inputs.batches import TranscribedAudioDataset, collate
     from kdstore.inputs.manifest import read_manifest
     from kdstore.nemo.checkpoint import restore_model
+    from kdstore.nemo.teacher_forced import full_lattice
     from kdstore.store import StoreReader
     from kdstore.store.verify import verify_store
-    from kdstore.nemo.teacher_forced import full_lattice
 
     store = tmp_path / "t.zarr"
     meta = dump_teacher(teacher_nemo, small_manifest, store, DumpSettings(top_k=4, batch_size=4))
@@ -193,10 +193,10 @@ def test_upfront_alignment_checks_name_the_line(exact_store, small_manifest, dem
 
 def test_hybrid_teacher_ctc_rows_train_a_hybrid_student_with_both_kd_terms(teacher_nemo, small_manifest, tmp_path):
     from kdstore.distill.config import load_train_config
+    from kdstore.distill.train import train_student
     from kdstore.dump.run import DumpSettings, dump_teacher
     from kdstore.store import StoreReader
     from kdstore.store.verify import verify_store
-    from kdstore.distill.train import train_student
 
     store = tmp_path / "ctc.zarr"
     meta = dump_teacher(teacher_nemo, small_manifest, store, DumpSettings(top_k=4, batch_size=3, band=3, ctc=True))

@@ -31,14 +31,6 @@ FP16_MIN = float(np.finfo(np.float16).min)
 V = 5  # non-blank tokens; blank = V
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _lattice(frames: int, labels: int, seed: int, scale: float = 2.0):
     """Random teacher lattice: (blank_lp, label_lp [T, U+1] with a masked slot at U, logits, targets)."""
     gen = torch.Generator().manual_seed(seed)

@@ -27,14 +27,6 @@ INPUT_LENGTHS = [7, 1, 5, 3, 6]
 TARGET_LENGTHS = [5, 3, 0, 2, 4]  # includes U_b = 0 and, with T_b = 1, an all-labels-in-one-frame path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _batch(seed: int = 0, dtype: torch.dtype = torch.float64, t: int = T, u: int = U,
            input_lengths=INPUT_LENGTHS, target_lengths=TARGET_LENGTHS):
     gen = torch.Generator().manual_seed(seed)
