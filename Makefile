@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 APT_PACKAGES = espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox fortunes wordnet-base sctk
 
-.PHONY: all setup system-deps demo demo-quick test lint bench clean
+.PHONY: all setup system-deps demo demo-quick test test-fast lint bench clean
 
 all: test
 
@@ -40,8 +40,13 @@ demo: setup
 demo-quick: setup
 	OMP_NUM_THREADS=1 $(VENV)/bin/kdstore demo --workdir demo-run-quick --quick
 
+# Two pytest-xdist workers (the 2-core CI machine); each builds its own session fixtures.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
+
+# The inner loop: no TTS engine, nothing trained, under a minute.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow" tests
 
 lint: setup
 	$(VENV)/bin/ruff check kdstore cli tests bench
