@@ -43,10 +43,11 @@ def sherpa_transcripts(onnx_dir: Path, paths: list[str], mode: str) -> list[str]
 
 def nemo_transcripts(model_path: Path, paths: list[str]) -> list[str]:
     import torch
-    from nemo.collections.asr.models import ASRModel
+
+    from kdstore.nemo.checkpoint import restore_model
 
     torch.set_num_threads(1)
-    model = ASRModel.restore_from(str(model_path), map_location="cpu").eval()
+    model = restore_model(model_path)  # the one restore path: what eval and dump-teacher see
     return [h.text for h in model.transcribe(paths, batch_size=8, verbose=False)]
 
 

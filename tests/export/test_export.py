@@ -507,10 +507,10 @@ def test_demo_teacher_in_sherpa_onnx_matches_nemo_accuracy(demo_corpus, tmp_path
     whose preprocessor buffers were rounded, exports (``restore_rounded_buffers``)."""
     import jiwer
     import torch
-    from nemo.collections.asr.models import ASRModel
 
     from kdstore.assets import demo_teacher_dir
     from kdstore.export.run import export_onnx
+    from kdstore.nemo.checkpoint import restore_model
 
     teacher = demo_teacher_dir() / "teacher.nemo"
     rows = [json.loads(line) for m in ("train.json", "val.json", "test.json")
@@ -521,7 +521,7 @@ def test_demo_teacher_in_sherpa_onnx_matches_nemo_accuracy(demo_corpus, tmp_path
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = ASRModel.restore_from(str(teacher), map_location="cpu").eval()
+        model = restore_model(teacher)  # what eval and dump-teacher see: exact front-end buffers
         nemo = [h.text for h in model.transcribe(paths, batch_size=8, verbose=False)]
     finally:
         torch.set_num_threads(threads)
