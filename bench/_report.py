@@ -23,7 +23,13 @@ def machine() -> str:
 
 
 def write_section(path: Path, heading: str, text: str) -> None:
-    """Replace the section ``heading`` of ``path`` (up to the next ``## `` heading) or append it."""
+    """Replace the section ``heading`` of ``path`` (up to the next ``## `` heading) or append it.
+
+    ``text`` may start with the heading or be the section's body; the heading is always written, so a
+    section can always be found (and replaced) by the next run.
+    """
+    if not text.startswith(heading + "\n"):
+        text = f"{heading}\n\n{text}"
     old = path.read_text() if path.exists() else "# Benchmarks\n"
     pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     if pattern.search(old):
