@@ -370,7 +370,7 @@ def report(study: Study, rows: list[Row], seeds: list[int], by_row: dict, storag
          "KD: `kd_alpha` and `kd_temperature` from the config unless set in the command. Storage is the store "
          "folder on disk (whole train set); online KD needs no store but runs the teacher in every step. The "
          "online student restores its teacher inside its first step, which draws from torch's random stream "
-         "(`kdstore/student.py`, `_online_rows`), so its dropout and SpecAugment draws differ from the other "
+         "(`kdstore/distill/student.py`, `_online_rows`), so its dropout and SpecAugment draws differ from the other "
          "rows' after step 1 (same initialisation and batch order)."),
         "",
         f"- Command: `{command}` ({wall / 60:.1f} min wall)",
