@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from _report import write_section  # noqa: E402
+from _report import write_section
 
 
 def test_a_body_without_its_heading_still_replaces_its_section(tmp_path):
