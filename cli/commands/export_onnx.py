@@ -9,12 +9,7 @@ import click
 from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo, set_threads
 
 
-@click.command(
-    "export-onnx",
-    epilog="Example:\n\n\b\n  kdstore export-onnx --model student.nemo --out onnx/ --int8\n"
-    "  kdstore export-onnx --model student.nemo --out onnx-nemo/ --layout nemo\n"
-    "  kdstore transcribe --onnx onnx/ clip.wav",
-)
+@click.command("export-onnx")
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="NeMo RNN-T or hybrid RNN-T/CTC model (.nemo).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -31,7 +26,14 @@ from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo, set
 @friendly_errors
 def command(model_path: Path, out_dir: Path, layout: str, int8: bool, preprocessor: bool, threads: int,
             progress: bool) -> None:
-    """Export a NeMo transducer to ONNX, then decode generated audio with onnxruntime to prove it loads."""
+    """Export a NeMo transducer to ONNX, then decode generated audio with onnxruntime to prove it loads.
+
+    \b
+    Example:
+      kdstore export-onnx --model student.nemo --out onnx/ --int8
+      kdstore export-onnx --model student.nemo --out onnx-nemo/ --layout nemo
+      kdstore transcribe --onnx onnx/ clip.wav
+    """
     quiet_nemo()
     set_threads(threads)
     from kdstore.export.run import export_onnx

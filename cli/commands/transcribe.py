@@ -10,12 +10,7 @@ import click
 from kdstore.cli.common import friendly_errors, progress_option
 
 
-@click.command(
-    "transcribe",
-    epilog="Example:\n\n\b\n  kdstore transcribe --onnx onnx/ a.wav b.flac c.ogg > hyps.tsv\n"
-    "  kdstore transcribe --onnx onnx/ --int8 --json *.wav\n"
-    "  kdstore transcribe --onnx onnx/ --runtime sherpa-onnx a.wav   # what a sherpa-onnx deployment says",
-)
+@click.command("transcribe")
 @click.option("--onnx", "onnx_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder written by `kdstore export-onnx` (either layout).")
 @click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -39,7 +34,14 @@ from kdstore.cli.common import friendly_errors, progress_option
 @friendly_errors
 def command(onnx_dir: Path, audio: tuple[Path, ...], int8: bool, batch_size: int, provider: str, frontend: str,
             threads: int, runtime: str, sherpa_align: bool, as_json: bool, progress: bool) -> None:
-    """Print `path<TAB>text` for each AUDIO file (wav/flac/ogg, any rate, mono or stereo), then the RTF on stderr."""
+    """Print `path<TAB>text` for each AUDIO file (wav/flac/ogg, any rate, mono or stereo), then the RTF on stderr.
+
+    \b
+    Example:
+      kdstore transcribe --onnx onnx/ a.wav b.flac c.ogg > hyps.tsv
+      kdstore transcribe --onnx onnx/ --int8 --json *.wav
+      kdstore transcribe --onnx onnx/ --runtime sherpa-onnx a.wav   # what a sherpa-onnx deployment says
+    """
     from kdstore.runtime.transcribe import transcribe_files
 
     result = transcribe_files(onnx_dir, audio, runtime=runtime, int8=int8, batch_size=batch_size, provider=provider,
