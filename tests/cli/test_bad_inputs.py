@@ -71,12 +71,17 @@ KINDS = {"malformed JSON": "malformed_line", "missing key": "malformed_line", "m
 CASE_NAMES = list(KINDS)
 
 
-@pytest.mark.parametrize("name", CASE_NAMES)
-def test_dump_teacher_stops_or_skips(name, cases, teacher, tmp_path):
+def _one_bad_line(name: str, cases, tmp_path: Path) -> tuple[Path, list, int, str]:
+    """``m.json``: the good lines with case ``name``'s bad line; (path, good rows, its line number, message)."""
     _root, good, bad = cases
     line, fragment = next((line, fragment) for case, line, fragment in bad if case == name)
     manifest = tmp_path / "m.json"
-    number = write_manifest(manifest, good, line)
+    return manifest, good, write_manifest(manifest, good, line), fragment
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_dump_teacher_stops_or_skips(name, cases, teacher, tmp_path):
+    manifest, good, number, fragment = _one_bad_line(name, cases, tmp_path)
     runner = CliRunner()
     base = ["dump-teacher", "--teacher", str(teacher), "--manifest", str(manifest), "--top-k", "4", "--no-progress"]
     result = runner.invoke(cli, [*base, "--out", str(tmp_path / "stop.zarr")])
@@ -100,10 +105,7 @@ def test_dump_teacher_stops_or_skips(name, cases, teacher, tmp_path):
 
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_train_student_stops_or_skips(name, cases, demo_corpus, tmp_path):
-    _root, good, bad = cases
-    line, fragment = next((line, fragment) for case, line, fragment in bad if case == name)
-    manifest = tmp_path / "m.json"
-    number = write_manifest(manifest, good, line)
+    manifest, _good, number, fragment = _one_bad_line(name, cases, tmp_path)
     args = ["train-student", "--config", "tiny", "--no-progress", f"model.train_ds.manifest_filepath={manifest}",
             f"model.tokenizer.dir={demo_corpus.tokenizer_dir}", "model.enable_kd=false", "trainer.max_steps=1",
             "trainer.accelerator=cpu", "model.train_ds.batch_size=2", f"run.output={tmp_path / 's.nemo'}"]
