@@ -13,10 +13,14 @@ from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo
 @click.option("--seed", default=0, show_default=True)
 @click.option("--train-teacher", is_flag=True,
               help="Instead of the demo: (re)build the demo teacher into WORKDIR/demo_teacher/ (~1 h, resumable).")
-@click.option("--teacher-steps", default=6000, show_default=True, help="With --train-teacher: training steps.")
+@click.option("--teacher-steps", default=4000, show_default=True, help="With --train-teacher: training steps.")
+@click.option("--teacher-hours", default=4.0, show_default=True, help="With --train-teacher: corpus hours.")
+@click.option("--hold-out-engine", type=click.Choice(["espeak-ng", "flite", "festival"]), default=None,
+              help="With --train-teacher: train without this TTS engine family and test on it only.")
 @progress_option
 @friendly_errors
-def command(workdir: str, quick: bool, seed: int, train_teacher: bool, teacher_steps: int, progress: bool) -> None:
+def command(workdir: str, quick: bool, seed: int, train_teacher: bool, teacher_steps: int, teacher_hours: float,
+            hold_out_engine: str | None, progress: bool) -> None:
     """prepare-demo -> teacher -> dump-teacher -> students (KD and not) -> eval -> export -> report.
 
     Re-running reuses finished steps (delete WORKDIR/steps/NAME.json to redo one).
@@ -25,12 +29,14 @@ def command(workdir: str, quick: bool, seed: int, train_teacher: bool, teacher_s
     Example:
       kdstore demo --workdir demo-run --quick
       kdstore demo --workdir teacher-run --train-teacher     # -> teacher-run/demo_teacher/
+      kdstore demo --workdir holdout-run --train-teacher --hold-out-engine festival --teacher-hours 2
     """
     quiet_nemo()
     if train_teacher:
         from kdstore.demo.teacher_recipe import TeacherRecipe, train_demo_teacher
 
-        train_demo_teacher(workdir, TeacherRecipe(seed=seed, steps=teacher_steps), echo=click.echo)
+        recipe = TeacherRecipe(seed=seed, steps=teacher_steps, hours=teacher_hours, hold_out_engine=hold_out_engine)
+        train_demo_teacher(workdir, recipe, echo=click.echo)
         return
     from kdstore.demo.pipeline import run_demo
 

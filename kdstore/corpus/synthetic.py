@@ -256,6 +256,8 @@ def prepare_demo(
     num_jobs: int = 2,
     progress: bool = False,
     overwrite: bool = False,
+    variety: str = "standard",
+    hold_out_engine: str | None = None,
 ) -> DemoCorpus:
     """Build (or return the finished) demo corpus in ``out_dir``.
 
@@ -263,6 +265,8 @@ def prepare_demo(
     ``tokenizer/`` (SentencePiece BPE on the train texts, NeMo ``tokenizer.type: bpe`` layout) and
     ``corpus.json`` (utterances/hours per split and engine, voices, drops, warnings).
     Deterministic in ``seed``: the same arguments give the same texts, voices and manifests.
+    ``variety`` and ``hold_out_engine`` choose the voices (:func:`kdstore.corpus.tts.split_voices`):
+    the demo teacher trains on ``wide``; a held-out engine family measures how it generalises.
     """
     _check_args(task, hours, vocab_size, num_jobs)
     out = Path(out_dir).resolve()
@@ -273,12 +277,16 @@ def prepare_demo(
         "seed": int(seed),
         "vocab_size": int(vocab_size),
     }
+    if variety != "standard":  # recorded only when set, so corpora built before these options still match
+        args["variety"] = variety
+    if hold_out_engine is not None:
+        args["hold_out_engine"] = hold_out_engine
     if _claim(out, args, overwrite):
         return DemoCorpus.load(out)
 
     inventory = tts.detect_engines()
     warnings = list(inventory.warnings)
-    voices = tts.split_voices(inventory)
+    voices = tts.split_voices(inventory, variety, hold_out_engine)
     plan = plan_utterances(task, hours, seed, voices, out / "wavs")
     results = _synthesize_all(plan, num_jobs, progress)
 

@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdstore.errors import DependencyError
+from kdstore.errors import ConfigError, DependencyError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,16 @@ ESPEAK_VARIANTS = {
 # flite/festival have few speakers; sox pitch shifts (cents) multiply them. A shift is not a new
 # speaker, so held-out shifts are used only where a family has no held-out base voice.
 PITCH_VARIANTS = {"test": (-300,), "val": (300,), "train": (-150, 0, 150)}
+# ``variety="wide"`` (the demo teacher's corpus): many more training speakers, never a held-out one.
+# espeak-ng variants that sound like people (no whisper/robot/croak variants), klatt synthesis included.
+ESPEAK_WIDE_TRAIN = (
+    "m2", "m4", "m5", "m7", "m8", "f1", "f3", "f5", "adam", "Alex", "Alicia", "Andy", "Annie", "aunty",
+    "belinda", "benjamin", "caleb", "david", "ed", "edward", "Gene", "iven", "john", "Lee", "linda", "max",
+    "Michael", "Mike", "paul", "quincy", "rob", "robert", "steph", "travis", "victor", "zac", "klatt",
+    "klatt2", "klatt3", "klatt4", "grandpa", "grandma", "norbert", "shelby", "anika",
+)
+PITCH_WIDE_TRAIN = (-250, -150, -75, 0, 75, 150, 250)
+VARIETIES = ("standard", "wide")
 RATES = (0.88, 0.94, 1.0, 1.06, 1.12)
 
 
@@ -116,8 +126,8 @@ def _espeak_inventory() -> tuple[list[str], list[str]]:
         cols = line.split()
         if len(cols) >= 5 and cols[4].startswith("!v/"):
             variants.add(cols[4][3:])
-    wanted = [v for group in ESPEAK_VARIANTS.values() for v in group]
-    return [d for d in ESPEAK_DIALECTS if d in dialects], [v for v in wanted if v in variants]
+    wanted = [v for group in ESPEAK_VARIANTS.values() for v in group] + list(ESPEAK_WIDE_TRAIN)
+    return [d for d in ESPEAK_DIALECTS if d in dialects], [v for v in dict.fromkeys(wanted) if v in variants]
 
 
 def _flite_inventory() -> list[str]:
@@ -192,25 +202,43 @@ def _hold_out(names: list[str]) -> tuple[list[str], list[str], list[str]]:
     return names[:n_test], names[n_test : n_test + n_val], names[n_test + n_val :]
 
 
-def split_voices(inventory: Inventory) -> dict[str, dict[str, list[Voice]]]:
+def split_voices(inventory: Inventory, variety: str = "standard",
+                 hold_out_engine: str | None = None) -> dict[str, dict[str, list[Voice]]]:
     """``split -> engine -> voices`` with no voice shared between splits.
 
     Test and validation voices are unseen base voices where an engine has enough of them (and for
     espeak-ng also unseen variants); otherwise held-out pitch/variant versions of training voices.
+    ``variety="wide"`` gives the training split many more speakers (45 espeak-ng variants, seven pitch
+    shifts per flite/festival voice); validation and test voices are the same as with ``standard``,
+    so a wide-voiced teacher is scored on the same unseen speakers. ``hold_out_engine`` removes one
+    engine family from training and validation and makes the test split all of that family's voices
+    (a generalisation check: speech from a synthesiser never heard in training).
+    Raises ConfigError for an unknown variety or an engine that is not installed.
     """
+    if variety not in VARIETIES:
+        raise ConfigError(f"voice variety must be one of {', '.join(VARIETIES)}, got {variety!r}")
+    if hold_out_engine is not None and hold_out_engine not in inventory.names:
+        raise ConfigError(f"cannot hold out {hold_out_engine!r}: installed engines are {', '.join(inventory.names)}")
     out: dict[str, dict[str, list[Voice]]] = {"train": {}, "val": {}, "test": {}}
     for engine, names in inventory.names.items():
         held = dict(zip(("test", "val", "train"), _hold_out(names)))
         for split in ("train", "val", "test"):
             base = held[split] or held["train"]
+            wide = variety == "wide" and split == "train"
             if engine == ESPEAK:
-                chosen = [v for v in ESPEAK_VARIANTS[split] if v in inventory.espeak_variants]
+                pool = ESPEAK_WIDE_TRAIN if wide else ESPEAK_VARIANTS[split]
+                chosen = [v for v in pool if v in inventory.espeak_variants]
                 voices = [make_voice(engine, n, variant=v) for n in base for v in chosen]
             else:
-                pitches = PITCH_VARIANTS["train" if held[split] else split]
+                pitches = PITCH_WIDE_TRAIN if wide and held[split] else PITCH_VARIANTS["train" if held[split] else split]
                 voices = [make_voice(engine, n, pitch=p) for n in base for p in pitches]
             if voices:
                 out[split][engine] = voices
+    if hold_out_engine is not None:
+        family = sorted({v for split in out.values() for v in split.get(hold_out_engine, [])})
+        for split in ("train", "val"):
+            out[split].pop(hold_out_engine, None)
+        out["test"] = {hold_out_engine: family}
     return out
 
 

@@ -1,8 +1,11 @@
 """``kdstore demo --train-teacher``: the recipe behind the committed demo teacher.
 
 Trained once, in the background, on a larger synthetic corpus than the demo's (same grammar, same
-voice split, so the demo's test voices stay unseen), with validation-based checkpointing so an
-interrupted run resumes. The result is saved with fp16 weights (small enough to commit) next to its
+validation and test voices, so the demo's test voices stay unseen; many more training voices:
+``variety="wide"``), with NeMo's waveform augmentations (speed, synthetic rooms and noise, gain:
+:mod:`kdstore.corpus.acoustics`) and validation-based checkpointing so an interrupted run resumes.
+``hold_out_engine`` trains a second, smaller teacher without one engine family and tests on that
+family only: how the recipe generalises to a synthesiser it never heard. The result is saved with fp16 weights (small enough to commit) next to its
 training curve and its scores on the test split, in ``WORKDIR/demo_teacher/``: the same files as the
 package data ``kdstore/assets/demo_teacher/`` (:mod:`kdstore.assets`), which a maintainer replaces
 by copying them there. Nothing is ever written into the installed package.
@@ -31,18 +34,41 @@ if TYPE_CHECKING:
 class TeacherRecipe:
     """How the committed demo teacher was trained: corpus size and seed, steps, batch, threads, config."""
 
-    hours: float = 2.0
+    hours: float = 4.0
     seed: int = 0
-    steps: int = 6000
+    steps: int = 4000
     batch_size: int = 16
     threads: int = 1
-    val_every_epochs: int = 3
+    val_every_epochs: int = 2
     config: str = "tiny-teacher"
+    variety: str = "wide"
+    augment: bool = True
+    hold_out_engine: str | None = None
+    max_minutes: int = 88  # Lightning's max_time: the run ends (and keeps its best checkpoint) by then
+
+
+def write_recipe_config(recipe: TeacherRecipe, work: Path) -> Path:
+    """``WORKDIR/teacher.yaml``: the recipe's config (``defaults: [tiny-teacher]``) plus NeMo's
+    augmentor settings with freshly generated rooms and noise (:mod:`kdstore.corpus.acoustics`)."""
+    import yaml
+
+    from kdstore.corpus.acoustics import augmentor_config, write_rooms_and_noise
+
+    body: dict[str, Any] = {"defaults": [recipe.config], "name": recipe.config}
+    if recipe.augment:
+        impulses, noise = write_rooms_and_noise(work / "acoustics", seed=recipe.seed)
+        body["model"] = {"train_ds": {"augmentor": augmentor_config(impulses, noise)}}
+    path = work / "teacher.yaml"
+    path.write_text("# written by kdstore demo --train-teacher (kdstore/demo/teacher_recipe.py)\n"
+                    + yaml.safe_dump(body, sort_keys=False))
+    return path
 
 
 def teacher_command(recipe: TeacherRecipe, corpus: DemoCorpus, work: Path) -> list[str]:
     """The ``kdstore train-student`` command line (a subprocess, resumable via exp_manager) of the recipe."""
-    return [sys.executable, "-m", "kdstore.cli.main", "train-student", "--config", recipe.config, "--no-progress",
+    minutes = f"00:{recipe.max_minutes // 60:02d}:{recipe.max_minutes % 60:02d}:00"
+    return [sys.executable, "-m", "kdstore.cli.main", "train-student", "--config", str(write_recipe_config(recipe, work)),
+            "--no-progress", f"+trainer.max_time={minutes}",
             "model.enable_kd=false", f"model.train_ds.manifest_filepath={corpus.train_manifest}",
             f"model.validation_ds.manifest_filepath={corpus.val_manifest}",
             f"model.tokenizer.dir={corpus.tokenizer_dir}", f"model.train_ds.batch_size={recipe.batch_size}",
@@ -67,7 +93,8 @@ def train_demo_teacher(workdir: str | Path, recipe: TeacherRecipe = TeacherRecip
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     out_dir = work / "demo_teacher" if out_dir is None else Path(out_dir)
-    corpus = prepare_demo(work / "corpus", task="commands", hours=recipe.hours, seed=recipe.seed)
+    corpus = prepare_demo(work / "corpus", task="commands", hours=recipe.hours, seed=recipe.seed,
+                          variety=recipe.variety, hold_out_engine=recipe.hold_out_engine, num_jobs=2)
     command = teacher_command(recipe, corpus, work)
     echo("[teacher] " + " ".join(command[2:]))
     start = time.time()
@@ -76,17 +103,34 @@ def train_demo_teacher(workdir: str | Path, recipe: TeacherRecipe = TeacherRecip
     if code != 0:
         raise KdstoreError(f"teacher training failed; see {work / 'train.log'}")
     scores = evaluate_model(work / "teacher.nemo", corpus.test_manifest)
+    by_engine = wer_by_engine(scores)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = restore_model(work / "teacher.nemo")
     model.half().save_to(str(out_dir / "teacher.nemo"))  # fp16 weights: half the size; loads as fp32
     shutil.copyfile(work / "teacher.log.csv", out_dir / "teacher-train.log.csv")
     summary = {
         "wer": scores.wer, "cer": scores.cer, "params": scores.params, "test_utterances": scores.utterances,
+        "wer_by_engine": by_engine, "hold_out_engine": recipe.hold_out_engine,
         "steps": recipe.steps, "train_seconds": round(time.time() - start, 1), "recipe": asdict(recipe),
         "corpus": {"hours": dict(corpus.hours), "utterances": dict(corpus.utterances)},
-        "command": "kdstore demo --train-teacher --workdir " + str(workdir),
+        "command": "kdstore demo --train-teacher --workdir " + str(workdir)
+                   + (f" --hold-out-engine {recipe.hold_out_engine}" if recipe.hold_out_engine else ""),
     }
     (out_dir / "teacher-scores.json").write_text(json.dumps(summary, indent=2) + "\n")
     echo(f"[teacher] test WER {100 * scores.wer:.2f}% CER {100 * scores.cer:.2f}% -> {out_dir / 'teacher.nemo'}; "
          "to ship it, copy that folder's files into kdstore/assets/demo_teacher/ of a checkout")
     return summary
+
+
+def wer_by_engine(result: Any) -> dict[str, float]:
+    """Test WER per TTS engine family (the engine is the first part of each WAV's voice folder,
+    ``wavs/test/<engine>.<voice>.<variant>/``), scored with the same normaliser as the whole set."""
+    from kdstore.evaluate.scoring import score
+
+    groups: dict[str, tuple[list[str], list[str]]] = {}
+    for key, ref, hyp in zip(result.keys, result.references, result.hypotheses):
+        engine = Path(key).parent.name.split(".")[0]
+        refs, hyps = groups.setdefault(engine, ([], []))
+        refs.append(ref)
+        hyps.append(hyp)
+    return {engine: round(score(refs, hyps, result.normalizer).wer, 4) for engine, (refs, hyps) in sorted(groups.items())}

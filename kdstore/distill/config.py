@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 RNNT_LOSSES = ("auto", "nemo", "kdstore")
+LAYER_RULES = ("even", "first", "last")
 T = TypeVar("T")
 
 
@@ -51,6 +52,24 @@ class KDSection:
         _one_of("model.kd.weights", self.weights, get_args(NodeWeightKind))
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"model.kd.top_k: expected a positive integer or null, got {self.top_k}")
+
+
+@dataclass
+class TeacherInitSection:
+    """``model.init_from_teacher``: start the student from the teacher's weights (kdstore.distill.teacher_init)."""
+
+    path: str | None = None  # the teacher's .nemo; None: no teacher initialisation
+    # Which teacher encoder layer each student layer starts from: a list (one index per student layer)
+    # or a rule: "even" (evenly spaced, first and last kept), "first" (the first n), "last" (the last n).
+    encoder_layers: Any = "even"
+
+    def __post_init__(self) -> None:
+        rule = self.encoder_layers
+        if isinstance(rule, str):
+            _one_of("model.init_from_teacher.encoder_layers", rule, LAYER_RULES)
+        elif not isinstance(rule, list | tuple) or not all(isinstance(i, int) and i >= 0 for i in rule):
+            raise ConfigError("model.init_from_teacher.encoder_layers: expected a list of teacher layer indices "
+                              f"(e.g. [0, 3]) or one of {', '.join(LAYER_RULES)}, got {rule!r}")
 
 
 @dataclass
@@ -124,6 +143,7 @@ class ModelSection(StepKeys):
     loss: dict[str, Any] = field(default_factory=dict)
     optim: dict[str, Any] = field(default_factory=dict)
     aux_ctc: dict[str, Any] | None = None  # set: a hybrid RNNT-CTC model (EncDecHybridRNNTCTCBPEModel)
+    init_from_teacher: TeacherInitSection = field(default_factory=TeacherInitSection)
 
 
 @dataclass
@@ -147,6 +167,12 @@ class TrainConfig:
     """A whole training config."""
 
     name: str = "student"  # exp_manager's run name and the best model's file name
+    # NeMo's own initialisation keys, as in NeMo's training scripts (ModelPT.maybe_init_from_pretrained_checkpoint):
+    # a path/name, or {any_name: {path|name: ..., include: [...], exclude: [...]}}. At most one is set.
+    init_from_nemo_model: Any = None
+    init_from_pretrained_model: Any = None
+    init_from_ptl_ckpt: Any = None
+    init_strict: bool = True  # NeMo's: restore the source model strictly
     model: ModelSection = field(default_factory=ModelSection)
     trainer: dict[str, Any] = field(default_factory=dict)  # lightning.pytorch.Trainer arguments
     exp_manager: dict[str, Any] | None = None  # nemo.utils.exp_manager's config; None: no exp_manager

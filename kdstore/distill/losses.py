@@ -24,7 +24,7 @@ from torch.autograd.function import once_differentiable
 from kdstore.lattice.posteriors import node_occupancy_batch
 
 KDLossName = Literal["topk_rest", "topk_renorm", "collapsed"]
-NodeWeightKind = Literal["uniform", "occupancy"]
+NodeWeightKind = Literal["uniform", "occupancy", "non_blank"]
 _FAR_NEGATIVE = -1.0e30  # "minus infinity" that keeps gradients finite
 
 
@@ -208,12 +208,21 @@ def node_weights(kind: NodeWeightKind, mask: torch.Tensor, blank_label: torch.Te
     node occupancy P(alignment visits (t, u)): ``occupancy`` (B, T, U+1) when given (the store's), else
     computed from the teacher's blank/label log-probs ``blank_label`` (B, T, U+1, 2) and the lattice
     sizes ``frames``, ``labels`` (B,) by :func:`kdstore.lattice.posteriors.node_occupancy_batch` (float64).
-    The weights carry no gradient.
+    ``non_blank``: 1 - p_teacher(blank | t, u) = 1 - exp(``blank_label[..., 0]``), so nodes where the
+    teacher is sure of a blank count little and nodes where it would emit count fully (the per-node
+    weighting of NVIDIA's MCR-RNNT lattice self-distillation, arXiv 2604.19079). The weights carry
+    no gradient. Raises ValueError for another kind or a missing input.
     """
     if kind == "uniform":
         return mask.float()
+    if kind == "non_blank":
+        if blank_label is None:
+            raise ValueError("non_blank node weights need the teacher's `blank_label` log-probs")
+        blank_logp = blank_label[..., 0].detach().to(mask.device).float()
+        weight = -torch.expm1(blank_logp.clamp(max=0.0))  # 1 - exp(x), accurate for p(blank) near 1
+        return torch.where(mask, weight, torch.zeros_like(weight))
     if kind != "occupancy":
-        raise ValueError(f"node weights: expected 'uniform' or 'occupancy', got {kind!r}")
+        raise ValueError(f"node weights: expected 'uniform', 'occupancy' or 'non_blank', got {kind!r}")
     if occupancy is None:
         if blank_label is None or frames is None or labels is None:
             raise ValueError("occupancy node weights need `occupancy`, or `blank_label`, `frames` and `labels`")

@@ -158,6 +158,7 @@ def train_student(cfg: Any, progress: bool = False) -> TrainResult:
 
     student = build_student(cfg.model, trainer=trainer)
     student.rnnt_loss_choice = run.rnnt_loss
+    init_report = initialise(student, cfg, model, workdir)
     params = int(sum(p.numel() for p in student.parameters()))
 
     start = time.time()
@@ -174,4 +175,19 @@ def train_student(cfg: Any, progress: bool = False) -> TrainResult:
     OmegaConf.save(cfg, workdir / "train_config.yaml", resolve=True)
     best = next(iter(sorted(Path(log_dir).rglob(f"{settings.name}.nemo"))), None) if log_dir else None
     return TrainResult(output, steps, seconds, params, curve_csv, dict(getattr(student, "last_step_logs", {})),
-                       log_dir, best, int(getattr(student, "skipped_lines", 0)))
+                       log_dir, best, int(getattr(student, "skipped_lines", 0)), init_report)
+
+
+def initialise(student: Any, cfg: Any, model: ModelSection, workdir: Path) -> Path | None:
+    """NeMo's ``init_from_*`` keys, then ``model.init_from_teacher`` (kdstore.distill.teacher_init); the
+    teacher-initialisation table is logged and written to ``workdir/init_from_teacher.md`` (returned)."""
+    import logging
+
+    from kdstore.distill.teacher_init import apply_nemo_init, init_from_teacher
+
+    apply_nemo_init(student, cfg)
+    if not model.init_from_teacher.path:
+        return None
+    report = init_from_teacher(student, model.init_from_teacher.path, model.init_from_teacher.encoder_layers)
+    logging.getLogger("kdstore").info("%s", report.table())
+    return report.write(workdir)
