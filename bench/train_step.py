@@ -155,7 +155,7 @@ def prepare(work: Path, manifest: Path, utterances: int, tokenizer_dir: Path) ->
     teacher.save_to(str(work / "teacher.nemo"))
     start = time.perf_counter()
     meta = dump_teacher(work / "teacher.nemo", work / "manifest.json", work / "teacher.zarr",
-                        DumpSettings(top_k=TOP_K, batch_size=8, overwrite=True))
+                        DumpSettings(top_k=TOP_K, batch_size=8, overwrite=True, band=None))
     info = {"utterances": utterances, "manifest": str(manifest), "teacher_params": params_of(teacher),
             "store_nodes": meta.counts.nodes, "store_hours": meta.counts.hours, "vocab": meta.vocab_size,
             "dump_seconds": round(time.perf_counter() - start, 2)}

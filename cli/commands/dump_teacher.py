@@ -15,11 +15,13 @@ from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo, req
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--dtype", "value_dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="Value encoding; float32 for exactness tests.")
-@click.option("--band", default="full", show_default=True,
-              help="Lattice layout: 'full', or a width W to keep W label positions per frame around the "
-                   "teacher's alignment (k2-style pruning; ~(U+1)/W times smaller).")
-@click.option("--ctc/--no-ctc", default=False, show_default=True,
-              help="Hybrid RNNT-CTC teachers: also store the CTC head's top-k log-probs per frame.")
+@click.option("--band", default="6", show_default=True,
+              help="Lattice layout: a width W keeps W label positions per frame around the teacher's alignment "
+                   "(k2-style pruning; ~(U+1)/W times smaller; 6 was at least as good as the full lattice in "
+                   "the study), or 'full'.")
+@click.option("--ctc/--no-ctc", default=None,
+              help="Also store the CTC head's top-k log-probs per frame. Default: yes when the teacher is a "
+                   "hybrid RNNT-CTC model.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device for the teacher (cpu, cuda).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="Teacher forward precision (bf16 autocast, for GPUs).")

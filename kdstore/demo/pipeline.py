@@ -1,8 +1,11 @@
 """``kdstore demo``: the whole two-stage pipeline on the synthetic voice-commands corpus.
 
-prepare-demo -> train teacher -> dump-teacher -> train student with KD and, with the same steps and
-seed, without KD (side by side, one thread each) -> eval all three on the test split (unseen voices)
--> export-onnx of the KD student -> transcribe a few test files with onnxruntime -> report.md + PNG.
+prepare-demo -> the committed teacher -> dump-teacher (band 6, CTC rows) -> the headline student
+(``tiny-teacher-2l``: 2 of the teacher's 4 layers, started from the teacher's weights, hybrid
+RNNT-CTC) with KD and its no-KD twin (same initialisation, steps and seed; side by side, one thread
+each), then a from-scratch ``tiny`` student with KD -> eval all on the test split (unseen voices) ->
+export-onnx of the headline student with int8 copies -> its WER through sherpa-onnx at int8 ->
+report.md (led by retention, parameters, speed and the int8 WER) + PNG.
 Each step leaves a done-marker in ``WORKDIR/steps/`` so a re-run reuses finished steps.
 """
 
@@ -17,14 +20,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kdstore.assets import demo_teacher_dir
 from kdstore.errors import KdstoreError
 from kdstore.nemo.checkpoint import read_tokenizer_files
-
-if TYPE_CHECKING:
-    from kdstore.corpus import DemoCorpus
 
 
 @dataclass(frozen=True)
@@ -34,16 +34,20 @@ class DemoPlan:
     hours: float
     teacher_steps: int
     student_steps: int
+    scratch_steps: int
     batch_size: int
     top_k: int = 8
+    band: int = 6
     seed: int = 0
     transcribe_files: int = 5
+    student_config: str = "tiny-teacher-2l"
+    scratch_config: str = "tiny"
 
     @classmethod
     def for_mode(cls, quick: bool, seed: int = 0) -> DemoPlan:
         if quick:
-            return cls(hours=0.1, teacher_steps=250, student_steps=150, batch_size=16, seed=seed)
-        return cls(hours=0.6, teacher_steps=1500, student_steps=1200, batch_size=16, seed=seed)
+            return cls(hours=0.1, teacher_steps=250, student_steps=150, scratch_steps=150, batch_size=16, seed=seed)
+        return cls(hours=0.6, teacher_steps=1500, student_steps=1200, scratch_steps=1200, batch_size=16, seed=seed)
 
 
 Echo = Callable[[str], None]
@@ -160,25 +164,38 @@ def run_demo(workdir: str | Path, quick: bool = False, seed: int = 0, progress: 
         from kdstore.dump.run import DumpSettings, dump_teacher
 
         meta = dump_teacher(teacher_path, corpus.train_manifest, store_path,
-                            DumpSettings(top_k=plan.top_k, overwrite=True, progress=progress))
+                            DumpSettings(top_k=plan.top_k, band=plan.band, overwrite=True, progress=progress))
         return {"store": str(store_path), "counts": asdict(meta.counts)}
 
     _step(work, "dump", dump, echo)
 
     kd_path, plain_path = work / "student-kd.nemo", work / "student-nokd.nemo"
+    scratch_path = work / "student-scratch-kd.nemo"
+    init = [f"model.init_from_teacher.path={teacher_path}"]
 
     def students() -> dict[str, Any]:
         _run_parallel({
-            "student-kd": _train_command("tiny", kd_path, corpus.train_manifest, None, plan.student_steps, plan, 1,
-                                         ["--store", str(store_path)]),
-            "student-nokd": _train_command("tiny", plain_path, corpus.train_manifest, teacher_tokenizer,
-                                           plan.student_steps, plan, 1, ["model.enable_kd=false"]),
+            "student-kd": _train_command(plan.student_config, kd_path, corpus.train_manifest, None, plan.student_steps,
+                                         plan, 1, ["--store", str(store_path), *init]),
+            "student-nokd": _train_command(plan.student_config, plain_path, corpus.train_manifest, teacher_tokenizer,
+                                           plan.student_steps, plan, 1, ["model.enable_kd=false", *init]),
         }, work / "logs")
         return {"kd": _curve_summary(kd_path), "nokd": _curve_summary(plain_path)}
 
     student_info = _step(work, "students", students, echo)
 
+    def scratch() -> dict[str, Any]:
+        _run_parallel({"student-scratch-kd": _train_command(plan.scratch_config, scratch_path, corpus.train_manifest,
+                                                            None, plan.scratch_steps, plan, 2,
+                                                            ["--store", str(store_path)])}, work / "logs")
+        return {"scratch": _curve_summary(scratch_path)}
+
+    if plan.scratch_steps:
+        student_info = {**student_info, **_step(work, "scratch", scratch, echo)}
+
     models = {"teacher": teacher_path, "student (KD)": kd_path, "student (no KD)": plain_path}
+    if plan.scratch_steps:
+        models["small from scratch (KD)"] = scratch_path
 
     def evaluate() -> dict[str, Any]:
         from kdstore.evaluate.transcribe import evaluate_model, write_transcripts
@@ -195,50 +212,36 @@ def run_demo(workdir: str | Path, quick: bool = False, seed: int = 0, progress: 
     onnx_dir = work / "onnx"
 
     def export_and_transcribe() -> dict[str, Any]:
+        from kdstore.evaluate.scoring import score
         from kdstore.export.run import export_onnx
         from kdstore.inputs.manifest import read_manifest
-        from kdstore.runtime.decoder import OnnxTransducer
+        from kdstore.runtime.sherpa import SherpaTransducer
 
-        export_onnx(kd_path, onnx_dir)
-        entries = read_manifest(corpus.test_manifest)[: plan.transcribe_files]
-        texts = OnnxTransducer(onnx_dir).transcribe([e.audio_path for e in entries])
-        return {"onnx_dir": str(onnx_dir),
-                "samples": [{"audio": str(e.audio_path), "reference": e.text, "onnx": t} for e, t in zip(entries, texts)]}
+        export_onnx(kd_path, onnx_dir, int8=True)
+        entries = read_manifest(corpus.test_manifest)
+        start = time.perf_counter()
+        texts = SherpaTransducer(onnx_dir, int8=True).transcribe([e.audio_path for e in entries], progress=progress)
+        seconds = time.perf_counter() - start
+        scored = score([e.text for e in entries], texts)
+        audio_seconds = sum(e.duration for e in entries)
+        return {"onnx_dir": str(onnx_dir), "sherpa_int8": {"wer": scored.wer, "cer": scored.cer,
+                                                            "utterances": len(entries),
+                                                            "rtf": round(seconds / max(audio_seconds, 1e-9), 5)},
+                "samples": [{"audio": str(e.audio_path), "reference": e.text, "onnx": t}
+                            for e, t in list(zip(entries, texts))[: plan.transcribe_files]]}
 
     onnx_info = _step(work, "export", export_and_transcribe, echo)
-    return write_report(work, plan, corpus, scores, teacher_info, student_info, onnx_info, store_path, echo)
-
-
-def write_report(work: Path, plan: DemoPlan, corpus: DemoCorpus, scores: dict, teacher_info: dict,
-                 student_info: dict, onnx_info: dict, store_path: Path, echo: Echo) -> Path:
-    """``work``/report.md (scores table, training curves plot, ONNX transcripts); returns its path."""
-    from kdstore.demo.report import ModelRow, format_table, plot_report
+    from kdstore.demo.report import write_report
 
     curves = {"teacher": teacher_info["curve_csv"], "student (KD)": student_info["kd"]["curve_csv"],
               "student (no KD)": student_info["nokd"]["curve_csv"]}
-    rows = []
-    for name, summary in scores.items():
-        seconds, steps = _train_seconds(curves[name])
-        if name == "teacher" and teacher_info.get("committed"):
-            seconds, steps = teacher_info.get("train_seconds"), teacher_info.get("steps")
-        rows.append(ModelRow(name, summary["wer"], summary["cer"], summary["params"], seconds, steps, Path(curves[name])))
+    if "scratch" in student_info:
+        curves["small from scratch (KD)"] = student_info["scratch"]["curve_csv"]
+    trained = {name: _train_seconds(path) for name, path in curves.items()}
+    if teacher_info.get("committed"):
+        trained["teacher"] = (teacher_info.get("train_seconds"), teacher_info.get("steps"))
     store_bytes = sum(f.stat().st_size for f in store_path.rglob("*") if f.is_file())
-    table = format_table(rows, store_bytes)
-    png = plot_report(rows, work / "report.png")
-    samples = "\n".join(f"- `{Path(s['audio']).name}`: ref \"{s['reference']}\" -> onnx \"{s['onnx']}\""
-                        for s in onnx_info["samples"])
-    report = work / "report.md"
-    report.write_text(
-        "# kdstore demo report\n\n"
-        f"Corpus: synthetic voice commands, {dict(corpus.utterances)} utterances ({dict(corpus.hours)} h); "
-        "test voices unseen in training.\n"
-        f"Plan: {asdict(plan)}\n\n"
-        + ("The teacher is the committed demo teacher (kdstore/assets/demo_teacher/README.md: how it was trained, its scores).\n\n"
-           if teacher_info.get("committed") else
-           "The teacher here was trained from scratch on this CPU within the demo budget and is weak; KD can only "
-           "pass on what the teacher knows.\n\n") +
-        f"{table}\n\n![WER and training curves](report.png)\n\n"
-        f"ONNX export: `{onnx_info['onnx_dir']}` (sherpa-onnx layout); onnxruntime transcripts:\n\n{samples}\n"
-    )
-    echo("\n" + table + f"\n\nreport: {report}\nplot:   {png}")
+    report = write_report(work, f"Plan: {asdict(plan)}", corpus, scores, curves, trained, onnx_info, store_bytes,
+                          committed_teacher=bool(teacher_info.get("committed")))
+    echo(f"\nreport: {report}\nplot:   {work / 'report.png'}")
     return report

@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+TEACHER, HEADLINE, TWIN = "teacher", "student (KD)", "student (no KD)"
 
 
 @dataclass(frozen=True)
@@ -16,14 +19,46 @@ class ModelRow:
     train_seconds: float | None
     steps: int | None
     curve_csv: Path | None
+    rtf: float | None = None  # NeMo greedy decoding: seconds of compute per second of audio
+
+
+def retention(student_wer: float, teacher_wer: float) -> float:
+    """Share of the teacher's word accuracy the student keeps: (1 - WER_student) / (1 - WER_teacher)."""
+    return (1.0 - student_wer) / max(1.0 - teacher_wer, 1e-9)
+
+
+def headline(rows: list[ModelRow], sherpa_int8: dict[str, Any] | None) -> str:
+    """The report's first paragraph: the headline student against the teacher (retention, parameters,
+    decoding speed, the sherpa-onnx int8 WER) and against its no-KD twin."""
+    by_name = {r.name: r for r in rows}
+    teacher, student, twin = by_name[TEACHER], by_name[HEADLINE], by_name.get(TWIN)
+    text = (f"**The headline student keeps {100 * retention(student.wer, teacher.wer):.1f}% of the teacher's word "
+            f"accuracy** (WER {100 * student.wer:.2f}% vs {100 * teacher.wer:.2f}%) with "
+            f"{100 * student.params / teacher.params:.0f}% of its parameters ({student.params / 1e6:.2f}M vs "
+            f"{teacher.params / 1e6:.2f}M)")
+    if student.rtf and teacher.rtf:
+        text += (f", and decodes {teacher.rtf / student.rtf:.1f}x as fast (NeMo greedy on this CPU, RTF "
+                 f"{student.rtf:.4f} vs {teacher.rtf:.4f})")
+    text += "."
+    if sherpa_int8:
+        text += (f" Through sherpa-onnx at int8, what an on-device user ships, it scores {100 * sherpa_int8['wer']:.2f}% "
+                 f"WER (RTF {sherpa_int8['rtf']:.4f}).")
+    if twin is not None:
+        verdict = "KD helps" if student.wer < twin.wer else "KD did not help here"
+        text += (f" Its no-KD twin (same teacher initialisation, steps and seed) scores {100 * twin.wer:.2f}% "
+                 f"({verdict}: {100 * (twin.wer - student.wer):+.2f} points).")
+    return text
 
 
 def format_table(rows: list[ModelRow], store_bytes: int | None) -> str:
-    lines = ["| model | WER % | CER % | params | train time | steps |", "|---|---:|---:|---:|---:|---:|"]
+    teacher = next((r for r in rows if r.name == TEACHER), None)
+    lines = ["| model | WER % | CER % | retention | params | RTF | train time | steps |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         train = f"{r.train_seconds / 60:.1f} min" if r.train_seconds else "-"
-        lines.append(f"| {r.name} | {100 * r.wer:.2f} | {100 * r.cer:.2f} | {r.params / 1e6:.2f}M | {train} | "
-                     f"{r.steps if r.steps is not None else '-'} |")
+        kept = f"{100 * retention(r.wer, teacher.wer):.1f}%" if teacher is not None and r is not teacher else "-"
+        lines.append(f"| {r.name} | {100 * r.wer:.2f} | {100 * r.cer:.2f} | {kept} | {r.params / 1e6:.2f}M | "
+                     f"{r.rtf if r.rtf is not None else '-'} | {train} | {r.steps if r.steps is not None else '-'} |")
     if store_bytes is not None:
         lines.append("")
         lines.append(f"Teacher store on disk: {store_bytes / 1e6:.2f} MB")
@@ -90,3 +125,31 @@ def plot_report(rows: list[ModelRow], out_png: Path) -> Path:
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
+
+
+def write_report(work: Path, plan_line: str, corpus: Any, scores: dict[str, dict[str, Any]],
+                 curves: dict[str, str], trained: dict[str, tuple[float | None, int | None]],
+                 onnx_info: dict[str, Any], store_bytes: int, committed_teacher: bool) -> Path:
+    """``work``/report.md (headline, scores table, plot, ONNX transcripts) and report.png; returns report.md."""
+    rows = [ModelRow(name, s["wer"], s["cer"], s["params"], *trained.get(name, (None, None)),
+                     Path(curves[name]) if name in curves else None, s.get("rtf")) for name, s in scores.items()]
+    table = format_table(rows, store_bytes)
+    plot_report(rows, work / "report.png")
+    samples = "\n".join(f"- `{Path(s['audio']).name}`: ref \"{s['reference']}\" -> sherpa-onnx int8 \"{s['onnx']}\""
+                        for s in onnx_info["samples"])
+    teacher_note = ("The teacher is the committed demo teacher (kdstore/assets/demo_teacher/README.md: how it was "
+                    "trained, its scores)." if committed_teacher else
+                    "The teacher here was trained from scratch on this CPU within the demo budget and is weak; KD can "
+                    "only pass on what the teacher knows.")
+    report = work / "report.md"
+    report.write_text(
+        "# kdstore demo report\n\n"
+        f"{headline(rows, onnx_info.get('sherpa_int8'))}\n\n"
+        f"{table}\n\n![WER and training curves](report.png)\n\n"
+        f"Corpus: synthetic voice commands, {dict(corpus.utterances)} utterances ({dict(corpus.hours)} h); test "
+        f"voices unseen in training. {teacher_note} Retention = (1 - WER_student) / (1 - WER_teacher); RTF = "
+        "decoding seconds per audio second (NeMo greedy, model loading excluded).\n"
+        f"{plan_line}\n\n"
+        f"ONNX export: `{onnx_info['onnx_dir']}` (sherpa-onnx layout, int8 copies); first transcripts:\n\n{samples}\n"
+    )
+    return report

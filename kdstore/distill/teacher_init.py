@@ -65,8 +65,8 @@ class TeacherInitReport:
 
     def table(self) -> str:
         """The report as a Markdown table (logged at the start of training, saved next to the model)."""
-        lines = [f"Teacher initialisation from {self.teacher} (student encoder layers <- teacher layers "
-                 f"{self.layer_map}): {self.copied_values:,} values copied, {self.kept_values:,} as initialised.",
+        lines = [(f"Teacher initialisation from {self.teacher} (student encoder layers <- teacher layers "
+                 f"{self.layer_map}): {self.copied_values:,} values copied, {self.kept_values:,} as initialised."),
                  "", "| student | from teacher | tensors | values | copied | why not |", "|---|---|---:|---:|---|---|"]
         lines += [f"| {r.student} | {r.teacher or '-'} | {r.tensors} | {r.values:,} | {'yes' if r.copied else 'no'} "
                   f"| {r.reason} |" for r in self.rows]
@@ -100,7 +100,7 @@ def choose_layers(rule: str | Sequence[int], teacher_layers: int, student_layers
         if student_layers == 1:
             return [0]
         step = (teacher_layers - 1) / (student_layers - 1)
-        return [int(round(i * step)) for i in range(student_layers)]
+        return [round(i * step) for i in range(student_layers)]
     chosen = [int(i) for i in rule]
     if len(chosen) != student_layers:
         raise ConfigError(f"model.init_from_teacher.encoder_layers has {len(chosen)} entries but the student has "

@@ -33,14 +33,16 @@ from kdstore.store.background import BackgroundWriter
 from kdstore.store.layout import label_slot_fill
 from kdstore.store.meta_v1 import Counts, Fingerprint, StoreMetadata
 
+DEFAULT_BAND = 6  # the study: band 6 at least as good as the full lattice at 42% of the bytes
+
 
 @dataclass(frozen=True)
 class DumpSettings:
     top_k: int = 8
     batch_size: int = 8
     value_dtype: str = "float16"  # float32 for exactness tests
-    band: int | None = None  # None: full lattice
-    ctc: bool = False  # hybrid teachers: also store the CTC head's top-k log-probs per frame
+    band: int | None = DEFAULT_BAND  # None: full lattice (docs/decisions.md: band 6 by default)
+    ctc: bool | None = None  # CTC head's top-k per frame: None stores them when the teacher has a CTC head
     chunk_rows: int | None = None  # rows per chunk (None: ~1 MB of node/logp); 16 chunks per shard
     device: str = "cpu"
     precision: str = "fp32"  # fp32 | bf16 (teacher forward under autocast)
@@ -66,9 +68,11 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
         model = restore_model(teacher_path, map_location=settings.device)
         vocab, blank = int(model.decoder.vocab_size), int(model.decoder.blank_idx)
         top_k = min(settings.top_k, vocab + 1)
-        if settings.ctc and getattr(model, "ctc_decoder", None) is None:
+        has_ctc = getattr(model, "ctc_decoder", None) is not None
+        if settings.ctc and not has_ctc:
             raise KdstoreError(f"--ctc needs a hybrid RNNT-CTC teacher; {type(model).__name__} has no CTC head")
-        ctc_top_k = top_k if settings.ctc else None
+        ctc = has_ctc if settings.ctc is None else settings.ctc
+        ctc_top_k = top_k if ctc else None
         front_end = front_end_from_config(model.cfg)
         side_file = Path(str(out) + ".skipped.jsonl")
         policy = BadInputPolicy(skip_bad=settings.skip_bad, side_file=side_file if ranks.is_main else None,
@@ -77,7 +81,7 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
         teacher_sha, manifest_sha = sha256_file(teacher_path), sha256_file(manifest_path)
         pending = {"teacher_sha256": teacher_sha, "manifest_sha256": manifest_sha, "top_k": top_k,
                    "value_dtype": settings.value_dtype, "band": settings.band, "batch_size": settings.batch_size,
-                   "world_size": ranks.world, "chunk_rows": settings.chunk_rows, "ctc": settings.ctc,
+                   "world_size": ranks.world, "chunk_rows": settings.chunk_rows, "ctc": ctc,
                    "skip_bad": settings.skip_bad, "vocab_size": vocab}
         if ranks.is_main:
             group = open_for_writing(out, pending, overwrite=settings.overwrite, resume=settings.resume)
@@ -92,7 +96,7 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
         dataset = TranscribedAudioDataset(entries, model.tokenizer.text_to_ids, front_end.sample_rate)
         plan = [b for n, b in enumerate(duration_sorted_batches(entries, settings.batch_size)) if ranks.owns(n)]
         spec = RowSpec(top_k=top_k, blank=blank, vocab=vocab, label_fill=label_slot_fill(np.dtype(settings.value_dtype)),
-                       band=settings.band, ctc=settings.ctc)
+                       band=settings.band, ctc=ctc)
         bar = tqdm(total=sum(len(b) for b in plan), desc=f"dump-teacher[{ranks.rank}]", unit="utt",
                    disable=not settings.progress, initial=len(committed))
         try:

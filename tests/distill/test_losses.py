@@ -277,6 +277,22 @@ def test_node_weights_occupancy_from_blank_label_equals_given_occupancy():
         losses.node_weights("posterior", mask)
 
 
+def test_non_blank_node_weights_on_a_hand_computed_lattice():
+    """T=2, U=1 (3 valid nodes of a 2 x 3 padded lattice): weight = 1 - p_teacher(blank), 0 off the mask;
+    the reduced loss is the weighted mean by hand."""
+    p_blank = torch.tensor([[[0.9, 0.25, 0.5], [0.5, 1.0, 0.0]]], dtype=torch.float64)  # (B=1, T=2, U+1=3)
+    blank_label = torch.stack([p_blank.log(), torch.full_like(p_blank, -1.0)], -1)  # (1, 2, 3, 2)
+    mask = losses.lattice_mask(torch.tensor([2]), torch.tensor([1]), 2, 2)  # u <= 1 valid
+    weights = losses.node_weights("non_blank", mask, blank_label=blank_label)
+    expected = torch.tensor([[[0.1, 0.75, 0.0], [0.5, 0.0, 0.0]]], dtype=torch.float64)
+    assert torch.allclose(weights.double(), expected, atol=1e-7)
+    node_kl = torch.tensor([[[2.0, 4.0, 100.0], [8.0, 16.0, 100.0]]], dtype=torch.float64)
+    by_hand = (0.1 * 2.0 + 0.75 * 4.0 + 0.5 * 8.0) / (0.1 + 0.75 + 0.5)
+    assert abs(float(losses.reduce_nodes(node_kl, weights.double())) - by_hand) < 1e-6
+    with pytest.raises(ValueError, match="non_blank node weights need"):
+        losses.node_weights("non_blank", mask)
+
+
 def test_truncate_topk_is_a_slice_and_moves_the_dropped_mass_to_the_rest():
     logits, teacher, _ = _logits_and_teacher()
     values, ids = _topk(teacher, 8)

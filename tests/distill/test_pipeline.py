@@ -44,7 +44,7 @@ def exact_store(teacher_nemo, small_manifest, tmp_path_factory) -> Path:
     from kdstore.dump.run import DumpSettings, dump_teacher
 
     out = tmp_path_factory.mktemp("store") / "exact.zarr"
-    dump_teacher(teacher_nemo, small_manifest, out, DumpSettings(top_k=10_000, batch_size=4, value_dtype="float32"))
+    dump_teacher(teacher_nemo, small_manifest, out, DumpSettings(top_k=10_000, batch_size=4, value_dtype="float32", band=None))
     return out
 
 
@@ -58,7 +58,7 @@ def test_dump_rows_match_live_teacher_and_student_lattice_shape(teacher_nemo, sm
     from kdstore.store.verify import verify_store
 
     store = tmp_path / "t.zarr"
-    meta = dump_teacher(teacher_nemo, small_manifest, store, DumpSettings(top_k=4, batch_size=4))
+    meta = dump_teacher(teacher_nemo, small_manifest, store, DumpSettings(top_k=4, batch_size=4, band=None))
     assert verify_store(store)
     reader = StoreReader(store)
     assert meta.counts.utterances == len(reader) == 6
@@ -244,7 +244,7 @@ def test_collapsed_from_topk_store_equals_full_store_and_band_equals_restricted_
     from kdstore.store import StoreReader
 
     small = tmp_path / "k4.zarr"
-    dump_teacher(teacher_nemo, small_manifest, small, DumpSettings(top_k=4, batch_size=4, value_dtype="float32"))
+    dump_teacher(teacher_nemo, small_manifest, small, DumpSettings(top_k=4, batch_size=4, value_dtype="float32", band=None))
     band = tmp_path / "band.zarr"
     dump_teacher(teacher_nemo, small_manifest, band, DumpSettings(top_k=4, batch_size=4, value_dtype="float32", band=2))
     student = build_model("tiny", demo_corpus.tokenizer_dir, seed=9)

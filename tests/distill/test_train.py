@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG_NAMES = ["large", "medium", "small", "tiny", "tiny-teacher"]
+CONFIG_NAMES = ["large", "large-8l", "medium", "medium-8l", "small", "tiny", "tiny-teacher", "tiny-teacher-2l"]
 
 
 # -- configs (fast: no model is built) -------------------------------------------------------------
@@ -32,7 +32,14 @@ def test_named_configs_come_from_package_data(tmp_path, monkeypatch):
         assert settings.name == name and settings.model.encoder["subsampling_factor"] == 8
     large, small = (read_train_config(load_train_config(n)).model for n in ("large", "small"))
     assert (large.encoder["n_heads"], small.encoder["n_heads"]) == (8, 4)  # _base.yaml's 4, overridden once
-    assert read_train_config(load_train_config("tiny-teacher")).model.aux_ctc["ctc_loss_weight"] == 0.5
+    # Hybrid RNNT-CTC by default (docs/decisions.md): every named config has the CTC head, weight 0.5,
+    # and a plain RNN-T is one override away.
+    for name in CONFIG_NAMES:
+        assert read_train_config(load_train_config(name)).model.aux_ctc["ctc_loss_weight"] == 0.5, name
+    assert read_train_config(load_train_config("tiny", ["model.aux_ctc=null"])).model.aux_ctc is None
+    pruned = read_train_config(load_train_config("large-8l")).model
+    assert (pruned.encoder["n_layers"], pruned.encoder["d_model"], pruned.init_from_teacher.encoder_layers) == \
+        (8, 512, "even")
 
 
 def test_a_config_file_extends_a_named_config(tmp_path):
@@ -48,7 +55,7 @@ def test_a_config_file_extends_a_named_config(tmp_path):
     (tmp_path / "b.yaml").write_text("defaults: [a]\n")
     with pytest.raises(ConfigError, match="includes itself"):
         load_train_config(str(tmp_path / "a.yaml"))
-    with pytest.raises(ConfigError, match="known names: large, medium, small, tiny, tiny-teacher"):
+    with pytest.raises(ConfigError, match="known names: large, large-8l, medium, medium-8l, small, tiny, tiny-teacher"):
         load_train_config("tiny-studnet")
 
 
@@ -197,7 +204,8 @@ def tokenizer_1024(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "millions"), [("small", 14), ("medium", 32), ("large", 120)])
+@pytest.mark.parametrize(("name", "millions"), [("small", 14), ("medium", 32), ("large", 120), ("large-8l", 60),
+                                                ("medium-8l", 18)])
 def test_model_sizes_match_the_fastconformer_table(name, millions, tokenizer_1024):
     from omegaconf import OmegaConf
 

@@ -123,12 +123,35 @@ def test_band_store_keeps_most_occupancy_and_trains(teacher, demo_corpus, tmp_pa
     assert run_cli(dump_args(teacher, demo_corpus.train_manifest, out, "--band", "4")).returncode == 0
     summary = summarize(out)
     full = tmp_path / "full.zarr"
-    assert run_cli(dump_args(teacher, demo_corpus.train_manifest, full)).returncode == 0
+    assert run_cli(dump_args(teacher, demo_corpus.train_manifest, full, "--band", "full")).returncode == 0
     assert summary["nodes"] < summarize(full)["nodes"]
     assert 0.0 < summary["band_occupancy_kept"] <= 1.0
     reader = StoreReader(out)
     rows = reader.read(0)
     assert rows.stored.sum() == rows.num_frames * min(4, rows.num_labels + 1) or rows.num_frames == 1
+
+
+def test_defaults_are_band_6_with_ctc_rows_for_a_hybrid_teacher(teacher, demo_corpus, tmp_path):
+    """The study's defaults (docs/decisions.md): band W=6, and CTC rows whenever the teacher has a CTC
+    head (the `tiny` config is hybrid by default); --no-ctc leaves them out, --ctc on a plain teacher fails."""
+    from tests.models import build_model
+
+    default = tmp_path / "default.zarr"
+    assert run_cli(dump_args(teacher, demo_corpus.train_manifest, default)).returncode == 0
+    meta = StoreReader(default).metadata
+    assert (meta.band_width, meta.ctc_top_k) == (6, 4)
+    rows = StoreReader(default).read(0)
+    assert rows.ctc_logp is not None and rows.ctc_logp.shape == (rows.num_frames, 4)
+    plain = tmp_path / "no-ctc.zarr"
+    assert run_cli(dump_args(teacher, demo_corpus.train_manifest, plain, "--no-ctc")).returncode == 0
+    assert StoreReader(plain).metadata.ctc_top_k is None
+    rnnt_only = tmp_path / "rnnt.nemo"
+    build_model("tiny", demo_corpus.tokenizer_dir, seed=12, **{"model.aux_ctc": "null"}).save_to(str(rnnt_only))
+    auto = tmp_path / "auto.zarr"
+    assert run_cli(dump_args(rnnt_only, demo_corpus.train_manifest, auto)).returncode == 0
+    assert StoreReader(auto).metadata.ctc_top_k is None
+    refused = run_cli(dump_args(rnnt_only, demo_corpus.train_manifest, tmp_path / "x.zarr", "--ctc"))
+    assert refused.returncode != 0 and "has no CTC head" in refused.stderr
 
 
 def test_write_failure_mid_dump_keeps_a_valid_committed_prefix_and_resumes(teacher, demo_corpus, tmp_path):

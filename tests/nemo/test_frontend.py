@@ -185,7 +185,7 @@ def test_eval_dump_and_export_compute_the_same_features_for_an_fp16_model(fp16_n
     with preprocessor_outputs() as in_eval:
         evaluate_model(fp16_nemo, manifest, batch_size=1)
     with preprocessor_outputs() as in_dump:
-        dump_teacher(fp16_nemo, manifest, tmp_path / "store.zarr", DumpSettings(top_k=4, batch_size=1))
+        dump_teacher(fp16_nemo, manifest, tmp_path / "store.zarr", DumpSettings(top_k=4, batch_size=1, band=None))
 
     for name, audio in signals.items():
         features, length = exported(audio)
