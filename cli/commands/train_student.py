@@ -33,6 +33,8 @@ def command(config: str, store: str | None, skip_bad: bool, progress: bool, over
     result = train_student(cfg, progress=progress)
     click.echo(f"saved {result.model_path} ({result.params / 1e6:.2f}M params, {result.steps} steps, "
                f"{result.seconds:.0f} s); curve: {result.curve_csv}")
+    if result.init_report:
+        click.echo(f"teacher initialisation (what was copied, what was not and why): {result.init_report}")
     if result.skipped_lines:
         click.echo(f"skipped {result.skipped_lines} bad manifest lines: see {cfg.model.train_ds.skipped_file}")
     if result.best_model:

@@ -44,9 +44,11 @@ def headline(rows: list[ModelRow], sherpa_int8: dict[str, Any] | None) -> str:
         text += (f" Through sherpa-onnx at int8, what an on-device user ships, it scores {100 * sherpa_int8['wer']:.2f}% "
                  f"WER (RTF {sherpa_int8['rtf']:.4f}).")
     if twin is not None:
-        verdict = "KD helps" if student.wer < twin.wer else "KD did not help here"
+        better = student.wer < twin.wer
+        verdict = "KD helps" if better else "KD did not help here"
         text += (f" Its no-KD twin (same teacher initialisation, steps and seed) scores {100 * twin.wer:.2f}% "
-                 f"({verdict}: {100 * (twin.wer - student.wer):+.2f} points).")
+                 f"({verdict}: {100 * abs(twin.wer - student.wer):.2f} WER points {'lower' if better else 'higher'} "
+                 "with KD).")
     return text
 
 

@@ -42,6 +42,7 @@ class TrainResult:
     log_dir: Path | None = None  # exp_manager's folder (TensorBoard, checkpoints)
     best_model: Path | None = None  # best-by-val-WER .nemo, when validation ran
     skipped_lines: int = 0  # manifest lines skipped under model.train_ds.skip_bad
+    init_report: Path | None = None  # model.init_from_teacher's table (init_from_teacher.md)
 
 
 def check_store_compatible(model_cfg: Any, model: ModelSection, store_path: str) -> Any:

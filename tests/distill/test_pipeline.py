@@ -207,10 +207,13 @@ def test_hybrid_teacher_ctc_rows_train_a_hybrid_student_with_both_kd_terms(teach
     cfg = load_train_config("tiny-teacher", [
         f"model.train_ds.manifest_filepath={small_manifest}", f"run.output={out}", "trainer.max_steps=2",
         "model.train_ds.batch_size=3", "trainer.accelerator=cpu", "model.encoder.n_layers=1",
-        "model.kd.weights=occupancy", "model.kd.top_k=2"], store=str(store))
+        "model.model_defaults.enc_hidden=64", "model.encoder.subsampling_conv_channels=64",
+        f"model.init_from_teacher.path={teacher_nemo}", "model.kd.weights=occupancy", "model.kd.top_k=2"],
+        store=str(store))
     result = train_student(cfg)
     losses = result.final_losses
     assert losses["train_kd_loss"] > 0 and losses["train_ctc_kd_loss"] > 0, losses
+    assert result.init_report is not None and ", 0 as initialised." in result.init_report.read_text()
     import json
     import subprocess
     import sys

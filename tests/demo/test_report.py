@@ -1,0 +1,37 @@
+"""The demo report's headline: retention, parameters, speed and the sherpa-onnx int8 WER, from the rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdstore.demo.report import HEADLINE, TEACHER, TWIN, ModelRow, format_table, headline, retention
+
+
+def rows(student_wer: float, twin_wer: float) -> list[ModelRow]:
+    return [ModelRow(TEACHER, 0.10, 0.05, 4_466_722, None, 4000, None, rtf=0.012),
+            ModelRow(HEADLINE, student_wer, 0.08, 2_966_000, 300.0, 1200, None, rtf=0.006),
+            ModelRow(TWIN, twin_wer, 0.09, 2_966_000, 290.0, 1200, None, rtf=0.006)]
+
+
+def test_retention_is_the_share_of_word_accuracy_kept():
+    assert retention(0.19, 0.10) == pytest.approx(0.9)
+    assert retention(0.10, 0.10) == pytest.approx(1.0)
+    assert retention(0.0, 0.10) > 1.0  # a student may beat its teacher
+
+
+def test_headline_leads_with_retention_params_speed_and_int8():
+    text = headline(rows(0.19, 0.25), {"wer": 0.195, "rtf": 0.003})
+    assert text.startswith("**The headline student keeps 90.0% of the teacher's word accuracy**")
+    assert "66% of its parameters (2.97M vs 4.47M)" in text
+    assert "decodes 2.0x as fast" in text
+    assert "sherpa-onnx at int8" in text and "19.50% WER" in text
+    assert "KD helps: 6.00 WER points lower with KD" in text
+    assert "KD did not help here" in headline(rows(0.30, 0.25), None)
+
+
+def test_table_has_retention_per_student():
+    table = format_table(rows(0.19, 0.28), store_bytes=2_000_000)
+    student_line = next(line for line in table.splitlines() if line.startswith(f"| {HEADLINE} "))
+    assert "| 90.0% |" in student_line
+    assert "| 80.0% |" in next(line for line in table.splitlines() if line.startswith(f"| {TWIN} "))
+    assert "2.00 MB" in table
