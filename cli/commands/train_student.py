@@ -8,7 +8,9 @@ from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo
 
 
 @click.command("train-student", context_settings={"ignore_unknown_options": True})
-@click.option("--config", required=True, help="YAML path or a name in kdstore/configs (tiny, tiny-teacher, small, medium, large).")
+@click.option("--config", required=True,
+              help="YAML path or a name in kdstore/configs (tiny, tiny-teacher, tiny-teacher-2l, small, medium, "
+                   "medium-8l, large, large-8l); every config is a hybrid RNNT-CTC model.")
 @click.option("--store", default=None, help="Teacher store (shorthand for model.kd.store=...; this flag wins).")
 @click.option("--skip-bad", is_flag=True,
               help="Skip unusable manifest lines (listed in <output>.skipped.jsonl) instead of stopping.")
@@ -24,6 +26,11 @@ def command(config: str, store: str | None, skip_bad: bool, progress: bool, over
     Example:
       kdstore train-student --config tiny --store teacher.zarr \\
           model.train_ds.manifest_filepath=train.json run.output=student.nemo trainer.max_steps=2000
+    \b
+    Start from the teacher's weights (2 of its layers; table in <output>.files/init_from_teacher.md):
+      kdstore train-student --config tiny-teacher-2l --store teacher.zarr \\
+          model.init_from_teacher.path=teacher.nemo model.train_ds.manifest_filepath=train.json ...
+    NeMo's own init keys work too: +init_from_nemo_model.m.path=X.nemo '+init_from_nemo_model.m.include=[encoder]'
     """
     quiet_nemo()
     from kdstore.distill.config import load_train_config

@@ -130,7 +130,7 @@ def test_train_student_with_store_saves_plain_nemo(exact_store, small_manifest, 
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert info == {"cls": "EncDecRNNTBPEModel", "kdstore": False}
+    assert info == {"cls": "EncDecHybridRNNTCTCBPEModel", "kdstore": False}  # hybrid by default
 
 
 def test_store_from_another_frame_rate_or_tokenizer_is_refused(exact_store, small_manifest, tmp_path, demo_corpus):
