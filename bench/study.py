@@ -373,7 +373,11 @@ def report(study: Study, rows: list[Row], seeds: list[int], by_row: dict, storag
            command: str) -> str:
     args = study.args
     hours = sum(json.loads(line)["duration"] for line in study.train.read_text().splitlines() if line.strip()) / 3600
-    seed_text = f"Every row: seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}."
+    seed_text = f"Seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+    if args.weights_seeds and args.weights_seeds < len(seeds) and any(r.group == "weights" for r in rows):
+        seed_text += f" (the weights/loss rows: seed{'s' if args.weights_seeds > 1 else ''} " \
+                     f"{', '.join(map(str, seeds[: args.weights_seeds]))})"
+    seed_text += "."
     configs = ", ".join(sorted({f"`{r.config}`" for r in rows}))
     lines = [
         SECTION, "",
@@ -421,9 +425,9 @@ def report(study: Study, rows: list[Row], seeds: list[int], by_row: dict, storag
     lines += ["", *paired_differences(by_row), ""]
     if args.out and Path(plot_path).is_absolute() is False:
         link = os.path.relpath(REPO / plot_path, (REPO / args.out).resolve().parent)
-        lines += [f"![test WER against storage]({link})", ""]
+        lines += [f"![test WER per row]({link})", ""]
     else:
-        lines += [f"Plot: `{plot_path}` (WER against storage, log scale).", ""]
+        lines += [f"Plot: `{plot_path}` (test WER per row, one dot per seed).", ""]
     if errors:
         lines += ["Failures: " + "; ".join(f"{k}: {v}" for k, v in errors.items()), ""]
     dump_times = ", ".join(f"{name} {d['seconds']} s" for name, d in dumps.items() if d.get("seconds"))
@@ -445,6 +449,8 @@ def main() -> None:
                         help="models, stores, logs, result JSON (default demo-run-study/, git-ignored)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per student (600; 200 with --quick)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds for every row (3; 1 with --quick)")
+    parser.add_argument("--weights-seeds", type=int, default=None,
+                        help="seeds for the weights/loss rows (default: as --seeds; they pair with init-kd by seed)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--jobs", type=int, default=2, help="students trained at once (one thread each)")
     parser.add_argument("--rows", default=None, help="comma-separated row names (default: all, or main with --quick)")
@@ -491,8 +497,11 @@ def main() -> None:
 
     # 2. students: the slowest (online KD) first, main rows' seeds before the single-seed rows
     jobs = []
+    few = seeds[: args.weights_seeds] if args.weights_seeds else seeds
     for seed in seeds:  # seed by seed: an interrupted study still has complete pairs
         for row in sorted(rows, key=lambda r: (r.group != "main", not r.online)):
+            if row.group == "weights" and seed not in few:
+                continue
             if row.store and row.store not in storage:
                 errors[f"{row.name}-s{seed}"] = f"store {row.store} missing"
                 continue
