@@ -23,11 +23,16 @@ Example:
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same corpus.")
 @click.option("--vocab-size", type=int, default=128, show_default=True, help="SentencePiece BPE size.")
 @click.option("-j", "--num-jobs", type=int, default=2, show_default=True, help="Parallel synthesis jobs.")
+@click.option("--voices", type=click.Choice(["standard", "wide"]), default="standard", show_default=True,
+              help="Training speakers: 'wide' adds many more (45 espeak-ng variants, 7 pitch shifts per flite/festival "
+                   "voice); validation and test voices are the same either way.")
+@click.option("--hold-out-engine", type=click.Choice(["espeak-ng", "flite", "festival"]), default=None,
+              help="Leave one TTS engine family out of train/val; the test split is all of its voices.")
 @click.option("--overwrite", is_flag=True, help="Replace a corpus built with other arguments.")
 @progress_option
 @friendly_errors
-def command(out: str, task: str, hours: float, seed: int, vocab_size: int, num_jobs: int, overwrite: bool,
-            progress: bool) -> None:
+def command(out: str, task: str, hours: float, seed: int, vocab_size: int, num_jobs: int, voices: str,
+            hold_out_engine: str | None, overwrite: bool, progress: bool) -> None:
     """Synthesise a multi-voice speech corpus offline with espeak-ng, flite and festival.
 
     Splits train/val/test by voice (test voices are unseen) and trains the tokenizer on train texts.
@@ -36,7 +41,7 @@ def command(out: str, task: str, hours: float, seed: int, vocab_size: int, num_j
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     corpus = prepare_demo(out, task=task, hours=hours, seed=seed, vocab_size=vocab_size, num_jobs=num_jobs,
-                          progress=progress, overwrite=overwrite)
+                          progress=progress, overwrite=overwrite, variety=voices, hold_out_engine=hold_out_engine)
     for split, path in corpus.manifests.items():
         click.echo(f"{split:5s} {corpus.utterances[split]:6d} utterances {corpus.hours[split]:7.3f} h  {path}")
     click.echo(f"tokenizer {corpus.tokenizer_dir} ({corpus.vocab_size} pieces); dropped {corpus.dropped}; "

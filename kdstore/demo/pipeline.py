@@ -42,6 +42,7 @@ class DemoPlan:
     transcribe_files: int = 5
     student_config: str = "tiny-teacher-2l"
     scratch_config: str = "tiny"
+    voices: str = "wide"  # the students' training speakers (kdstore.corpus.tts.split_voices); test voices unchanged
 
     @classmethod
     def for_mode(cls, quick: bool, seed: int = 0) -> DemoPlan:
@@ -131,7 +132,8 @@ def run_demo(workdir: str | Path, quick: bool = False, seed: int = 0, progress: 
     plan = DemoPlan.for_mode(quick, seed)
     echo(f"[demo] workdir {work}; plan {asdict(plan)}")
 
-    corpus = prepare_demo(work / "corpus", task="commands", hours=plan.hours, seed=seed, progress=progress)
+    corpus = prepare_demo(work / "corpus", task="commands", hours=plan.hours, seed=seed, progress=progress,
+                          variety=plan.voices)
     echo(f"[demo] corpus: {dict(corpus.utterances)} utterances, {dict(corpus.hours)} h")
 
     teacher_path = work / "teacher.nemo"
