@@ -374,9 +374,8 @@ def report(study: Study, rows: list[Row], seeds: list[int], by_row: dict, storag
     args = study.args
     hours = sum(json.loads(line)["duration"] for line in study.train.read_text().splitlines() if line.strip()) / 3600
     seed_text = f"Seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
-    if args.weights_seeds and args.weights_seeds < len(seeds) and any(r.group == "weights" for r in rows):
-        seed_text += f" (the weights/loss rows: seed{'s' if args.weights_seeds > 1 else ''} " \
-                     f"{', '.join(map(str, seeds[: args.weights_seeds]))})"
+    if args.one_seed_rows:
+        seed_text += f" (rows {args.one_seed_rows.replace(',', ', ')}: seed {seeds[0]} only)"
     seed_text += "."
     configs = ", ".join(sorted({f"`{r.config}`" for r in rows}))
     lines = [
@@ -449,8 +448,9 @@ def main() -> None:
                         help="models, stores, logs, result JSON (default demo-run-study/, git-ignored)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per student (600; 200 with --quick)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds for every row (3; 1 with --quick)")
-    parser.add_argument("--weights-seeds", type=int, default=None,
-                        help="seeds for the weights/loss rows (default: as --seeds; they pair with init-kd by seed)")
+    parser.add_argument("--one-seed-rows", default="",
+                        help="comma-separated rows run with the first seed only (a shorter study; they pair with "
+                             "the other rows on that seed)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--jobs", type=int, default=2, help="students trained at once (one thread each)")
     parser.add_argument("--rows", default=None, help="comma-separated row names (default: all, or main with --quick)")
@@ -497,10 +497,10 @@ def main() -> None:
 
     # 2. students: the slowest (online KD) first, main rows' seeds before the single-seed rows
     jobs = []
-    few = seeds[: args.weights_seeds] if args.weights_seeds else seeds
+    one_seed = set(filter(None, args.one_seed_rows.split(",")))
     for seed in seeds:  # seed by seed: an interrupted study still has complete pairs
         for row in sorted(rows, key=lambda r: (r.group != "main", not r.online)):
-            if row.group == "weights" and seed not in few:
+            if row.name in one_seed and seed != seeds[0]:
                 continue
             if row.store and row.store not in storage:
                 errors[f"{row.name}-s{seed}"] = f"store {row.store} missing"

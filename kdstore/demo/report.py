@@ -136,7 +136,10 @@ def write_report(work: Path, plan_line: str, corpus: Any, scores: dict[str, dict
     rows = [ModelRow(name, s["wer"], s["cer"], s["params"], *trained.get(name, (None, None)),
                      Path(curves[name]) if name in curves else None, s.get("rtf")) for name, s in scores.items()]
     table = format_table(rows, store_bytes)
-    plot_report(rows, work / "report.png")
+    int8 = onnx_info.get("sherpa_int8")
+    shipped = [ModelRow("student (KD):\nsherpa-onnx int8", int8["wer"], int8["cer"], rows[1].params, None, None, None)] \
+        if int8 and len(rows) > 1 else []
+    plot_report(rows + shipped, work / "report.png")
     samples = "\n".join(f"- `{Path(s['audio']).name}`: ref \"{s['reference']}\" -> sherpa-onnx int8 \"{s['onnx']}\""
                         for s in onnx_info["samples"])
     teacher_note = ("The teacher is the committed demo teacher (kdstore/assets/demo_teacher/README.md: how it was "
