@@ -37,7 +37,7 @@ def command(config: str, store: str | None, skip_bad: bool, progress: bool, over
     from kdstore.distill.train import train_student
 
     cfg = load_train_config(config, [*(["model.train_ds.skip_bad=true"] if skip_bad else []), *overrides], store=store)
-    result = train_student(cfg, progress=progress)
+    result = train_student(cfg, progress=progress, echo=click.echo)
     click.echo(f"saved {result.model_path} ({result.params / 1e6:.2f}M params, {result.steps} steps, "
                f"{result.seconds:.0f} s); curve: {result.curve_csv}")
     if result.init_report:

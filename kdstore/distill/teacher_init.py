@@ -15,7 +15,6 @@ Two ways, applied in this order before training (never when a run resumes from i
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,8 +24,6 @@ from typing import Any
 import torch
 
 from kdstore.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 NEMO_INIT_KEYS = ("init_from_nemo_model", "init_from_pretrained_model", "init_from_ptl_ckpt")
 _LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.*)$")
@@ -195,20 +192,27 @@ def nemo_init_config(cfg: Any) -> Any | None:
 
 
 def apply_nemo_init(student: Any, cfg: Any) -> str | None:
-    """Run NeMo's own initialisation for the config's ``init_from_*`` key (if any); returns the key used.
+    """Run NeMo's own initialisation for the config's ``init_from_*`` key (if any); returns a one-line
+    summary (the key, the source, how many tensors changed), or None when no key is set.
 
     Raises ConfigError when NeMo cannot apply it (a missing file, a tensor whose shape differs: narrow
-    it with ``exclude``), naming the key.
+    it with ``exclude``) or when it changed no tensor at all (an ``include`` that matches nothing),
+    naming the key.
     """
     init_cfg = nemo_init_config(cfg)
     if init_cfg is None:
         return None
     key = next(iter(init_cfg))
+    source = init_cfg[key]
+    before = {name: value.detach().clone() for name, value in student.state_dict().items()}
     try:
         student.maybe_init_from_pretrained_checkpoint(init_cfg, map_location="cpu")
     except (RuntimeError, FileNotFoundError, OSError, ValueError, TypeError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"{key}: NeMo could not initialise the student ({first}); check the path, or leave "
                           "the mismatching tensors out with include/exclude lists") from None
-    log.info("initialised from %s (NeMo's %s)", init_cfg[key], key)
-    return key
+    changed = sum(not torch.equal(value, before[name]) for name, value in student.state_dict().items())
+    if changed == 0:
+        raise ConfigError(f"{key}: NeMo copied no tensor from {source} into the student; check the include/exclude "
+                          "lists against the model's parameter names (e.g. include: [encoder])")
+    return f"{key}: {changed} of {len(before)} tensors initialised by NeMo from {source}"

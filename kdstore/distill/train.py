@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,13 +120,14 @@ def trainer_arguments(trainer: dict[str, Any], progress: bool) -> dict[str, Any]
             **trainer, "enable_progress_bar": progress, "logger": False, "enable_checkpointing": False}
 
 
-def train_student(cfg: Any, progress: bool = False) -> TrainResult:
+def train_student(cfg: Any, progress: bool = False, echo: Callable[[str], None] | None = None) -> TrainResult:
     """Train per ``cfg`` (a loaded config, :func:`kdstore.distill.config.load_train_config`; every key is
     described in kdstore/configs/_base.yaml) and save ``run.output`` as a plain .nemo.
 
     ``cfg`` is the DictConfig NeMo builds the model from: the store's tokenizer folder and the default
     skipped-lines file are written into it, and it is saved in the .nemo. Raises ConfigError for a
     missing or wrong setting and IncompatibleStoreError for a store the student cannot learn from.
+    ``echo`` receives what the initialisation did (NeMo's init keys, the teacher-initialisation table).
     """
     import torch
     from omegaconf import OmegaConf
@@ -159,7 +161,7 @@ def train_student(cfg: Any, progress: bool = False) -> TrainResult:
 
     student = build_student(cfg.model, trainer=trainer)
     student.rnnt_loss_choice = run.rnnt_loss
-    init_report = initialise(student, cfg, model, workdir)
+    init_report = initialise(student, cfg, model, workdir, echo or (lambda line: None))
     params = int(sum(p.numel() for p in student.parameters()))
 
     start = time.time()
@@ -179,16 +181,19 @@ def train_student(cfg: Any, progress: bool = False) -> TrainResult:
                        log_dir, best, int(getattr(student, "skipped_lines", 0)), init_report)
 
 
-def initialise(student: Any, cfg: Any, model: ModelSection, workdir: Path) -> Path | None:
-    """NeMo's ``init_from_*`` keys, then ``model.init_from_teacher`` (kdstore.distill.teacher_init); the
-    teacher-initialisation table is logged and written to ``workdir/init_from_teacher.md`` (returned)."""
-    import logging
-
+def initialise(student: Any, cfg: Any, model: ModelSection, workdir: Path, echo: Callable[[str], None]) -> Path | None:
+    """NeMo's ``init_from_*`` keys, then ``model.init_from_teacher`` (kdstore.distill.teacher_init); what each
+    did goes to ``echo``; the teacher-initialisation table is written to ``workdir/init_from_teacher.md``
+    (returned)."""
     from kdstore.distill.teacher_init import apply_nemo_init, init_from_teacher
 
-    apply_nemo_init(student, cfg)
+    summary = apply_nemo_init(student, cfg)
+    if summary:
+        echo(summary)
     if not model.init_from_teacher.path:
         return None
+    if not Path(model.init_from_teacher.path).is_file():
+        raise ConfigError(f"model.init_from_teacher.path={model.init_from_teacher.path}: no such file (the teacher .nemo)")
     report = init_from_teacher(student, model.init_from_teacher.path, model.init_from_teacher.encoder_layers)
-    logging.getLogger("kdstore").info("%s", report.table())
+    echo(report.table())
     return report.write(workdir)

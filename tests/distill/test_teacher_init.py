@@ -129,7 +129,8 @@ def test_nemo_init_from_nemo_model_with_include_and_exclude(tokenizer_dir, teach
     cfg = OmegaConf.create({"init_from_nemo_model": {"enc": {"path": str(teacher_path), "include": ["encoder"],
                                                              "exclude": ["layers.1."]}},
                             "init_from_pretrained_model": None, "init_from_ptl_ckpt": None})
-    assert apply_nemo_init(student, cfg) == "init_from_nemo_model"
+    summary = apply_nemo_init(student, cfg)
+    assert summary.startswith("init_from_nemo_model: ") and "tensors initialised by NeMo from" in summary
     teacher = _teacher_state(teacher_path)
     after = student.state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}
@@ -140,6 +141,10 @@ def test_nemo_init_from_nemo_model_with_include_and_exclude(tokenizer_dir, teach
         elif key not in ("preprocessor.featurizer.window", "preprocessor.featurizer.fb"):
             assert torch.equal(after[key], before[key]), key
     assert any(k.startswith("encoder.layers.0.") for k in changed) and not any("layers.1." in k for k in changed)
+    typo = OmegaConf.create({"init_from_nemo_model": {"enc": {"path": str(teacher_path), "include": ["encoderz"]}}})
+    with pytest.raises(ConfigError, match="copied no tensor"):
+        apply_nemo_init(build_model("tiny-teacher", tokenizer_dir, seed=4, **SMALL, **{"model.encoder.n_layers": 5}),
+                        typo)
     with pytest.raises(ConfigError, match="at most one"):
         nemo_init_config(OmegaConf.create({"init_from_nemo_model": "a.nemo", "init_from_ptl_ckpt": "b.ckpt"}))
     missing = OmegaConf.create({"init_from_nemo_model": str(teacher_path.with_name("missing.nemo"))})
