@@ -59,6 +59,7 @@ def command(teacher, manifest, out, top_k, batch_size, value_dtype, band, ctc, d
         return
     c = meta.counts
     layout = "full lattice" if meta.band_width is None else f"band W={meta.band_width}"
+    layout += f", CTC top-{meta.ctc_top_k} per frame" if meta.ctc_top_k else ", no CTC rows"
     click.echo(f"wrote {out}: {c.utterances} utterances, {c.hours:.3f} h, {c.nodes} nodes, top-{meta.top_k} "
                f"{meta.value_dtype}, {layout}")
     if meta.extra.get("skipped_lines"):

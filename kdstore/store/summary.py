@@ -44,6 +44,7 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         "parts": len(reader.parts),
         "lattice": meta.lattice if meta.lattice == "full" else f"band (W={meta.band_width})",
         "top_k": meta.top_k,
+        "ctc_top_k": meta.ctc_top_k,  # None: no CTC rows (a plain RNN-T teacher, or dump-teacher --no-ctc)
         "vocab_size": meta.vocab_size,
         "value_dtype": meta.value_dtype,
         "frame_shift_s": meta.front_end.frame_shift_s,
