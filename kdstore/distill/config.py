@@ -65,9 +65,8 @@ class TeacherInitSection:
 
     def __post_init__(self) -> None:
         rule = self.encoder_layers
-        if isinstance(rule, str):
-            _one_of("model.init_from_teacher.encoder_layers", rule, LAYER_RULES)
-        elif not isinstance(rule, list | tuple) or not all(isinstance(i, int) and i >= 0 for i in rule):
+        if (isinstance(rule, str) and rule not in LAYER_RULES) or (not isinstance(rule, str) and (
+                not isinstance(rule, list | tuple) or not all(isinstance(i, int) and i >= 0 for i in rule))):
             raise ConfigError("model.init_from_teacher.encoder_layers: expected a list of teacher layer indices "
                               f"(e.g. [0, 3]) or one of {', '.join(LAYER_RULES)}, got {rule!r}")
 
