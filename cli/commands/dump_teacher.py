@@ -9,7 +9,8 @@ from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo, req
 
 @click.command("dump-teacher")
 @required_path("teacher", "Teacher .nemo (RNNT or hybrid RNNT-CTC).", exists=True, dir_okay=False)
-@required_path("manifest", "NeMo JSON-lines manifest.", exists=True, dir_okay=False)
+@required_path("manifest", "NeMo JSON-lines manifest; lines without 'text' are labelled by the teacher.",
+               exists=True, dir_okay=False)
 @required_path("out", "Output store (a .zarr folder).")
 @click.option("--top-k", default=8, show_default=True, help="Log-probs kept per lattice node.")
 @click.option("--batch-size", default=8, show_default=True)
@@ -29,17 +30,30 @@ from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo, req
 @click.option("--threads", default=1, show_default=True, help="Torch CPU threads.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted dump (same teacher, manifest and options).")
+@click.option("--pseudo-label", is_flag=True,
+              help="The teacher labels every line, replacing given text (default: only lines without text).")
+@click.option("--beam-size", default=1, show_default=True, type=click.IntRange(min=1),
+              help="The teacher's search for its labels: 1 = NeMo greedy batch, > 1 = NeMo beam search.")
+@click.option("--min-confidence", type=float, default=None,
+              help="Leave out teacher labels whose mean log-prob per token (nats, <= 0) is below this; they are "
+                   "listed with their label and score in OUT.skipped.jsonl. Choose it with `kdstore label-quality`.")
 @click.option("--skip-bad", is_flag=True,
               help="Skip unusable manifest lines (listed with reasons in OUT.skipped.jsonl) instead of stopping.")
 @progress_option
 @friendly_errors
 def command(teacher, manifest, out, top_k, batch_size, value_dtype, band, ctc, device, precision, chunk_rows, threads,
-            overwrite, resume, skip_bad, progress):
+            overwrite, resume, pseudo_label, beam_size, min_confidence, skip_bad, progress):
     """Run TEACHER once over MANIFEST (teacher-forced on the transcripts) and write OUT.
+
+    Lines without text (untranscribed audio) are first decoded by the teacher; its hypothesis is then
+    the label the lattice is forced on, stored with its confidence and provenance (kdstore/2).
 
     \b
     Example:
       kdstore dump-teacher --teacher teacher.nemo --manifest train.json --out teacher.zarr --top-k 8 --band 6
+    \b
+    Untranscribed audio (a manifest without "text"), weak labels left out:
+      kdstore dump-teacher --teacher teacher.nemo --manifest unlabelled.json --out unlabelled.zarr --min-confidence -0.3
     \b
     Several processes (one part each, committed by rank 0):
       torchrun --nproc-per-node 4 $(which kdstore) dump-teacher ... --device cuda
@@ -53,7 +67,8 @@ def command(teacher, manifest, out, top_k, batch_size, value_dtype, band, ctc, d
     settings = DumpSettings(top_k=top_k, batch_size=batch_size, value_dtype=value_dtype,
                             band=None if band == "full" else int(band), ctc=ctc, device=device, precision=precision,
                             overwrite=overwrite, resume=resume, skip_bad=skip_bad, progress=progress,
-                            chunk_rows=chunk_rows)
+                            chunk_rows=chunk_rows, pseudo_label=pseudo_label, beam_size=beam_size,
+                            min_confidence=min_confidence)
     meta = dump_teacher(teacher, manifest, out, settings)
     if meta is None:  # a non-committing rank under torchrun
         return
@@ -62,5 +77,10 @@ def command(teacher, manifest, out, top_k, batch_size, value_dtype, band, ctc, d
     layout += f", CTC top-{meta.ctc_top_k} per frame" if meta.ctc_top_k else ", no CTC rows"
     click.echo(f"wrote {out}: {c.utterances} utterances, {c.hours:.3f} h, {c.nodes} nodes, top-{meta.top_k} "
                f"{meta.value_dtype}, {layout}")
+    labels = meta.labels
+    if labels is not None and (labels.teacher_labelled or labels.dropped_low_confidence or labels.dropped_empty):
+        search = labels.decoding + (f" (beam {labels.beam_size})" if labels.beam_size else "")
+        click.echo(f"labelled by the teacher ({search}): {labels.teacher_labelled} utterances; left out: "
+                   f"{labels.dropped_low_confidence} below --min-confidence, {labels.dropped_empty} with no words")
     if meta.extra.get("skipped_lines"):
         click.echo(f"skipped {meta.extra['skipped_lines']} bad manifest lines: see {meta.extra['skipped_file']}")

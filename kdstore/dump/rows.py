@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdstore.lattice.posteriors import node_occupancy, node_occupancy_batch
-from kdstore.nemo.teacher_forced import encode_teacher_forced, frames_per_slice_for, lattice_rows, time_sliced_log_probs
+from kdstore.dump.pseudo_labels import decode, mean_token_logp
+from kdstore.lattice.posteriors import lattice_posteriors_batch, node_occupancy
+from kdstore.nemo.teacher_forced import EncodedBatch, frames_per_slice_for, lattice_rows, time_sliced_log_probs
 from kdstore.store.band import gather_band, select_band, stored_width
+from kdstore.store.part_writer import Label
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,9 @@ def utterance_rows(values: torch.Tensor, ids: torch.Tensor, blank_label: torch.T
     return {"frames": frames, "labels": labels, "band_start": starts, **out}
 
 
-def batch_occupancy(blank_labels: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """Node occupancy (T_b, U_b+1) float64 of several utterances from one padded forward-backward.
+def batch_occupancy(blank_labels: dict[int, torch.Tensor]) -> dict[int, tuple[torch.Tensor, float]]:
+    """Node occupancy (T_b, U_b+1) float64 and log P(label | audio) (nats) of several utterances from
+    one padded forward-backward.
 
     Per utterance the recursion is T small tensor ops: batching them costs one pass for the whole
     batch instead of one per utterance, which is most of what a band dump adds to the teacher forward.
@@ -74,44 +77,84 @@ def batch_occupancy(blank_labels: dict[int, torch.Tensor]) -> dict[int, torch.Te
     padded = torch.zeros(len(order), max(frames), max(nodes), 2, dtype=torch.float64)
     for i, b in enumerate(order):
         padded[i, : frames[i], : nodes[i]] = blank_labels[b].double().cpu()
-    occ = node_occupancy_batch(padded[..., 0], padded[..., 1], frames, [n - 1 for n in nodes])
-    return {b: occ[i, : frames[i], : nodes[i]] for i, b in enumerate(order)}
+    post = lattice_posteriors_batch(padded[..., 0], padded[..., 1], frames, [n - 1 for n in nodes])
+    return {b: (post.node[i, : frames[i], : nodes[i]], float(post.log_z[i])) for i, b in enumerate(order)}
 
 
-def batch_rows(model: Any, batch: Any, todo: list[bool], spec: RowSpec,
-               device: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(key, rows) for each utterance of ``batch`` (a ``distill.data.collate`` batch) with ``todo`` set.
+def forced_tokens(model: Any, batch: Any, encoded: torch.Tensor, encoded_len: torch.Tensor, todo: list[bool],
+                  texts: list[str] | None, device: str) -> tuple[list[list[int]], list[str], list[str]]:
+    """The label each utterance is forced on: its transcript's tokens, or, where ``texts[b]`` is empty
+    (an untranscribed line), the teacher's own hypothesis (``kdstore.dump.pseudo_labels``).
 
-    ``rows`` are ``utterance_rows``' arrays (plus ``ctc_logp``/``ctc_ids`` (T, k) with ``spec.ctc``),
-    ready for ``PartWriter.add_utterance``. Run it under ``torch.inference_mode()`` (and autocast).
+    Returns per batch position the token ids, the label text and its source ("person" | "teacher").
     """
-    encoded = encode_teacher_forced(model, batch.signal.to(device), batch.signal_len.to(device),
-                                    batch.tokens.to(device), batch.tokens_len.to(device))
-    nodes = encoded.prediction.shape[-1]
+    size = len(todo)
+    ids = [batch.tokens[b, : int(batch.tokens_len[b])].tolist() for b in range(size)]
+    texts = list(texts) if texts is not None else [""] * size
+    sources = ["person"] * size
+    wanted = [b for b in range(size) if todo[b] and texts[b] == "" and int(batch.tokens_len[b]) == 0]
+    if wanted:
+        index = torch.tensor(wanted, device=encoded.device)
+        for b, hyp in zip(wanted, decode(model, encoded.index_select(0, index), encoded_len.index_select(0, index)),
+                          strict=True):
+            ids[b], sources[b] = hyp, "teacher"
+            texts[b] = model.tokenizer.ids_to_text(hyp) if hyp else ""
+    return ids, texts, sources
+
+
+def _pad(ids: list[list[int]], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(i) for i in ids], dtype=torch.long)
+    tokens = torch.zeros(len(ids), max(1, int(lengths.max())), dtype=torch.long)
+    for b, seq in enumerate(ids):
+        tokens[b, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return tokens.to(device), lengths.to(device)
+
+
+def batch_rows(model: Any, batch: Any, todo: list[bool], spec: RowSpec, device: str,
+               texts: list[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, rows) for each utterance of ``batch`` (an ``inputs.batches.collate`` batch) with ``todo`` set.
+
+    ``texts`` are the manifest transcripts per batch position; an empty one (no tokens in the batch)
+    is labelled by the teacher first (:func:`forced_tokens`). ``rows`` are ``utterance_rows``' arrays
+    (plus ``ctc_logp``/``ctc_ids`` (T, k) with ``spec.ctc``) and ``label`` (a ``Label``: ids, text,
+    source, confidence), ready for ``PartWriter.add_utterance``; an empty teacher label has U = 0 and
+    is the caller's to drop. Run it under ``torch.inference_mode()`` (and autocast).
+    """
+    encoded, encoded_len = model.forward(input_signal=batch.signal.to(device),
+                                         input_signal_length=batch.signal_len.to(device))  # (B, D, T), (B,)
+    label_ids, label_texts, sources = forced_tokens(model, batch, encoded, encoded_len, todo, texts, device)
+    tokens, tokens_len = _pad(label_ids, device)
+    prediction, _, _ = model.decoder(targets=tokens, target_length=tokens_len)  # (B, H, U+1)
+    forced = EncodedBatch(encoded, encoded_len, prediction)
+    nodes = forced.prediction.shape[-1]
     size = len(todo)
     slice_frames = frames_per_slice_for(size, nodes, spec.vocab + 1)
     pieces: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in range(size)]
-    for t0, log_probs in time_sliced_log_probs(model, encoded, slice_frames):  # (B, t, U+1, V+1)
+    for t0, log_probs in time_sliced_log_probs(model, forced, slice_frames):  # (B, t, U+1, V+1)
         for b in range(size):
-            frames_b = int(encoded.encoded_len[b]) - t0
+            frames_b = int(encoded_len[b]) - t0
             if todo[b] and frames_b > 0:
-                labels_b = int(batch.tokens_len[b])
+                labels_b = int(tokens_len[b])
                 pieces[b].append(lattice_rows(log_probs[b, :frames_b, : labels_b + 1].float(),
-                                              batch.tokens[b].to(log_probs.device), labels_b, spec.top_k,
+                                              tokens[b].to(log_probs.device), labels_b, spec.top_k,
                                               spec.blank, spec.label_fill))
     ctc = None
     if spec.ctc:  # (B, T, V+1) log-probs of the CTC head; blank is last, as in the joint
-        ctc = model.ctc_decoder(encoder_output=encoded.encoded).float().log_softmax(-1).topk(spec.top_k, dim=-1)
+        ctc = model.ctc_decoder(encoder_output=encoded).float().log_softmax(-1).topk(spec.top_k, dim=-1)
     joined = {b: tuple(torch.cat(parts, dim=0) for parts in zip(*pieces[b], strict=True))
               for b in range(size) if todo[b]}  # b -> (values, ids, blank_label)
-    occupancy = batch_occupancy({b: rows[2] for b, rows in joined.items()}) if spec.band else {}
+    posteriors = batch_occupancy({b: rows[2] for b, rows in joined.items()})
     for b, key in enumerate(batch.keys):
         if not todo[b]:
             continue
         values, ids, blank_label = joined[b]
-        rows = utterance_rows(values, ids, blank_label, int(batch.tokens_len[b]), spec.band, occupancy.get(b))
+        occupancy, log_z = posteriors[b]
+        labels_b = int(tokens_len[b])
+        rows = utterance_rows(values, ids, blank_label, labels_b, spec.band, occupancy if spec.band else None)
         if ctc is not None:
-            frames_b = int(encoded.encoded_len[b])
+            frames_b = int(encoded_len[b])
             rows["ctc_logp"] = ctc.values[b, :frames_b].cpu().numpy()
             rows["ctc_ids"] = ctc.indices[b, :frames_b].cpu().numpy()
+        rows["label"] = Label(ids=np.asarray(label_ids[b], dtype=np.int64), text=label_texts[b], source=sources[b],
+                              confidence=mean_token_logp(log_z, labels_b))
         yield key, rows

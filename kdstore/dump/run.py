@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import datetime as _dt
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,18 +21,19 @@ import numpy as np
 import torch
 
 from kdstore import __version__
-from kdstore.dump.ranks import discover, shutdown
+from kdstore.dump.pseudo_labels import configure_search, search_name
+from kdstore.dump.ranks import Ranks, discover, shutdown
 from kdstore.dump.rows import RowSpec, batch_rows
 from kdstore.errors import AudioError, KdstoreError, StoreError
 from kdstore.files import sha256_bytes, sha256_file
 from kdstore.inputs.batches import TranscribedAudioDataset, collate, duration_sorted_batches
-from kdstore.inputs.screening import BadInputPolicy, rules_for, screened_manifest
+from kdstore.inputs.screening import BadInputPolicy, Skipped, rules_for, screened_manifest
 from kdstore.nemo.checkpoint import read_tokenizer_files, restore_model
 from kdstore.nemo.frontend import front_end_from_config
 from kdstore.store import PartWriter, commit_store, open_for_writing
 from kdstore.store.background import BackgroundWriter
 from kdstore.store.layout import label_slot_fill
-from kdstore.store.meta_v1 import Counts, Fingerprint, StoreMetadata
+from kdstore.store.meta_v2 import Counts, Fingerprint, LabelInfo, StoreMetadata
 
 DEFAULT_BAND = 6  # the study: band 6 at least as good as the full lattice at 42% of the bytes
 
@@ -49,6 +51,9 @@ class DumpSettings:
     overwrite: bool = False
     resume: bool = False
     skip_bad: bool = False  # skip unusable manifest lines (listed in <out>.skipped.jsonl) instead of stopping
+    pseudo_label: bool = False  # the teacher labels every line (else only lines without text)
+    beam_size: int = 1  # the teacher's search for pseudo-labels: 1 = greedy batch, > 1 = beam
+    min_confidence: float | None = None  # leave out teacher labels below this mean log-prob per token (nats)
     progress: bool = False
 
 
@@ -76,13 +81,22 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
         front_end = front_end_from_config(model.cfg)
         side_file = Path(str(out) + ".skipped.jsonl")
         policy = BadInputPolicy(skip_bad=settings.skip_bad, side_file=side_file if ranks.is_main else None,
-                                listed_in=str(side_file))
-        entries = screened_manifest(manifest_path, model.tokenizer.text_to_ids, rules_for(model, front_end), policy)
+                                listed_in=str(side_file), reset_side_file=True)
+        entries = screened_manifest(manifest_path, model.tokenizer.text_to_ids, rules_for(model, front_end), policy,
+                                    untranscribed=True)
+        if settings.pseudo_label:
+            entries = [dataclasses.replace(e, text="") for e in entries]
+        if any(not e.text for e in entries):
+            configure_search(model, settings.beam_size)
+        if not ranks.is_main:  # what this rank leaves out while dumping; rank 0 gathers it at commit
+            policy.side_file = _rank_side_file(side_file, ranks.rank)
+            policy.side_file.write_text("")
         teacher_sha, manifest_sha = sha256_file(teacher_path), sha256_file(manifest_path)
         pending = {"teacher_sha256": teacher_sha, "manifest_sha256": manifest_sha, "top_k": top_k,
                    "value_dtype": settings.value_dtype, "band": settings.band, "batch_size": settings.batch_size,
                    "world_size": ranks.world, "chunk_rows": settings.chunk_rows, "ctc": ctc,
-                   "skip_bad": settings.skip_bad, "vocab_size": vocab}
+                   "skip_bad": settings.skip_bad, "vocab_size": vocab, "pseudo_label": settings.pseudo_label,
+                   "beam_size": settings.beam_size, "min_confidence": settings.min_confidence}
         if ranks.is_main:
             group = open_for_writing(out, pending, overwrite=settings.overwrite, resume=settings.resume)
         ranks.barrier()
@@ -93,7 +107,8 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
                           chunk_rows=settings.chunk_rows)
         committed = set(part.committed_keys)
         writer = BackgroundWriter(part)
-        dataset = TranscribedAudioDataset(entries, model.tokenizer.text_to_ids, front_end.sample_rate)
+        dataset = TranscribedAudioDataset(entries, model.tokenizer.text_to_ids, front_end.sample_rate,
+                                          untranscribed=True)
         plan = [b for n, b in enumerate(duration_sorted_batches(entries, settings.batch_size)) if ranks.owns(n)]
         spec = RowSpec(top_k=top_k, blank=blank, vocab=vocab, label_fill=label_slot_fill(np.dtype(settings.value_dtype)),
                        band=settings.band, ctc=ctc)
@@ -104,7 +119,7 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
                 todo = [entries[i].key not in committed for i in batch_indices]
                 if not any(todo):
                     continue  # the whole batch was committed before an interruption
-                _dump_batch(model, dataset, batch_indices, todo, writer, settings, spec, policy)
+                _dump_batch(model, dataset, batch_indices, todo, writer, settings, spec, policy, str(manifest_path))
                 bar.update(sum(todo))
             writer.close()
         except OSError as err:
@@ -119,6 +134,8 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
         ranks.barrier()
         if not ranks.is_main:
             return None
+        _gather_rank_side_files(side_file, ranks, policy)
+        dropped = {kind: sum(item.kind == kind for item in policy.skipped) for kind in ("low_confidence", "empty_label")}
         tokenizer_files = read_tokenizer_files(teacher_path)
         metadata = StoreMetadata(
             top_k=top_k, value_dtype=settings.value_dtype,  # type: ignore[arg-type]
@@ -133,6 +150,11 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
             ),
             front_end=front_end,
             counts=Counts(utterances=0, nodes=0, frames=0, hours=round(sum(e.duration for e in entries) / 3600, 6)),
+            labels=LabelInfo(pseudo_label="all" if settings.pseudo_label else "missing",
+                             decoding=search_name(settings.beam_size),  # type: ignore[arg-type]
+                             beam_size=settings.beam_size if settings.beam_size > 1 else None,
+                             min_confidence=settings.min_confidence, teacher_labelled=part_teacher_labels(group),
+                             dropped_low_confidence=dropped["low_confidence"], dropped_empty=dropped["empty_label"]),
             kdstore_version=__version__,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             extra={"teacher_path": str(teacher_path), "manifest_path": str(manifest_path),
@@ -150,29 +172,96 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
         shutdown(ranks)
 
 
-def _load_items(dataset, batch_indices, todo, policy: BadInputPolicy) -> tuple[list[dict], list[bool]]:
+def _rank_side_file(side_file: Path, rank: int) -> Path:
+    return side_file.with_name(f"{side_file.name}.rank{rank}")
+
+
+def _gather_rank_side_files(side_file: Path, ranks: Ranks, policy: BadInputPolicy) -> None:
+    """Rank 0, after the last barrier: append what the other ranks left out to the side file (and count
+    it), then remove their files."""
+    for rank in range(1, ranks.world):
+        path = _rank_side_file(side_file, rank)
+        if not path.is_file():
+            continue
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        for line in lines:
+            row = json.loads(line)
+            policy.skipped.append(Skipped(row["kind"], row["file"], row["line"], row["utterance"], row["reason"],
+                                          row.get("raw"), label=row.get("label"), confidence=row.get("confidence")))
+        if lines:
+            with side_file.open("a", encoding="utf-8") as handle:
+                handle.write("\n".join(lines) + "\n")
+        path.unlink()
+
+
+def part_teacher_labels(group) -> int:
+    """How many committed utterances, over every part, carry a teacher label."""
+    from kdstore.store import layout
+
+    total = 0
+    for name in group[layout.PARTS_GROUP].group_keys():
+        part = group[f"{layout.PARTS_GROUP}/{name}"]
+        n = int(dict(part.attrs.get(layout.PART_PROGRESS_ATTR, {})).get("utterances", 0))
+        total += int((np.asarray(part[layout.LABEL_SOURCE][:n]) == layout.SOURCE_CODES["teacher"]).sum())
+    return total
+
+
+def _load_items(dataset, batch_indices, todo, policy: BadInputPolicy) -> tuple[list[dict], list[bool], list[int]]:
     """Audio + tokens for a planned batch; with --skip-bad, an utterance whose audio fails to decode is
-    dropped (deterministically, so a resumed dump drops it again) and reported."""
-    items, kept_todo = [], []
+    dropped (deterministically, so a resumed dump drops it again) and reported. Returns the items, their
+    todo flags and their dataset indices."""
+    items, kept_todo, kept = [], [], []
     for index, needed in zip(batch_indices, todo, strict=True):
         try:
             items.append(dataset[index])
             kept_todo.append(needed)
+            kept.append(index)
         except AudioError as err:
             if not policy.skip_bad:
                 raise
             if needed:
                 policy.reject(dataset.entries[index], "unreadable_audio", str(err).split(": ", 1)[-1],
                               "re-encode or remove it")
-    return items, kept_todo
+    return items, kept_todo, kept
 
 
 def _dump_batch(model, dataset, batch_indices, todo, writer, settings: DumpSettings, spec: RowSpec,
-                policy: BadInputPolicy) -> None:
-    """Teacher forward on one planned batch; rows of the not-yet-committed utterances to the writer."""
-    items, todo = _load_items(dataset, batch_indices, todo, policy)
+                policy: BadInputPolicy, manifest: str) -> None:
+    """Teacher forward on one planned batch (labelling its untranscribed utterances first); rows of the
+    not-yet-committed utterances to the writer, or, for a teacher label that is empty or below
+    ``settings.min_confidence``, a line in the side file instead."""
+    items, todo, kept = _load_items(dataset, batch_indices, todo, policy)
     if not any(todo):
         return
+    entries = [dataset.entries[i] for i in kept]
     with torch.inference_mode(), _autocast(settings):
-        for key, rows in batch_rows(model, collate(items), todo, spec, settings.device):
-            writer.add_utterance(key, **rows)
+        for (key, rows), entry in _rows_in_order(model, items, todo, spec, settings, entries):
+            label = rows["label"]
+            reason = _drop_reason(label, settings.min_confidence)
+            if reason is None:
+                writer.add_utterance(key, **rows)
+            else:
+                kind, why = reason
+                policy.drop(Skipped(kind, manifest, entry.line, entry.audio_filepath, why, None,
+                                    label=label.text, confidence=round(label.confidence, 4)))
+
+
+def _rows_in_order(model, items, todo, spec, settings, entries):
+    """``batch_rows`` of the batch, paired with the entries it yields for (the todo ones, in order)."""
+    wanted = [e for e, t in zip(entries, todo, strict=True) if t]
+    by_key = {e.key: e for e in wanted}
+    for key, rows in batch_rows(model, collate(items), todo, spec, settings.device, [e.text for e in entries]):
+        yield (key, rows), by_key[key]
+
+
+def _drop_reason(label, min_confidence: float | None) -> tuple[str, str] | None:
+    """Why a teacher label is left out of the store (kind, reason), or None to keep it. Person labels
+    are always kept."""
+    if label.source != "teacher":
+        return None
+    if len(label.ids) == 0:
+        return "empty_label", "the teacher heard no words (empty hypothesis)"
+    if min_confidence is not None and label.confidence < min_confidence:
+        return "low_confidence", (f"teacher label confidence {label.confidence:.3f} nats per token is below "
+                                  f"--min-confidence {min_confidence}")
+    return None

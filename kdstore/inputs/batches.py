@@ -11,7 +11,7 @@ attached by ``kdstore.distill.data`` (``StoreCollate``), not here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,22 +44,34 @@ class TranscribedAudioDataset(torch.utils.data.Dataset):
     ``augment`` (training only: NeMo's AudioAugmentor, ``kdstore.distill.augment``) maps a waveform to
     a waveform. Items are dicts ``{"audio", "tokens", "key", "index"}``; raises ``ManifestError`` for a
     transcript without tokens and ``AudioError`` for unreadable audio.
+
+    ``labels`` maps a key to the token ids to use instead of its transcript's (a store's labels: the
+    path the teacher's lattice was forced on). ``untranscribed``: an entry without text gets no tokens
+    (``dump-teacher`` labels it with the teacher) instead of an error.
     """
 
     def __init__(self, entries: Sequence[ManifestEntry], tokenize: Tokenize, sample_rate: int,
-                 augment: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+                 augment: Callable[[np.ndarray], np.ndarray] | None = None,
+                 labels: Mapping[str, Sequence[int]] | None = None, untranscribed: bool = False) -> None:
         self.entries = list(entries)
         self.tokenize = tokenize
         self.sample_rate = sample_rate
         self.augment = augment
+        self.labels = labels
+        self.untranscribed = untranscribed
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, index: int) -> dict:
         entry = self.entries[index]
-        tokens = list(self.tokenize(entry.text))
-        if not tokens:
+        if self.labels is not None and entry.key in self.labels:
+            tokens = list(self.labels[entry.key])
+        elif self.untranscribed and not entry.text:
+            tokens = []
+        else:
+            tokens = list(self.tokenize(entry.text))
+        if not tokens and not (self.untranscribed and not entry.text) and (self.labels is None or entry.key not in self.labels):
             raise ManifestError(f"{entry.where}: transcript {entry.text!r} has no tokens")
         audio = load_audio(entry, self.sample_rate)
         if self.augment is not None:

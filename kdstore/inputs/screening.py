@@ -16,7 +16,13 @@ fields of ``Skipped.to_json``:
 * ``utterance`` (str or null): the utterance, when known (a manifest's ``audio_filepath``, a
   LibriSpeech utterance id);
 * ``reason`` (str): one sentence saying what is wrong;
-* ``raw`` (str or null): the line as written (manifests, transcripts), when there is one.
+* ``raw`` (str or null): the line as written (manifests, transcripts), when there is one;
+* ``label`` (str or null) and ``confidence`` (float, nats per token, or null): only for utterances the
+  teacher labelled and ``dump-teacher`` left out (``low_confidence``, ``empty_label``): its label and
+  how sure it was (``kdstore.dump.pseudo_labels``).
+
+Filters are not errors: ``dump-teacher --min-confidence`` leaves weak teacher labels out and lists
+them (``BadInputPolicy.drop``) with or without ``--skip-bad``.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ KINDS = (
     "missing_transcript",  # LibriSpeech: a FLAC without a transcript line (or file)
     "unreadable_transcript",  # LibriSpeech: a transcript file that cannot be read
     "empty_subset",  # LibriSpeech: a subset with no transcripts, or every entry skipped
+    "low_confidence",  # dump-teacher --min-confidence: the teacher's label is less sure than asked
+    "empty_label",  # dump-teacher: the teacher heard no words in an untranscribed utterance
 )
 FIX_LINE = "fix or remove the line"
 
@@ -59,14 +67,19 @@ class Skipped:
     reason: str
     raw: str | None = None
     hint: str = field(default=FIX_LINE, compare=False)
+    label: str | None = None  # the teacher's label, for utterances it labelled and that were left out
+    confidence: float | None = None  # its confidence (nats per token), ditto
 
     @property
     def where(self) -> str:
         return f"{self.file}:{self.line}" if self.line is not None else self.file
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "file": self.file, "line": self.line, "utterance": self.utterance,
-                "reason": self.reason, "raw": self.raw}
+        out = {"kind": self.kind, "file": self.file, "line": self.line, "utterance": self.utterance,
+               "reason": self.reason, "raw": self.raw}
+        if self.label is not None or self.confidence is not None:
+            out.update(label=self.label, confidence=self.confidence)
+        return out
 
 
 @dataclass
@@ -83,8 +96,10 @@ class BadInputPolicy:
     listed_in: str = "a .skipped.jsonl side file"
     skipped: list[Skipped] = field(default_factory=list)
 
+    reset_side_file: bool = False  # empty the side file even without skip_bad (a run that filters)
+
     def __post_init__(self) -> None:
-        if self.skip_bad and self.side_file is not None:
+        if (self.skip_bad or self.reset_side_file) and self.side_file is not None:
             self.side_file = Path(self.side_file)
             self.side_file.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.side_file, "")
@@ -94,6 +109,10 @@ class BadInputPolicy:
         if not self.skip_bad:
             raise ManifestError(f"{item.where}: {item.reason}; {item.hint}, or rerun with --skip-bad to leave it "
                                 f"out and list it in {self.listed_in}")
+        self.drop(item)
+
+    def drop(self, item: Skipped) -> None:
+        """Record ``item`` and append it to the side file, skipping or not (a filter, not an error)."""
         self.skipped.append(item)
         if self.side_file is not None:
             with self.side_file.open("a", encoding="utf-8") as handle:
@@ -126,9 +145,10 @@ class Problem:
     hint: str = FIX_LINE
 
 
-def entry_problem(entry: ManifestEntry, tokens: Sequence[int], rules: ScreenRules,
+def entry_problem(entry: ManifestEntry, tokens: Sequence[int] | None, rules: ScreenRules,
                   tokenize: Callable[[str], Sequence[int]]) -> Problem | None:
-    """Why ``entry`` cannot be used, or None. Reads only the audio header."""
+    """Why ``entry`` cannot be used, or None. Reads only the audio header. ``tokens`` None: the line has no
+    transcript yet (the teacher will label it), so only the audio is checked."""
     import soundfile
 
     try:
@@ -140,15 +160,21 @@ def entry_problem(entry: ManifestEntry, tokens: Sequence[int], rules: ScreenRule
     if available + DURATION_TOLERANCE_S < entry.duration:
         return Problem("duration_mismatch", f"the manifest says {entry.duration:.3f} s from offset {entry.offset:.3f} "
                        f"s, but {entry.audio_filepath} has only {max(available, 0.0):.3f} s there", "fix the duration")
+    frames = encoder_frames(round(min(entry.duration, available) * rules.front_end.sample_rate), rules.front_end)
+    if frames is not None and frames < 1:
+        return Problem("too_short", f"audio too short ({entry.duration:.3f} s): no encoder frame")
+    if tokens is None:
+        return None
+    if not tokens and not entry.text:
+        return Problem("bad_transcript", "no transcript ('text' missing or empty) and no stored label",
+                       "give it a 'text', or let the teacher label it (kdstore dump-teacher over this manifest, then "
+                       "train with that store)")
     if not tokens:
         return Problem("bad_transcript", f"transcript {entry.text!r} has no tokens")
     if rules.unk_id is not None and rules.unk_id in tokens:
         unknown = sorted({ch for ch in entry.text if not ch.isspace() and rules.unk_id in tokenize(ch)})
         return Problem("bad_transcript", f"transcript has characters the tokenizer cannot encode: {''.join(unknown)!r}",
                        "normalise the text (or train the tokenizer on it)")
-    frames = encoder_frames(round(min(entry.duration, available) * rules.front_end.sample_rate), rules.front_end)
-    if frames is not None and frames < 1:
-        return Problem("too_short", f"audio too short ({entry.duration:.3f} s): no encoder frame")
     if frames is not None and len(tokens) > frames * rules.max_symbols_per_frame:
         return Problem("too_many_tokens", f"{len(tokens)} tokens but only {frames} encoder frames; at most "
                        f"{rules.max_symbols_per_frame} symbols per frame can be emitted, so no model could produce "
@@ -157,15 +183,24 @@ def entry_problem(entry: ManifestEntry, tokens: Sequence[int], rules: ScreenRule
 
 
 def screened_manifest(path: str | Path, tokenize: Callable[[str], Sequence[int]], rules: ScreenRules,
-                      policy: BadInputPolicy) -> list[ManifestEntry]:
+                      policy: BadInputPolicy, *, labels: Callable[[ManifestEntry], Sequence[int] | None] | None = None,
+                      untranscribed: bool = False) -> list[ManifestEntry]:
     """Read and check a manifest under ``policy``; returns the usable entries in manifest order.
 
-    Raises ``ManifestError`` at the first bad line (not skipping) or when no line is usable.
+    ``untranscribed``: lines without ``text`` are kept (only their audio is checked; the teacher labels
+    them). ``labels``: the token ids an entry will be trained on when they are not its transcript's
+    (a store's pseudo-label; None: tokenise ``text``). Raises ``ManifestError`` at the first bad line
+    (not skipping) or when no line is usable.
     """
-    entries = read_manifest(path, on_bad_line=policy)
+    entries = read_manifest(path, on_bad_line=policy, require_text=not untranscribed and labels is None)
     good = []
     for entry in entries:
-        problem = entry_problem(entry, list(tokenize(entry.text)), rules, tokenize)
+        given = labels(entry) if labels is not None else None
+        if given is not None:
+            tokens: Sequence[int] | None = list(given)
+        else:
+            tokens = None if (untranscribed and not entry.text) else list(tokenize(entry.text))
+        problem = entry_problem(entry, tokens, rules, tokenize)
         if problem is None:
             good.append(entry)
         else:

@@ -1,4 +1,4 @@
-"""Array names, dtypes, chunking and codecs of the ``kdstore/1`` layout (docs/store-format.md).
+"""Array names, dtypes, chunking and codecs of the ``kdstore/2`` layout (``kdstore/1`` lacks the label arrays) (docs/store-format.md).
 
 Shared by the writer, reader, verifier and converter, so the names live in one place.
 """
@@ -27,6 +27,16 @@ BLANK_LABEL = "node/blank_label"  # [rows, 2]: log p(blank), log p(next referenc
 OCCUPANCY = "node/occupancy"  # [rows] optional
 CTC_LOGP = "frame/ctc_logp"  # [frames, k_ctc] optional: a hybrid teacher's CTC top-k log-probs per frame
 CTC_IDS = "frame/ctc_ids"  # [frames, k_ctc] optional
+
+# per part, kdstore/2: the label each utterance's lattice was forced on (appended at commit, like the index)
+LABEL_OFFSET = "utt/label_offset"  # int64 [n+1]: label/ids of utterance j: label_offset[j]:label_offset[j+1] (U_j)
+LABEL_IDS = "label/ids"  # uint16|uint32 [sum of U]: the token ids
+TEXT_OFFSET = "utt/text_offset"  # int64 [n+1]
+TEXT_BYTES = "label/text_bytes"  # uint8: UTF-8 label texts concatenated
+LABEL_SOURCE = "utt/label_source"  # uint8 [n]: 0 = person (the manifest's text), 1 = teacher (pseudo-label)
+CONFIDENCE = "utt/confidence"  # float32 [n]: log P(label | audio) / max(U, 1) under the teacher, nats per token
+LABEL_ARRAYS = (LABEL_OFFSET, LABEL_IDS, TEXT_OFFSET, TEXT_BYTES, LABEL_SOURCE, CONFIDENCE)
+SOURCE_CODES = {"person": 0, "teacher": 1}
 
 PART_INDEX_ARRAYS = (KEY_BYTES, KEY_OFFSET, FRAMES, LABELS, NODE_OFFSET, FRAME_OFFSET)
 NODE_ARRAYS = (LOGP, IDS, BLANK_LABEL)

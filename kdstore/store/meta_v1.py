@@ -170,41 +170,51 @@ def parse_band_width(lattice: str, data: Any, field: str = f"{ATTRS_KEY}.band_wi
     return width
 
 
+def parse_store_fields(obj: dict[str, Any], root: str = ATTRS_KEY) -> dict[str, Any]:
+    """Every ``kdstore/1`` field except ``format``, parsed from the root object (``kdstore/2`` has the
+    same ones plus ``labels``: :mod:`kdstore.store.meta_v2`). Raises MetadataError."""
+    lattice = parse_member(obj, root, "lattice", parse_choice, choices=LATTICES, default="full")
+    return {
+        "top_k": parse_member(obj, root, "top_k", parse_int, minimum=1),
+        "value_dtype": parse_member(obj, root, "value_dtype", parse_choice, choices=VALUE_DTYPES),
+        "id_dtype": parse_member(obj, root, "id_dtype", parse_choice, choices=ID_DTYPES),
+        "blank_id": parse_member(obj, root, "blank_id", parse_int, minimum=0),
+        "vocab_size": parse_member(obj, root, "vocab_size", parse_int, minimum=1),
+        "lattice": lattice,
+        "band_width": parse_band_width(lattice, obj.get("band_width", MISSING)),
+        "ctc_top_k": parse_member(obj, root, "ctc_top_k", parse_optional_int, minimum=1),
+        "fingerprint": parse_fingerprint(obj.get("fingerprint", MISSING)),
+        "front_end": parse_front_end(obj.get("front_end", MISSING)),
+        "counts": parse_counts(obj.get("counts", MISSING)),
+        "kdstore_version": parse_member(obj, root, "kdstore_version", parse_str),
+        "created": parse_member(obj, root, "created", parse_str),
+        "extra": parse_member(obj, root, "extra", parse_object, default=None) or {},
+    }
+
+
+def with_store(error: MetadataError | StoreError, store: str) -> MetadataError | StoreError:
+    """The same error with the store's path in its message (once)."""
+    if isinstance(error, MetadataError):
+        if not store or error.store:
+            return error
+        return MetadataError(error.field, error.expected, error.got, store)
+    return StoreError(f"store {store}: {error}" if store else str(error))
+
+
 def parse_store_metadata(data: Any, store: str = "") -> StoreMetadata:
-    """The root attribute ``kdstore`` (decoded JSON) -> :class:`StoreMetadata`.
+    """The root attribute ``kdstore`` (decoded JSON) of a ``kdstore/1`` store -> :class:`StoreMetadata`.
 
     Unknown members are ignored at every level; ``lattice``, ``band_width``, ``ctc_top_k`` and
-    ``extra`` may be absent (stores written before them).
+    ``extra`` may be absent (stores written before them). Readers that also take ``kdstore/2`` use
+    :func:`kdstore.store.meta_v2.parse_store_metadata`.
 
     Raises:
         MetadataError: a required field is missing or has the wrong type (message names ``store``).
         StoreError: the format version is not ``kdstore/1``.
     """
-    root = ATTRS_KEY
     try:
-        obj = parse_object(data, root)
+        obj = parse_object(data, ATTRS_KEY)
         version = parse_format(obj.get("format", MISSING))
-        lattice = parse_member(obj, root, "lattice", parse_choice, choices=LATTICES, default="full")
-        return StoreMetadata(
-            format=version,
-            top_k=parse_member(obj, root, "top_k", parse_int, minimum=1),
-            value_dtype=parse_member(obj, root, "value_dtype", parse_choice, choices=VALUE_DTYPES),  # type: ignore[arg-type]
-            id_dtype=parse_member(obj, root, "id_dtype", parse_choice, choices=ID_DTYPES),  # type: ignore[arg-type]
-            blank_id=parse_member(obj, root, "blank_id", parse_int, minimum=0),
-            vocab_size=parse_member(obj, root, "vocab_size", parse_int, minimum=1),
-            lattice=lattice,  # type: ignore[arg-type]
-            band_width=parse_band_width(lattice, obj.get("band_width", MISSING)),
-            ctc_top_k=parse_member(obj, root, "ctc_top_k", parse_optional_int, minimum=1),
-            fingerprint=parse_fingerprint(obj.get("fingerprint", MISSING)),
-            front_end=parse_front_end(obj.get("front_end", MISSING)),
-            counts=parse_counts(obj.get("counts", MISSING)),
-            kdstore_version=parse_member(obj, root, "kdstore_version", parse_str),
-            created=parse_member(obj, root, "created", parse_str),
-            extra=parse_member(obj, root, "extra", parse_object, default=None) or {},
-        )
-    except MetadataError as err:
-        if not store or err.store:
-            raise
-        raise MetadataError(err.field, err.expected, err.got, store) from None
-    except StoreError as err:  # another format version
-        raise StoreError(f"store {store}: {err}" if store else str(err)) from None
+        return StoreMetadata(format=version, **parse_store_fields(obj))
+    except (MetadataError, StoreError) as err:
+        raise with_store(err, store) from None

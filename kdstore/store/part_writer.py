@@ -23,6 +23,19 @@ class _Pending:
     frames: int
     labels: int
     rows: int
+    label: Label | None = None
+
+
+@dataclass(frozen=True)
+class Label:
+    """The label an utterance's lattice was forced on (``kdstore/2``): token ids (U,), text, where it came
+    from (``layout.SOURCE_CODES``: "person" or "teacher") and the teacher's confidence in it
+    (log P(label | audio) / max(U, 1), nats per token)."""
+
+    ids: np.ndarray
+    text: str
+    source: str
+    confidence: float
 
 
 class PartWriter:
@@ -30,8 +43,11 @@ class PartWriter:
 
     def __init__(self, root: zarr.Group, part: int, *, top_k: int, vocab_size: int, value_dtype: str,
                  with_occupancy: bool = False, ctc_top_k: int | None = None, resume: bool = False,
-                 chunk_rows: int | None = None) -> None:
+                 chunk_rows: int | None = None, with_labels: bool = True) -> None:
+        """``with_labels``: store each utterance's label (``kdstore/2``); False writes the ``kdstore/1``
+        arrays only (kept for tests and converters of old stores)."""
         self.part = part
+        self.with_labels = with_labels
         self.top_k = top_k
         self.value_dtype = np.dtype(value_dtype)
         self.id_dtype = layout.id_dtype_for(vocab_size)
@@ -44,6 +60,8 @@ class PartWriter:
             progress = dict(self.group.attrs.get(layout.PART_PROGRESS_ATTR, {}))
             if not progress:
                 raise StoreError(f"part {name} has no progress record; dump again with --overwrite")
+            if (layout.LABEL_SOURCE in self.group) != with_labels:
+                raise StoreError(f"part {name} was written by another kdstore version; dump again with --overwrite")
         else:
             self.group = root.create_group(name, overwrite=True)
             progress = {"utterances": 0, "nodes": 0, "frames": 0, "complete": False}
@@ -96,7 +114,15 @@ class PartWriter:
                             (layout.FRAME_OFFSET, np.int64)):
             self.group.create_array(name, shape=(0,), chunks=(layout.INDEX_CHUNK,), dtype=dtype,
                                     compressors=layout.compressors(), fill_value=0)
-        for name in (layout.KEY_OFFSET, layout.NODE_OFFSET, layout.FRAME_OFFSET):
+        offsets = [layout.KEY_OFFSET, layout.NODE_OFFSET, layout.FRAME_OFFSET]
+        if self.with_labels:
+            for name, dtype in ((layout.LABEL_OFFSET, np.int64), (layout.LABEL_IDS, self.id_dtype),
+                                (layout.TEXT_OFFSET, np.int64), (layout.TEXT_BYTES, np.uint8),
+                                (layout.LABEL_SOURCE, np.uint8), (layout.CONFIDENCE, np.float32)):
+                self.group.create_array(name, shape=(0,), chunks=(layout.INDEX_CHUNK,), dtype=dtype,
+                                        compressors=layout.compressors(), fill_value=0)
+            offsets += [layout.LABEL_OFFSET, layout.TEXT_OFFSET]
+        for name in offsets:
             self._append(name, np.zeros(1, dtype=np.int64))
 
     def _append(self, name: str, data: np.ndarray) -> None:
@@ -111,12 +137,20 @@ class PartWriter:
         key_end = int(self.group[layout.KEY_OFFSET][n]) if self.group[layout.KEY_OFFSET].shape[0] > n else 0
         sizes = {layout.FRAMES: n, layout.LABELS: n, layout.KEY_OFFSET: n + 1, layout.NODE_OFFSET: n + 1,
                  layout.FRAME_OFFSET: n + 1, layout.KEY_BYTES: key_end}
+        if self.with_labels:
+            sizes.update({layout.LABEL_SOURCE: n, layout.CONFIDENCE: n, layout.LABEL_OFFSET: n + 1,
+                          layout.TEXT_OFFSET: n + 1, layout.LABEL_IDS: self._offset_at(layout.LABEL_OFFSET, n),
+                          layout.TEXT_BYTES: self._offset_at(layout.TEXT_OFFSET, n)})
         sizes.update({name: self.committed_frames for name in self._frame_arrays()})
         sizes.update({name: self.committed_nodes for name in self._row_arrays()})
         for name, size in sizes.items():
             array = self.group[name]
             if array.shape[0] != size:
                 array.resize((size, *array.shape[1:]))
+
+    def _offset_at(self, name: str, n: int) -> int:
+        array = self.group[name]
+        return int(array[n]) if array.shape[0] > n else 0
 
     def _read_keys(self) -> list[str]:
         offsets = np.asarray(self.group[layout.KEY_OFFSET][:])
@@ -126,10 +160,17 @@ class PartWriter:
     # -- appending ---------------------------------------------------------------------------
     def add_utterance(self, key: str, *, frames: int, labels: int, band_start: np.ndarray, logp: np.ndarray,
                       ids: np.ndarray, blank_label: np.ndarray, occupancy: np.ndarray | None = None,
-                      ctc_logp: np.ndarray | None = None, ctc_ids: np.ndarray | None = None) -> None:
-        """Append one utterance's rows (rows = frames * W', frame-major). Shapes are checked."""
+                      ctc_logp: np.ndarray | None = None, ctc_ids: np.ndarray | None = None,
+                      label: Label | None = None) -> None:
+        """Append one utterance's rows (rows = frames * W', frame-major) and, in a ``kdstore/2`` part,
+        the ``label`` (U ids) they were forced on. Shapes are checked (StoreError)."""
         if self.complete:
             raise StoreError(f"part {self.part} is complete; it cannot take more utterances")
+        if self.with_labels:
+            if label is None or np.asarray(label.ids).shape != (labels,) or label.source not in layout.SOURCE_CODES:
+                raise StoreError(f"utterance {key!r}: a label of U={labels} ids with source person|teacher is required")
+        elif label is not None:
+            raise StoreError(f"utterance {key!r}: this part was opened without labels (kdstore/1)")
         rows = logp.shape[0]
         if (logp.shape[1:] != (self.top_k,) or ids.shape != logp.shape or blank_label.shape != (rows, 2)
                 or band_start.shape != (frames,) or rows % max(frames, 1) or frames <= 0):
@@ -151,7 +192,7 @@ class PartWriter:
             self._buffers[layout.CTC_IDS].append(ctc_ids.astype(self.id_dtype, copy=False))
         self._buffered_rows += rows
         self._buffered_frames += frames
-        self._pending.append(_Pending(key, frames, labels, rows))
+        self._pending.append(_Pending(key, frames, labels, rows, label))
         if self._buffered_rows >= self._shard_rows or self._buffered_frames >= self._shard_rows:
             self.flush(final=False)
 
@@ -201,10 +242,25 @@ class PartWriter:
         self._append(layout.LABELS, np.array([d.labels for d in done], dtype=np.int32))
         self._append(layout.NODE_OFFSET, self.committed_nodes + np.cumsum([d.rows for d in done], dtype=np.int64))
         self._append(layout.FRAME_OFFSET, self.committed_frames + np.cumsum([d.frames for d in done], dtype=np.int64))
+        if self.with_labels:
+            self._commit_labels([d.label for d in done])  # type: ignore[misc]
         self.committed_utterances += len(done)
         self.committed_nodes, self.committed_frames = nodes, frames
         self.committed_keys.extend(d.key for d in done)
         self._save_progress(complete=False)
+
+    def _commit_labels(self, labels: list[Label]) -> None:
+        """Append the labels of utterances being committed (before the progress record moves)."""
+        ids = [np.asarray(label.ids, dtype=self.id_dtype) for label in labels]
+        texts = [label.text.encode("utf-8") for label in labels]
+        label_end = int(self.group[layout.LABEL_OFFSET][-1])
+        text_end = int(self.group[layout.TEXT_OFFSET][-1])
+        self._append(layout.LABEL_IDS, np.concatenate(ids) if ids else np.zeros(0, dtype=self.id_dtype))
+        self._append(layout.LABEL_OFFSET, label_end + np.cumsum([len(i) for i in ids], dtype=np.int64))
+        self._append(layout.TEXT_BYTES, np.frombuffer(b"".join(texts), dtype=np.uint8))
+        self._append(layout.TEXT_OFFSET, text_end + np.cumsum([len(t) for t in texts], dtype=np.int64))
+        self._append(layout.LABEL_SOURCE, np.array([layout.SOURCE_CODES[label.source] for label in labels], dtype=np.uint8))
+        self._append(layout.CONFIDENCE, np.array([label.confidence for label in labels], dtype=np.float32))
 
     def _save_progress(self, complete: bool) -> None:
         self.group.attrs[layout.PART_PROGRESS_ATTR] = {

@@ -19,7 +19,7 @@ from kdstore.errors import StoreError
 from kdstore.store import layout
 from kdstore.store.backend import Source, TensorstoreRows, is_hdf5
 from kdstore.store.band import band_mask, scatter_band
-from kdstore.store.meta_v1 import StoreMetadata
+from kdstore.store.meta_v2 import LABEL_SOURCES, StoreMetadata
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,27 @@ class UtteranceRows:
     @property
     def is_dense(self) -> bool:
         return self.stored is not None
+
+
+@dataclass(frozen=True)
+class StoredLabel:
+    """The label utterance ``key``'s lattice was forced on (``kdstore/2`` stores)."""
+
+    key: str
+    ids: np.ndarray  # (U,) int64 token ids
+    text: str
+    source: str  # "person" (the manifest's transcript) or "teacher" (its own hypothesis)
+    confidence: float  # log P(label | audio) / max(U, 1) under the teacher, nats per token (<= 0)
+
+
+@dataclass(frozen=True)
+class _PartLabels:
+    label_offset: np.ndarray
+    ids: np.ndarray
+    text_offset: np.ndarray
+    text_bytes: bytes
+    source: np.ndarray
+    confidence: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -92,6 +113,42 @@ class StoreReader:
         first = layout.part_name(next(iter(self.parts))) if self.parts else ""
         self.has_occupancy = bool(self.parts) and source.has(f"{first}/{layout.OCCUPANCY}")
         self.has_ctc = bool(self.parts) and source.has(f"{first}/{layout.CTC_LOGP}")
+        self._labels: dict[int, _PartLabels] = {}
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_labels"] = {}  # re-read on demand in a worker
+        return state
+
+    @property
+    def has_labels(self) -> bool:
+        """True for ``kdstore/2`` stores: each utterance's label is stored (``label``)."""
+        return self.metadata.has_labels
+
+    def _part_labels(self, part: int) -> _PartLabels:
+        if part not in self._labels:
+            base = layout.part_name(part)
+            read = lambda name: np.asarray(self._source.array(f"{base}/{name}")[:])  # noqa: E731
+            self._labels[part] = _PartLabels(read(layout.LABEL_OFFSET), read(layout.LABEL_IDS).astype(np.int64),
+                                             read(layout.TEXT_OFFSET), read(layout.TEXT_BYTES).tobytes(),
+                                             read(layout.LABEL_SOURCE), read(layout.CONFIDENCE))
+        return self._labels[part]
+
+    def label(self, index: int) -> StoredLabel:
+        """The stored label of utterance ``index``. Raises StoreError for a ``kdstore/1`` store (its labels
+        are the manifest's transcripts)."""
+        if not self.has_labels:
+            raise StoreError(f"store {self.path} is {self.metadata.format}: it holds no labels (they are the "
+                             "manifest's transcripts); re-dump with this kdstore to store them")
+        part, j = int(self.part_of[index]), int(self.index_in_part[index])
+        p = self._part_labels(part)
+        ids = p.ids[int(p.label_offset[j]) : int(p.label_offset[j + 1])]
+        text = p.text_bytes[int(p.text_offset[j]) : int(p.text_offset[j + 1])].decode("utf-8")
+        return StoredLabel(self.keys[index], ids, text, LABEL_SOURCES[int(p.source[j])], float(p.confidence[j]))
+
+    def label_of(self, key: str) -> StoredLabel:
+        """:meth:`label` by key (StoreError for a key not in the store)."""
+        return self.label(self.index_of(key))
 
     def __len__(self) -> int:
         return len(self.keys)

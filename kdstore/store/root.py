@@ -19,7 +19,7 @@ import zarr
 
 from kdstore.errors import StoreError
 from kdstore.store import layout
-from kdstore.store.meta_v1 import ATTRS_KEY, Counts, StoreMetadata
+from kdstore.store.meta_v2 import ATTRS_KEY, Counts, StoreMetadata
 
 
 def _is_local(path: str) -> bool:

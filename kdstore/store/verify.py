@@ -50,6 +50,7 @@ class PartRules:
     ctc_top_k: int | None = None
     check_ctc: bool = False
     exact_shapes: bool = True
+    labels: bool = False  # kdstore/2: the label arrays must be there and agree with utt/U
 
 
 def _check_top_k(source: Source, base: str, logp_name: str, ids_name: str, total: int, k: int,
@@ -111,6 +112,8 @@ def _check_part(source: Source, p: _PartIndex, part: int, rules: PartRules) -> N
         if source.has(f"{base}/{name}"):
             for _ in row_blocks(source.array(f"{base}/{name}"), total, f"{base}/{name}"):
                 pass
+    if rules.labels:
+        _check_labels(source, base, labels, rules)
     if rules.check_ctc:
         present = source.has(f"{base}/{layout.CTC_LOGP}")
         if present != (rules.ctc_top_k is not None):
@@ -118,6 +121,37 @@ def _check_part(source: Source, p: _PartIndex, part: int, rules: PartRules) -> N
                              f"{rules.ctc_top_k}")
         if rules.ctc_top_k is not None:
             _check_top_k(source, base, layout.CTC_LOGP, layout.CTC_IDS, total_frames, rules.ctc_top_k, rules)
+
+
+def _check_labels(source: Source, base: str, labels: np.ndarray, rules: PartRules) -> None:
+    """``kdstore/2`` label arrays of one part: offsets agree with utt/U, ids are tokens (< V), sources are
+    person|teacher, confidences finite and <= 0 (a mean log-prob)."""
+    n = len(labels)
+    for name in layout.LABEL_ARRAYS:
+        if not source.has(f"{base}/{name}"):
+            raise StoreError(f"{base}/{name}: missing (required in kdstore/2 stores)")
+    read = lambda name, size=None: np.asarray(source.array(f"{base}/{name}")[:size])  # noqa: E731
+    label_offset, text_offset = read(layout.LABEL_OFFSET, n + 1), read(layout.TEXT_OFFSET, n + 1)
+    for name, offsets in ((layout.LABEL_OFFSET, label_offset), (layout.TEXT_OFFSET, text_offset)):
+        if offsets.shape != (n + 1,) or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
+            raise StoreError(f"{base}/{name}: must start at 0 and be monotone with {n + 1} entries")
+    if np.any(np.diff(label_offset) != labels):
+        bad = int(np.argmax(np.diff(label_offset) != labels))
+        raise StoreError(f"{base}/{layout.LABEL_OFFSET} utterance {bad}: {int(np.diff(label_offset)[bad])} label ids "
+                         f"but utt/U = {int(labels[bad])}")
+    ids = read(layout.LABEL_IDS, int(label_offset[-1]))
+    if ids.shape != (int(label_offset[-1]),) or (ids.size and int(ids.max()) >= rules.vocab):
+        raise StoreError(f"{base}/{layout.LABEL_IDS}: {ids.size} ids, expected {int(label_offset[-1])} token ids < {rules.vocab}")
+    text = read(layout.TEXT_BYTES, int(text_offset[-1]))
+    try:
+        text.tobytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise StoreError(f"{base}/{layout.TEXT_BYTES}: not UTF-8 ({err})") from None
+    sources, confidence = read(layout.LABEL_SOURCE, n), read(layout.CONFIDENCE, n)
+    if sources.shape != (n,) or np.any(sources > max(layout.SOURCE_CODES.values())):
+        raise StoreError(f"{base}/{layout.LABEL_SOURCE}: expected {n} codes in {sorted(layout.SOURCE_CODES.values())}")
+    if confidence.shape != (n,) or not np.all(np.isfinite(confidence)) or np.any(confidence > MASS_EPS["float32"]):
+        raise StoreError(f"{base}/{layout.CONFIDENCE}: expected {n} finite mean log-probs <= 0")
 
 
 def verify_store(path: str | os.PathLike) -> bool:
@@ -142,9 +176,14 @@ def verify_store(path: str | os.PathLike) -> bool:
     if "tokenizer.model" not in source.children(layout.TOKENIZER_GROUP):
         raise StoreError(f"{layout.TOKENIZER_GROUP}/tokenizer.model is missing")
     rules = PartRules(value_dtype=meta.value_dtype, vocab=meta.vocab_size, top_k=meta.top_k, band_width=meta.band_width,
-                      check_width=True, ctc_top_k=meta.ctc_top_k, check_ctc=True)
+                      check_width=True, ctc_top_k=meta.ctc_top_k, check_ctc=True, labels=meta.has_labels)
     for part, index in reader.parts.items():
         _check_part(source, index, part, rules)
+    if meta.labels is not None:
+        teacher = sum(reader.label(i).source == "teacher" for i in range(n))
+        if teacher != meta.labels.teacher_labelled:
+            raise StoreError(f"labels.teacher_labelled is {meta.labels.teacher_labelled} but {teacher} utterances "
+                             "carry a teacher label")
     return True
 
 
@@ -162,7 +201,7 @@ def verify_unfinished(path: str | os.PathLike) -> dict[str, int]:
     rules = PartRules(value_dtype=pending["value_dtype"], vocab=int(pending.get("vocab_size", 1 << 31)),
                       top_k=int(pending["top_k"]), band_width=pending.get("band"), check_width="band" in pending,
                       ctc_top_k=int(pending["top_k"]) if pending.get("ctc") else None, check_ctc="ctc" in pending,
-                      exact_shapes=False)
+                      exact_shapes=False, labels="pseudo_label" in pending)
     totals = {"parts": 0, "utterances": 0, "nodes": 0}
     for name in source.children(layout.PARTS_GROUP):
         part = int(name)
