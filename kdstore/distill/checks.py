@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from kdstore.errors import IncompatibleStoreError
 from kdstore.frames import encoder_frames
 from kdstore.inputs.manifest import ManifestEntry
-from kdstore.store import StoreReader
+from kdstore.store import StoreSet
 from kdstore.store.meta_v1 import FrontEnd
 
 
@@ -27,24 +27,38 @@ def _num_samples(entry: ManifestEntry, sample_rate: int) -> int:
 
 
 def check_alignment_upfront(entries: Sequence[ManifestEntry], tokenize: Callable[[str], Sequence[int]],
-                            store: StoreReader, front_end: FrontEnd) -> None:
-    """Raise IncompatibleStoreError naming the first utterance whose key, U or T disagrees."""
+                            store: StoreSet, front_end: FrontEnd) -> dict[str, list[int]]:
+    """Raise IncompatibleStoreError naming the first utterance whose key, label, U or T disagrees.
+
+    Returns the token ids each entry trains on: the store's label where the store keeps one (the path its
+    lattice was forced on: the teacher's hypothesis for an untranscribed line), else the transcript's
+    tokens. A person label must equal the manifest transcript's tokens (same text, same tokenizer).
+    """
+    labels: dict[str, list[int]] = {}
     for entry in entries:
         if entry.key not in store:
             raise IncompatibleStoreError(
                 f"{entry.where}: utterance {entry.key!r} is not in store {store.path}; dump the teacher over "
                 "this manifest (keys are audio_filepath as written, offset and duration)")
-        index = store.index_of(entry.key)
-        part, j = int(store.part_of[index]), int(store.index_in_part[index])
-        stored_u = int(store.parts[part].labels[j])
-        stored_t = int(store.parts[part].frames[j])
-        tokens = len(tokenize(entry.text))
-        if tokens != stored_u:
+        stored_t, stored_u = store.lattice_size(entry.key)
+        label = store.label(entry.key)
+        if label is not None and (label.source == "teacher" or not entry.text):
+            tokens = [int(i) for i in label.ids]
+        else:
+            tokens = list(tokenize(entry.text))
+            if label is not None and tokens != [int(i) for i in label.ids]:
+                raise IncompatibleStoreError(
+                    f"{entry.where}: the transcript gives other tokens than the store's label {label.text!r}; the "
+                    "manifest text changed since the dump, or another tokenizer is used: re-dump, or train with the "
+                    "store's tokenizer (leave model.tokenizer.dir unset)")
+        if len(tokens) != stored_u:
             raise IncompatibleStoreError(
-                f"{entry.where}: the student's tokenizer gives {tokens} tokens, the store has U={stored_u}; "
+                f"{entry.where}: the student's tokenizer gives {len(tokens)} tokens, the store has U={stored_u}; "
                 "train with the store's tokenizer (leave model.tokenizer.dir unset) and the same transcript")
         frames = encoder_frames(_num_samples(entry, front_end.sample_rate), front_end)
         if frames is not None and frames != stored_t:
             raise IncompatibleStoreError(
                 f"{entry.where}: the student would see T={frames} encoder frames, the store has T={stored_t}; "
                 "the audio or the front end differs from the dump (same files, preprocessor, subsampling)")
+        labels[entry.key] = tokens
+    return labels

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from kdstore.inputs.batches import AudioBatch, collate
-from kdstore.store import StoreReader, UtteranceRows
+from kdstore.store import StoreReader, StoreSet, UtteranceRows
 
 
 @dataclass
@@ -65,7 +65,7 @@ class StoreCollate:
     """``collate`` plus the store's rows for the batch (one batch read); picklable (the reader reopens
     lazily in each worker). Without a store the batch's ``kd`` is None."""
 
-    def __init__(self, store: StoreReader | None) -> None:
+    def __init__(self, store: StoreReader | StoreSet | None) -> None:
         self.store = store
 
     def __call__(self, items: Sequence[dict]) -> KDBatch:

@@ -24,7 +24,7 @@ from kdstore.inputs.batches import TranscribedAudioDataset, collate_nemo_tuple
 from kdstore.inputs.screening import BadInputPolicy, rules_for, screened_manifest
 from kdstore.lattice.rnnt_loss import VectorizedRNNTLoss
 from kdstore.nemo.frontend import front_end_from_config
-from kdstore.store import StoreReader
+from kdstore.store import StoreSet, split_paths
 
 PLAIN_TARGETS = {
     "rnnt": "nemo.collections.asr.models.rnnt_bpe_models.EncDecRNNTBPEModel",
@@ -35,7 +35,7 @@ PLAIN_TARGETS = {
 class KDMixin:
     """Adds the offline (store) or online (live teacher) KD term to a NeMo transducer's training."""
 
-    _kd_store: StoreReader | None = None
+    _kd_store: StoreSet | None = None
 
     # -- settings (typed views of NeMo's model config, read once) -------------------------
     @cached_property
@@ -48,37 +48,53 @@ class KDMixin:
 
     # -- data ------------------------------------------------------------------------------
     def _kd_loader(self, data: DataSection, *, with_store: bool) -> torch.utils.data.DataLoader:
-        """Screened manifest -> loader. Training (``TrainDataSection``): shuffled duration buckets (store
-        order with a store), augmented audio, ``KDBatch``; validation: manifest order, NeMo's tuples."""
+        """Screened manifest(s) -> loader. Training (``TrainDataSection``): shuffled duration buckets (store
+        order with a store), augmented audio, ``KDBatch``; validation: manifest order, NeMo's tuples.
+
+        ``manifest_filepath`` may name several manifests (``a.json,b.json``). With a store, lines without
+        text train on the store's label (the teacher's pseudo-label), and the KD rows are attached when
+        KD is on."""
         policy = BadInputPolicy(skip_bad=data.skip_bad, side_file=Path(data.skipped_file) if data.skipped_file else None,
                                 listed_in=data.skipped_file or "<output>.skipped.jsonl")
-        entries = screened_manifest(data.manifest_filepath, self.tokenizer.text_to_ids,
-                                    rules_for(self, front_end_from_config(self.cfg)), policy)
+        store = self._stores() if with_store else None
+        stored_ids = None
+        if store is not None:
+            def stored_ids(entry):
+                label = store.label(entry.key) if entry.key in store else None
+                return label.ids if label is not None and (label.source == "teacher" or not entry.text) else None
+        rules = rules_for(self, front_end_from_config(self.cfg))
+        entries = [entry for manifest in split_paths(data.manifest_filepath)
+                   for entry in screened_manifest(manifest, self.tokenizer.text_to_ids, rules, policy, labels=stored_ids)]
         self.skipped_lines = getattr(self, "skipped_lines", 0) + len(policy.skipped)
         if data.max_duration is not None:
             entries = [e for e in entries if e.duration <= data.max_duration]
-        store = None
-        if with_store:
-            if self._kd_store is None:
-                self._kd_store = StoreReader(self.kd_settings.store)
-            store = self._kd_store
-            check_alignment_upfront(entries, self.tokenizer.text_to_ids, store, store.metadata.front_end)
+        labels = None
+        if store is not None:
+            labels = check_alignment_upfront(entries, self.tokenizer.text_to_ids, store, store.metadata.front_end)
+            self.teacher_labelled = sum(1 for e in entries if (lab := store.label(e.key)) is not None
+                                        and lab.source == "teacher")
         train = isinstance(data, TrainDataSection)
         shuffle = train and data.shuffle
         augment = nemo_augment(data.augmentor, data.sample_rate) if train else None
-        dataset = TranscribedAudioDataset(entries, self.tokenizer.text_to_ids, data.sample_rate, augment=augment)
-        loader = {"collate_fn": StoreCollate(store) if train else collate_nemo_tuple,
+        dataset = TranscribedAudioDataset(entries, self.tokenizer.text_to_ids, data.sample_rate, augment=augment,
+                                          labels=labels)
+        rows_store = store if store is not None and self.kd_settings.active else None
+        loader = {"collate_fn": StoreCollate(rows_store) if train else collate_nemo_tuple,
                   "num_workers": data.num_workers, "pin_memory": data.pin_memory}
         seed = torch.initial_seed() % (1 << 31)  # set by run.seed
         if shuffle and store is not None:
-            positions = [(int(store.part_of[i]), int(store.index_in_part[i]))
-                         for i in (store.index_of(e.key) for e in entries)]
-            sampler = StoreOrderBatchSampler(positions, data.batch_size, seed=seed)
+            sampler = StoreOrderBatchSampler([store.position(e.key) for e in entries], data.batch_size, seed=seed)
             return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **loader)
         if shuffle:
             sampler = DurationBucketSampler([e.duration for e in entries], data.batch_size, seed=seed)
             return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **loader)
         return torch.utils.data.DataLoader(dataset, batch_size=data.batch_size, shuffle=False, **loader)
+
+    def _stores(self) -> StoreSet:
+        """The teacher's store(s) (``model.kd.store``: one path or several, comma-separated), opened once."""
+        if self._kd_store is None:
+            self._kd_store = StoreSet(split_paths(self.kd_settings.store))
+        return self._kd_store
 
     def setup_training_data(self, train_data_config):
         data = typed(TrainDataSection, train_data_config or {}, "model.train_ds")
@@ -86,7 +102,7 @@ class KDMixin:
             self._train_dl = None
             return
         settings = self.kd_settings
-        with_store = settings.enabled and settings.store is not None and settings.teacher_model_path is None
+        with_store = settings.store is not None and settings.teacher_model_path is None
         self._train_dl = self._kd_loader(data, with_store=with_store)
 
     def setup_validation_data(self, val_data_config):

@@ -44,34 +44,40 @@ class TrainResult:
     best_model: Path | None = None  # best-by-val-WER .nemo, when validation ran
     skipped_lines: int = 0  # manifest lines skipped under model.train_ds.skip_bad
     init_report: Path | None = None  # model.init_from_teacher's table (init_from_teacher.md)
+    teacher_labelled: int = 0  # training utterances whose label is the teacher's (pseudo-labels from a store)
 
 
-def check_store_compatible(model_cfg: Any, model: ModelSection, store_path: str) -> Any:
-    """Open the store, refusing one whose front end, k or T differs from what the student will see
-    (design section 6). ``model_cfg`` is NeMo's model config (its preprocessor is built to read the
-    front end), ``model`` its typed view. Returns the StoreReader; raises IncompatibleStoreError."""
-    from kdstore.store import StoreReader
+def check_store_compatible(model_cfg: Any, model: ModelSection, store_path: str, kd_on: bool = True) -> Any:
+    """Open the store(s) (``store_path``: one path or several, comma-separated), refusing one whose front
+    end, k or T differs from what the student will see (design section 6). ``model_cfg`` is NeMo's model
+    config (its preprocessor is built to read the front end), ``model`` its typed view; ``kd_on`` False
+    (labels only, no KD term) skips the checks that only KD needs. Returns the StoreSet; raises
+    IncompatibleStoreError (or StoreError for stores that cannot be read together)."""
+    from kdstore.store import StoreSet, split_paths
 
-    reader = StoreReader(store_path)
-    meta = reader.metadata
+    stores = StoreSet(split_paths(store_path))
     student = dataclasses.asdict(front_end_from_config(model_cfg))
-    for name, value in student.items():
-        stored = getattr(meta.front_end, name)
-        if stored is not None and stored != value:  # None: not recorded by an older dump
-            raise IncompatibleStoreError(
-                f"store {store_path} was dumped with {name}={stored} but the student has {name}={value}; "
-                "student and teacher must share the preprocessor and subsampling factor (set "
-                f"model.{'encoder' if name == 'subsampling_factor' else 'preprocessor'}.{name}={stored})"
-            )
+    for reader in stores.readers:
+        meta = reader.metadata
+        for name, value in student.items():
+            stored = getattr(meta.front_end, name)
+            if stored is not None and stored != value:  # None: not recorded by an older dump
+                raise IncompatibleStoreError(
+                    f"store {reader.path} was dumped with {name}={stored} but the student has {name}={value}; "
+                    "student and teacher must share the preprocessor and subsampling factor (set "
+                    f"model.{'encoder' if name == 'subsampling_factor' else 'preprocessor'}.{name}={stored})"
+                )
+    if not kd_on:
+        return stores
     top_k = model.kd.top_k
-    if top_k is not None and top_k > meta.top_k:
-        raise IncompatibleStoreError(f"model.kd.top_k={top_k} but store {store_path} holds only k={meta.top_k} per node; "
-                                     f"use model.kd.top_k<={meta.top_k} (or null for all)")
+    if top_k is not None and top_k > stores.top_k:
+        raise IncompatibleStoreError(f"model.kd.top_k={top_k} but store {stores.path} holds only k={stores.top_k} "
+                                     f"per node; use model.kd.top_k<={stores.top_k} (or null for all)")
     changing = length_changing(model.train_ds.augmentor)
     if changing:
         raise IncompatibleStoreError(f"{changing[0]} perturbation changes the number of frames T: remove "
                                      f"model.train_ds.augmentor.{changing[0]} while KD from a store is on")
-    return reader
+    return stores
 
 
 def tokenizer_for_store(tokenizer_dir: str | None, reader: Any, workdir: Path) -> str:
@@ -145,8 +151,8 @@ def train_student(cfg: Any, progress: bool = False, echo: Callable[[str], None] 
         cfg.model.train_ds.skipped_file = str(output.with_suffix(".skipped.jsonl"))
     kd = KDSettings.of(model)
     tokenizer_dir = model.tokenizer.dir
-    if kd.enabled and kd.store:
-        reader = check_store_compatible(cfg.model, model, kd.store)
+    if kd.store and not kd.teacher_model_path:
+        reader = check_store_compatible(cfg.model, model, kd.store, kd_on=kd.enabled)
         tokenizer_dir = tokenizer_for_store(tokenizer_dir, reader, workdir)
     cfg.model.tokenizer.dir = required(tokenizer_dir, "model.tokenizer.dir",
                                        "set model.tokenizer.dir=DIR (or give --store to use the teacher's)")
@@ -178,7 +184,8 @@ def train_student(cfg: Any, progress: bool = False, echo: Callable[[str], None] 
     OmegaConf.save(cfg, workdir / "train_config.yaml", resolve=True)
     best = next(iter(sorted(Path(log_dir).rglob(f"{settings.name}.nemo"))), None) if log_dir else None
     return TrainResult(output, steps, seconds, params, curve_csv, dict(getattr(student, "last_step_logs", {})),
-                       log_dir, best, int(getattr(student, "skipped_lines", 0)), init_report)
+                       log_dir, best, int(getattr(student, "skipped_lines", 0)), init_report,
+                       int(getattr(student, "teacher_labelled", 0)))
 
 
 def initialise(student: Any, cfg: Any, model: ModelSection, workdir: Path, echo: Callable[[str], None]) -> Path | None:

@@ -7,6 +7,7 @@ from kdstore.store.meta_v2 import FORMAT_VERSION, StoreMetadata
 from kdstore.store.part_writer import PartWriter
 from kdstore.store.reader import StoreReader, UtteranceRows
 from kdstore.store.root import commit_store, open_for_writing
+from kdstore.store.store_set import StoreSet, split_paths
 
-__all__ = ["FORMAT_VERSION", "PartWriter", "StoreMetadata", "StoreReader", "UtteranceRows", "commit_store",
-           "open_for_writing"]
+__all__ = ["FORMAT_VERSION", "PartWriter", "StoreMetadata", "StoreReader", "StoreSet", "UtteranceRows", "commit_store",
+           "open_for_writing", "split_paths"]
