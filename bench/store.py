@@ -53,7 +53,8 @@ from kdstore.store.background import BackgroundWriter
 from kdstore.store.band import gather_band, select_band, stored_width
 from kdstore.store.convert import convert
 from kdstore.store.layout import label_slot_fill, node_chunk_rows
-from kdstore.store.meta_v1 import Counts, Fingerprint, FrontEnd, StoreMetadata
+from kdstore.store.meta_v2 import Counts, Fingerprint, FrontEnd, LabelInfo, StoreMetadata
+from kdstore.store.part_writer import Label
 from kdstore.store.verify import verify_store
 
 SECTION = "## Store"
@@ -157,7 +158,8 @@ def store_rows(dense: dict, band: int | None, occupancy: np.ndarray | None = Non
         arrays = {name: gather_band(array, starts, width) for name, array in arrays.items()}
         occ = gather_band(occupancy, starts, width).reshape(-1)
     out = {name: array.reshape(-1, *array.shape[2:]) for name, array in arrays.items()}
-    return {"frames": frames, "labels": labels, "band_start": starts, **out, "occupancy": occ}
+    label = Label(ids=np.zeros(labels, dtype=np.int64), text="", source="person", confidence=0.0)
+    return {"frames": frames, "labels": labels, "band_start": starts, **out, "occupancy": occ, "label": label}
 
 
 def check_against_dump(dense: dict, band: int) -> None:
@@ -193,6 +195,8 @@ def commit(group, band: int | None, hours: float) -> None:
         kdstore_version=kdstore.__version__,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         extra={"source": "bench/store.py synthetic teacher"},
+        labels=LabelInfo(pseudo_label="missing", decoding="greedy_batch", beam_size=None, min_confidence=None,
+                         teacher_labelled=0),
     )
     commit_store(group, metadata, {"tokenizer.model": b"synthetic"})
 
@@ -357,6 +361,7 @@ def write_copy(path: Path, band: int, chunk: int, memory: dict, hours: float) ->
     group, part = new_part(path, band, chunk)
     for (key, labels), (r0, r1, f0, f1) in zip(memory["index"], memory["spans"], strict=True):
         part.add_utterance(key, frames=f1 - f0, labels=labels, band_start=memory["band_start"][f0:f1],
+                           label=Label(ids=np.zeros(labels, dtype=np.int64), text="", source="person", confidence=0.0),
                            **{name: memory[name][r0:r1] for name in ("logp", "ids", "blank_label", "occupancy")})
     part.close()
     commit(group, band, hours)

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-librispeech": ("prepare_librispeech", "Write NeMo manifests for a LibriSpeech folder."),
     "dump-teacher": ("dump_teacher", "Run a NeMo transducer teacher once and store its top-k lattice."),
     "inspect": ("inspect", "Summarise (and verify) a kdstore Zarr store."),
+    "label-quality": ("label_quality", "Score a store's teacher labels against withheld transcripts, by confidence."),
     "convert": ("convert", "Copy a store between Zarr and one HDF5 file."),
     "train-student": ("train_student", "Train a FastConformer-Transducer student, with KD from a store."),
     "eval": ("evaluate", "Greedy transcripts, WER and CER of one or more .nemo models."),

@@ -79,8 +79,7 @@ def command(teacher, manifest, out, top_k, batch_size, value_dtype, band, ctc, d
                f"{meta.value_dtype}, {layout}")
     labels = meta.labels
     if labels is not None and (labels.teacher_labelled or labels.dropped_low_confidence or labels.dropped_empty):
-        search = labels.decoding + (f" (beam {labels.beam_size})" if labels.beam_size else "")
-        click.echo(f"labelled by the teacher ({search}): {labels.teacher_labelled} utterances; left out: "
+        click.echo(f"labelled by the teacher ({labels.search}): {labels.teacher_labelled} utterances; left out: "
                    f"{labels.dropped_low_confidence} below --min-confidence, {labels.dropped_empty} with no words")
     if meta.extra.get("skipped_lines"):
         click.echo(f"skipped {meta.extra['skipped_lines']} bad manifest lines: see {meta.extra['skipped_file']}")

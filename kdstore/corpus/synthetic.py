@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 FORMAT = "kdstore-demo/1"
 SPLITS = ("train", "val", "test")
 SPLIT_SHARE = {"train": 0.8, "val": 0.1, "test": 0.1}
+UNTRANSCRIBED = "untranscribed"  # extra training-voice audio whose text is withheld (kept only to score labels)
 TASKS = ("commands", "open")
 _ARTIFACTS = (
     "wavs",
@@ -40,6 +41,8 @@ _ARTIFACTS = (
     "train.json",
     "val.json",
     "test.json",
+    "untranscribed.json",
+    "untranscribed.refs.json",
     "corpus.json",
     ".done",
     ".in_progress",
@@ -64,6 +67,8 @@ class DemoCorpus:
     dropped: int
     vocab_size: int
     warnings: tuple[str, ...]
+    untranscribed_manifest: Path | None = None  # no "text": what a team's unlabelled audio looks like
+    untranscribed_refs: Path | None = None  # the same lines with the withheld text, only to score labels
 
     @property
     def manifests(self) -> dict[str, Path]:
@@ -73,6 +78,7 @@ class DemoCorpus:
     def load(cls, out_dir: Path) -> DemoCorpus:
         """Read a finished corpus back from ``OUT/corpus.json``."""
         stats = json.loads((out_dir / "corpus.json").read_text())
+        extra = UNTRANSCRIBED in stats["splits"]
         return cls(
             out_dir=out_dir,
             train_manifest=out_dir / "train.json",
@@ -80,11 +86,13 @@ class DemoCorpus:
             test_manifest=out_dir / "test.json",
             tokenizer_dir=out_dir / "tokenizer",
             stats_path=out_dir / "corpus.json",
-            utterances={s: stats["splits"][s]["utterances"] for s in SPLITS},
-            hours={s: stats["splits"][s]["hours"] for s in SPLITS},
+            utterances={s: v["utterances"] for s, v in stats["splits"].items()},
+            hours={s: v["hours"] for s, v in stats["splits"].items()},
             dropped=stats["dropped"]["total"],
             vocab_size=stats["tokenizer"]["vocab_size"],
             warnings=tuple(stats["warnings"]),
+            untranscribed_manifest=out_dir / f"{UNTRANSCRIBED}.json" if extra else None,
+            untranscribed_refs=out_dir / f"{UNTRANSCRIBED}.refs.json" if extra else None,
         )
 
 
@@ -195,6 +203,26 @@ def plan_utterances(
     return plan
 
 
+def plan_untranscribed(task: str, hours: float, seed: int, voices: dict[str, dict[str, list[tts.Voice]]],
+                       wav_dir: Path) -> list[_Planned]:
+    """``hours`` more of the training voices saying new training-split sentences (the untranscribed
+    split). Its own seeded generator, so asking for it leaves the other splits exactly as they were."""
+    rng = random.Random(f"{seed}-{UNTRANSCRIBED}")
+    pools = texts.open_sentences() if task == "open" else {}
+    families = sorted(voices["train"])
+    rng.shuffle(families)
+    cycles = {f: _voice_cycle(voices["train"][f], rng) for f in families}
+    source = _text_source(task, "train", rng, pools)
+    budget, plan = hours * 3600, []
+    for index, family in enumerate(itertools.cycle(families)):
+        if budget <= 0:
+            break
+        voice, text = next(cycles[family]), next(source)
+        plan.append(_Planned(UNTRANSCRIBED, text, voice, str(wav_dir / UNTRANSCRIBED / voice.id / f"u-{index:06d}.wav")))
+        budget -= estimate_seconds(text, voice)
+    return plan
+
+
 # ---------------------------------------------------------------- tokenizer
 
 
@@ -219,7 +247,7 @@ def _synthesize_all(plan: list[_Planned], num_jobs: int, progress: bool) -> list
 def _stats(plan: list[_Planned], results: list[tts.SynthesisResult], warnings: list[str]) -> dict[str, Any]:
     splits: dict[str, Any] = {}
     dropped: dict[str, Any] = {"total": 0, "implausible": 0, "failed": 0, "by_engine": {}}
-    for split in SPLITS:
+    for split in [*SPLITS, *sorted({item.split for item in plan} - set(SPLITS))]:
         by_engine: dict[str, dict[str, float]] = {}
         voices = set()
         for item, res in zip(plan, results):
@@ -258,6 +286,7 @@ def prepare_demo(
     overwrite: bool = False,
     variety: str = "standard",
     hold_out_engine: str | None = None,
+    untranscribed_hours: float = 0.0,
 ) -> DemoCorpus:
     """Build (or return the finished) demo corpus in ``out_dir``.
 
@@ -267,6 +296,9 @@ def prepare_demo(
     Deterministic in ``seed``: the same arguments give the same texts, voices and manifests.
     ``variety`` and ``hold_out_engine`` choose the voices (:func:`kdstore.corpus.tts.split_voices`):
     the demo teacher trains on ``wide``; a held-out engine family measures how it generalises.
+    ``untranscribed_hours`` > 0 adds ``untranscribed.json``: more audio of the training voices with no
+    ``text`` (for ``dump-teacher`` to label), and ``untranscribed.refs.json``, the same lines with the
+    withheld text, only for ``kdstore label-quality``.
     """
     _check_args(task, hours, vocab_size, num_jobs)
     out = Path(out_dir).resolve()
@@ -281,6 +313,10 @@ def prepare_demo(
         args["variety"] = variety
     if hold_out_engine is not None:
         args["hold_out_engine"] = hold_out_engine
+    if untranscribed_hours:
+        if not 0 < untranscribed_hours <= 1000:
+            raise ConfigError(f"untranscribed hours must be in (0, 1000], got {untranscribed_hours}")
+        args["untranscribed_hours"] = float(untranscribed_hours)
     if _claim(out, args, overwrite):
         return DemoCorpus.load(out)
 
@@ -288,6 +324,8 @@ def prepare_demo(
     warnings = list(inventory.warnings)
     voices = tts.split_voices(inventory, variety, hold_out_engine)
     plan = plan_utterances(task, hours, seed, voices, out / "wavs")
+    if untranscribed_hours:
+        plan += plan_untranscribed(task, untranscribed_hours, seed, voices, out / "wavs")
     results = _synthesize_all(plan, num_jobs, progress)
 
     stats = _stats(plan, results, warnings)
@@ -304,6 +342,12 @@ def prepare_demo(
                 f"espeak-ng 'hello world' / flite -t hello"
             )
         write_atomic(out / f"{split}.json", (json.dumps(row) + "\n" for row in rows))
+    if untranscribed_hours:
+        rows = [{"audio_filepath": item.path, "duration": res.duration, "text": item.text}
+                for item, res in zip(plan, results) if item.split == UNTRANSCRIBED and res.status == "ok"]
+        write_atomic(out / f"{UNTRANSCRIBED}.refs.json", (json.dumps(row) + "\n" for row in rows))
+        write_atomic(out / f"{UNTRANSCRIBED}.json",
+                     (json.dumps({k: v for k, v in row.items() if k != "text"}) + "\n" for row in rows))
     if stats["dropped"]["total"]:
         log.info("dropped %d of %d utterances", stats["dropped"]["total"], len(plan))
 
@@ -321,8 +365,8 @@ def prepare_demo(
         "engines": {engine: names for engine, names in inventory.names.items()},
         "tokenizer": {"requested_vocab_size": vocab_size, "vocab_size": tokenizer.vocab_size},
         "total": {
-            "utterances": sum(stats["splits"][s]["utterances"] for s in SPLITS),
-            "hours": round(sum(stats["splits"][s]["hours"] for s in SPLITS), 4),
+            "utterances": sum(v["utterances"] for v in stats["splits"].values()),
+            "hours": round(sum(v["hours"] for v in stats["splits"].values()), 4),
         },
     }
     (out / "corpus.json").write_text(json.dumps(stats, indent=2) + "\n")

@@ -62,6 +62,11 @@ class LabelInfo:
     dropped_low_confidence: int = 0
     dropped_empty: int = 0
 
+    @property
+    def search(self) -> str:
+        """The teacher's search in words: ``greedy_batch`` or ``beam (size N)``."""
+        return self.decoding if self.beam_size is None else f"{self.decoding} (size {self.beam_size})"
+
 
 @dataclass(frozen=True, kw_only=True)
 class StoreMetadata(meta_v1.StoreMetadata):

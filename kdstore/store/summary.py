@@ -64,4 +64,15 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
                 kept += float(block.astype(np.float64).sum())
         visited = sum(float(p.frames.sum() + p.labels.sum()) for p in reader.parts.values())
         summary["band_occupancy_kept"] = round(kept / max(visited, 1.0), 6)
+    if meta.labels is not None:
+        labels = [reader.label(i) for i in range(len(reader))]
+        teacher = [lab.confidence for lab in labels if lab.source == "teacher"]
+        summary["teacher_labels"] = f"{len(teacher)} of {len(labels)} utterances ({meta.labels.search})"
+        if teacher:
+            summary["teacher_label_confidence"] = (f"median {float(np.median(teacher)):.4f}, min {min(teacher):.4f} "
+                                                   "nats per token")
+        left_out = meta.labels.dropped_low_confidence + meta.labels.dropped_empty
+        if left_out or meta.labels.min_confidence is not None:
+            summary["labels_left_out"] = (f"{meta.labels.dropped_low_confidence} below min_confidence "
+                                          f"{meta.labels.min_confidence}, {meta.labels.dropped_empty} empty")
     return summary

@@ -12,7 +12,8 @@ import zarr
 
 from kdstore.errors import StoreError, StoreNotFoundError
 from kdstore.store import PartWriter, StoreReader, commit_store, open_for_writing
-from kdstore.store.meta_v1 import Counts, Fingerprint, FrontEnd, StoreMetadata
+from kdstore.store.meta_v2 import Counts, Fingerprint, FrontEnd, LabelInfo, StoreMetadata
+from kdstore.store.part_writer import Label
 from kdstore.store.verify import verify_store
 
 K, VOCAB = 4, 30
@@ -27,7 +28,14 @@ def make_metadata(value_dtype: str = "float16", lattice: str = "full", width=Non
         front_end=FrontEnd(sample_rate=16000, window_size=0.025, window_stride=0.01, features=80,
                            normalize="per_feature", subsampling_factor=8),
         counts=Counts(utterances=0, nodes=0, frames=0, hours=0.0), kdstore_version="test", created="now",
+        labels=LabelInfo(pseudo_label="missing", decoding="greedy_batch", beam_size=None, min_confidence=None,
+                         teacher_labelled=0),
     )
+
+
+def person_label(labels: int) -> Label:
+    """A transcript's label of U = ``labels`` tokens (the store keeps it since kdstore/2)."""
+    return Label(ids=np.arange(labels) % VOCAB, text=f"{labels} words", source="person", confidence=-0.25)
 
 
 def random_utterance(rng, frames: int, labels: int, width: int | None):
@@ -64,7 +72,8 @@ def write_part(group, part, items, width, *, value_dtype="float16", resume=False
             return writer  # "crash": never closed
         writer.add_utterance(key, frames=utt["dense"][0].shape[0], labels=utt["dense"][0].shape[1] - 1,
                              band_start=utt["starts"], logp=utt["band"]["logp"].reshape(-1, K),
-                             ids=utt["band"]["ids"].reshape(-1, K), blank_label=utt["band"]["blank_label"].reshape(-1, 2))
+                             ids=utt["band"]["ids"].reshape(-1, K), blank_label=utt["band"]["blank_label"].reshape(-1, 2),
+                             label=person_label(utt["dense"][0].shape[1] - 1))
     writer.close()
     return writer
 
@@ -377,7 +386,7 @@ def _drop(*keys):
     (_set("blank_id", value=True), "kdstore.blank_id", "int >= 0", "bool True"),
     (_set("lattice", value="band"), "kdstore.band_width", "int >= 1 (lattice is 'band')", "null"),
     (_set("extra", value=[1]), "kdstore.extra", "object", "array [1]"),
-    (_set("format", value=1), "kdstore.format", "'kdstore/1'", "int 1"),
+    (_set("format", value=1), "kdstore.format", "'kdstore/1' or 'kdstore/2'", "int 1"),
 ])
 def test_wrong_root_attributes_fail_naming_field_expected_and_got(tmp_path, edit, field, expected, got):
     from kdstore.errors import MetadataError
@@ -419,7 +428,7 @@ def test_unknown_root_attributes_are_ignored(tmp_path):
 
 
 def test_metadata_json_round_trip():
-    from kdstore.store.meta_v1 import parse_store_metadata
+    from kdstore.store.meta_v2 import parse_store_metadata
 
     meta = dataclasses.replace(make_metadata(lattice="band", width=3), ctc_top_k=2, extra={"settings": {"band": 3}})
     assert StoreMetadata.from_json(meta.to_json()) == meta
@@ -468,7 +477,7 @@ def test_ctc_rows_round_trip_and_verify(tmp_path):
         writer.add_utterance(key, frames=utt["starts"].shape[0], labels=utt["dense"][0].shape[1] - 1,
                              band_start=utt["starts"], logp=utt["band"]["logp"].reshape(-1, K),
                              ids=utt["band"]["ids"].reshape(-1, K), blank_label=utt["band"]["blank_label"].reshape(-1, 2),
-                             ctc_logp=ctc[key][0], ctc_ids=ctc[key][1])
+                             ctc_logp=ctc[key][0], ctc_ids=ctc[key][1], label=person_label(utt["dense"][0].shape[1] - 1))
     writer.close()
     meta = dataclasses.replace(make_metadata("float32", "band", 3), ctc_top_k=k_ctc)
     commit_store(group, meta, {"tokenizer.model": b"x"})

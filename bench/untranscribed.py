@@ -1,0 +1,253 @@
+"""Does teacher-labelled audio help the student? Paired by seed, on the demo corpus (issue [3/6]).
+
+The demo corpus built with ``kdstore prepare-demo --voices wide --untranscribed-hours H`` has
+``train.json`` (transcribed) and ``untranscribed.json`` (more audio of the training voices, text
+withheld in ``untranscribed.refs.json``). The teacher's stores are dumped once:
+
+- ``train``: ``dump-teacher`` over train.json (band 6, k 8, CTC rows: the defaults);
+- ``untranscribed``: ``dump-teacher`` over untranscribed.json: the teacher labels every line (greedy);
+- ``filtered`` (row ``plus-filtered``): the same with ``--min-confidence`` at the lowest bucket's upper
+  edge of the label-quality table (the least sure fifth left out).
+
+``kdstore label-quality`` scores the ``untranscribed`` store's labels against the withheld text. Then
+every row trains the demo's headline student (``tiny-teacher-2l`` started from the teacher, KD on) with
+the same steps, batch size and seed per seed column, and is scored on test.json (unseen voices):
+
+- ``base``: train.json with the train store (what ``kdstore demo`` did before);
+- ``plus-untranscribed``: train.json + untranscribed.json with both stores (``--store`` twice);
+- ``plus-filtered``: the same with the filtered store.
+
+    python bench/untranscribed.py --corpus-dir /tmp/study13/corpus --workdir /tmp/study13/work --out docs/benchmarks.md
+
+Restartable like bench/study.py (results per row and seed in ``<workdir>/results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from _report import machine, write_section
+from study import (HEADLINE, curve_summary, default_teacher, file_id, fmt_wer, folder_bytes, kdstore_cmd,
+                   parse_eval_json, run_jobs, run_logged, versions)
+
+SECTION = "## Untranscribed audio: the teacher labels it, the student learns from it"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    label: str
+    stores: tuple[str, ...]
+    manifests: tuple[str, ...]
+    kd: bool = True
+
+
+ROWS = [
+    Row("base", "train.json only (KD, train store)", ("train",), ("train",)),
+    Row("plus-untranscribed", "+ teacher-labelled untranscribed audio (two stores)", ("train", "untranscribed"),
+        ("train", "untranscribed")),
+    Row("plus-filtered", "+ teacher-labelled audio, least sure fifth left out (--min-confidence)",
+        ("train", "filtered"), ("train", "untranscribed")),
+]
+
+
+class Bench:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.work: Path = args.workdir.resolve()
+        self.teacher: Path = args.teacher.resolve()
+        self.corpus: Path = args.corpus_dir.resolve()
+        self.manifests = {"train": self.corpus / "train.json", "untranscribed": self.corpus / "untranscribed.json"}
+        self.refs = self.corpus / "untranscribed.refs.json"
+        self.test = self.corpus / "test.json"
+        self.teacher_id = file_id(self.teacher)
+        for path in (*self.manifests.values(), self.refs):
+            if not path.is_file():
+                raise SystemExit(f"{path} is missing: build the corpus with kdstore prepare-demo --voices wide "
+                                 "--untranscribed-hours 1")
+
+    def log(self, message: str) -> None:
+        print(f"[untranscribed {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    def store_path(self, name: str) -> Path:
+        return self.work / "stores" / f"{name}.zarr"
+
+    def dump(self, name: str, manifest: str, extra: tuple[str, ...] = ()) -> dict:
+        fingerprint = {"teacher": self.teacher_id, "manifest": file_id(self.manifests[manifest]), "extra": list(extra)}
+        marker = self.work / "stores" / f"{name}.json"
+        if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+            return json.loads(marker.read_text())
+        command = kdstore_cmd("dump-teacher", "--teacher", str(self.teacher), "--manifest", str(self.manifests[manifest]),
+                              "--out", str(self.store_path(name)), "--threads", "1", "--overwrite", "--no-progress",
+                              *extra)
+        self.log(f"dump {name}")
+        start = time.perf_counter()
+        log = self.work / "logs" / f"dump-{name}.log"
+        if run_logged(command, log) != 0:
+            raise RuntimeError(f"dump {name} failed; see {log}")
+        done = {"fingerprint": fingerprint, "bytes": folder_bytes(self.store_path(name)),
+                "seconds": round(time.perf_counter() - start, 1), "command": shlex.join(command),
+                "last_lines": log.read_text().strip().splitlines()[-2:]}
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(done, indent=2))
+        return done
+
+    def label_quality(self) -> dict:
+        from kdstore.evaluate.label_quality import label_quality, write_label_quality
+
+        quality = label_quality(self.store_path("untranscribed"), self.refs)
+        write_label_quality(quality, self.work / "label-quality")
+        return quality.to_json() | {"table": quality.table()}
+
+    def train_command(self, row: Row, seed: int, output: Path) -> list[str]:
+        command = kdstore_cmd("train-student", "--config", HEADLINE, "--no-progress")
+        for store in row.stores:
+            command += ["--store", str(self.store_path(store))]
+        manifests = ",".join(str(self.manifests[m]) for m in row.manifests)
+        command += [f"model.train_ds.manifest_filepath={manifests}", f"run.output={output}",
+                    f"trainer.max_steps={self.args.steps}", f"model.train_ds.batch_size={self.args.batch_size}",
+                    f"run.seed={seed}", "run.num_threads=1", "trainer.accelerator=cpu",
+                    f"exp_manager.exp_dir={output.with_suffix('.logs')}", f"model.init_from_teacher.path={self.teacher}"]
+        if not row.kd:
+            command.append("model.enable_kd=false")
+        return command
+
+    def student(self, row: Row, seed: int, stores: dict) -> dict:
+        tag = f"{row.name}-s{seed}"
+        result_path = self.work / "results" / f"{tag}.json"
+        fingerprint = {"row": row.name, "seed": seed, "steps": self.args.steps, "batch_size": self.args.batch_size,
+                       "teacher": self.teacher_id, "stores": [stores[s]["fingerprint"] for s in row.stores]}
+        if result_path.is_file() and json.loads(result_path.read_text()).get("fingerprint") == fingerprint:
+            return json.loads(result_path.read_text())
+        output = self.work / "students" / f"{tag}.nemo"
+        command = self.train_command(row, seed, output)
+        self.log(f"train {tag}")
+        start = time.perf_counter()
+        if run_logged(command, self.work / "logs" / f"{tag}.train.log") != 0:
+            raise RuntimeError(f"training {tag} failed; see {self.work / 'logs' / f'{tag}.train.log'}")
+        wall = round(time.perf_counter() - start, 1)
+        log = self.work / "logs" / f"{tag}.eval.log"
+        if run_logged(kdstore_cmd("eval", "--model", str(output), "--manifest", str(self.test), "--json",
+                                  "--no-progress", "--threads", "1"), log) != 0:
+            raise RuntimeError(f"eval of {tag} failed; see {log}")
+        summary = parse_eval_json(log)["model"]
+        steps, seconds = curve_summary(output.with_suffix(".log.csv"))
+        result = {"fingerprint": fingerprint, "row": row.name, "seed": seed, "wer": summary["wer"],
+                  "cer": summary["cer"], "steps": steps, "train_seconds": seconds, "wall_seconds": wall,
+                  "command": shlex.join(command)}
+        result_path.parent.mkdir(parents=True, exist_ok=True)
+        result_path.write_text(json.dumps(result, indent=2))
+        self.log(f"done {tag}: WER {100 * result['wer']:.2f}%")
+        return result
+
+
+def min_confidence_from(quality: dict) -> float:
+    """The upper edge of the least sure bucket: --min-confidence just above it leaves that bucket out."""
+    return float(quality["buckets"][0]["high"]) + 1e-4
+
+
+def report(bench: Bench, rows: list[Row], seeds: list[int], results: dict, stores: dict, quality: dict,
+           corpus: dict, threshold: float) -> str:
+    by_row = {r.name: [results[f"{r.name}-s{s}"]["wer"] for s in seeds if f"{r.name}-s{s}" in results] for r in rows}
+    lines = [f"Measured {datetime.date.today()} on {machine()}; {versions()}.", "",
+             f"Command: `python bench/untranscribed.py --corpus-dir {bench.args.corpus_dir} --steps {bench.args.steps} "
+             f"--seeds {' '.join(map(str, seeds))}` (corpus: `kdstore prepare-demo --voices wide --hours 1 "
+             "--untranscribed-hours 1`).", "",
+             f"Corpus: train {corpus['train']['utterances']} utterances ({corpus['train']['hours']:.3f} h), "
+             f"untranscribed {corpus['untranscribed']['utterances']} ({corpus['untranscribed']['hours']:.3f} h, same "
+             f"training voices, new training-split sentences, text withheld), test {corpus['test']['utterances']} "
+             "(unseen voices). Student: the demo's headline `tiny-teacher-2l` (2 of the teacher's 4 layers, started "
+             f"from the teacher, hybrid, kd_alpha 0.8), {bench.args.steps} steps, batch {bench.args.batch_size}, "
+             "one thread per run, two runs side by side.", "",
+             "### Label quality of the teacher's labels (untranscribed split vs the withheld text)", "",
+             quality["table"], "",
+             f"`plus-filtered` uses `--min-confidence {threshold:.4f}`.", "",
+             "### Test WER of the student", "",
+             "| row | WER % (mean ± sd) | per seed | stores |", "|---|---:|---|---|"]
+    for r in rows:
+        mean, per = fmt_wer(by_row[r.name])
+        lines.append(f"| {r.name}: {r.label} | {mean} | {per} | {' + '.join(r.stores)} |")
+    lines += ["", "Paired by seed (row minus base, WER points; negative: the added audio helped):", ""]
+    for r in rows[1:]:
+        diffs = [100 * (results[f"{r.name}-s{s}"]["wer"] - results[f"base-s{s}"]["wer"]) for s in seeds
+                 if f"{r.name}-s{s}" in results and f"base-s{s}" in results]
+        if diffs:
+            better = sum(d < 0 for d in diffs)
+            lines.append(f"- {r.name}: {', '.join(f'{d:+.2f}' for d in diffs)} (mean {statistics.mean(diffs):+.2f}; "
+                         f"better in {better} of {len(diffs)} seeds)")
+    lines += ["", "Stores: " + "; ".join(f"{name} {s['bytes'] / 1e6:.1f} MB, dumped in {s['seconds']:.0f} s"
+                                         for name, s in stores.items()) + ".", "",
+              "![untranscribed study](img/untranscribed.png)"]
+    return "\n".join(lines)
+
+
+def plot(path: Path, rows: list[Row], seeds: list[int], results: dict, quality: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, r in enumerate(rows):
+        values = [100 * results[f"{r.name}-s{s}"]["wer"] for s in seeds if f"{r.name}-s{s}" in results]
+        if values:
+            left.bar(i, statistics.mean(values), color=["#8c8c8c", "#4c72b0", "#55a868"][i % 3])
+            left.scatter([i] * len(values), values, color="black", zorder=3, s=12)
+    left.set_xticks(range(len(rows)), [r.name for r in rows], fontsize=8)
+    left.set_ylabel("test WER % (unseen voices)")
+    left.set_title(f"student WER, {len(seeds)} seeds (dots)")
+    names = [f"{b['low']:.2f}..{b['high']:.2f}" for b in quality["buckets"]]
+    right.bar(range(len(names)), [100 * b["wer"] for b in quality["buckets"]], color="#dd8452")
+    right.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    right.set_xlabel("teacher confidence (nats per token)")
+    right.set_ylabel("label WER %")
+    right.set_title(f"teacher labels: {100 * quality['wer']:.1f}% WER overall")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus-dir", type=Path, required=True)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/kdstore-untranscribed"))
+    parser.add_argument("--teacher", type=Path, default=default_teacher())
+    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", default=[r.name for r in ROWS])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="docs/benchmarks.md to write the section into")
+    args = parser.parse_args()
+    bench = Bench(args)
+    rows = [r for r in ROWS if r.name in args.rows]
+    stores = {"train": bench.dump("train", "train"), "untranscribed": bench.dump("untranscribed", "untranscribed")}
+    quality = bench.label_quality()
+    print(quality["table"], flush=True)
+    threshold = min_confidence_from(quality)
+    if any("filtered" in r.stores for r in rows):
+        stores["filtered"] = bench.dump("filtered", "untranscribed", ("--min-confidence", f"{threshold:.4f}"))
+    jobs = [(f"{r.name}-s{s}", (lambda r=r, s=s: bench.student(r, s, stores))) for s in args.seeds for r in rows]
+    results, errors = run_jobs(jobs, args.jobs)
+    corpus = json.loads((bench.corpus / "corpus.json").read_text())["splits"]
+    text = report(bench, rows, args.seeds, results, stores, quality, corpus, threshold)
+    png = (args.out.parent / "img" / "untranscribed.png") if args.out else bench.work / "untranscribed.png"
+    plot(png, rows, args.seeds, results, quality)
+    print(text)
+    (bench.work / "report.md").write_text(text + "\n")
+    if args.out:
+        write_section(args.out, SECTION, text)
+    if errors:
+        raise SystemExit(f"failed: {errors}")
+
+
+if __name__ == "__main__":
+    main()
