@@ -81,13 +81,16 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
         front_end = front_end_from_config(model.cfg)
         side_file = Path(str(out) + ".skipped.jsonl")
         policy = BadInputPolicy(skip_bad=settings.skip_bad, side_file=side_file if ranks.is_main else None,
-                                listed_in=str(side_file), reset_side_file=True)
+                                listed_in=str(side_file))
         entries = screened_manifest(manifest_path, model.tokenizer.text_to_ids, rules_for(model, front_end), policy,
                                     untranscribed=True)
         if settings.pseudo_label:
             entries = [dataclasses.replace(e, text="") for e in entries]
-        if any(not e.text for e in entries):
+        labelling = any(not e.text for e in entries)
+        if labelling:
             configure_search(model, settings.beam_size)
+        if ranks.is_main and not settings.skip_bad and (labelling or settings.min_confidence is not None):
+            side_file.write_text("")  # this run's left-out teacher labels only
         if not ranks.is_main:  # what this rank leaves out while dumping; rank 0 gathers it at commit
             policy.side_file = _rank_side_file(side_file, ranks.rank)
             policy.side_file.write_text("")

@@ -89,7 +89,8 @@ def _parse_line(raw: str, number: int, manifest: Path, require_text: bool, check
         raise _LineError(f"duration must be positive, got {duration}")
     text = str(item.get("text") or "").strip()
     if require_text and not text:
-        raise _LineError("empty transcript; remove the line or give it a 'text'", "bad_transcript")
+        raise _LineError("no transcript ('text' missing or empty); give it a 'text', or let the teacher label it "
+                         "(kdstore dump-teacher over this manifest, then train with that store)", "bad_transcript")
     audio_path = _resolve(str(item["audio_filepath"]), manifest)
     if check_audio and not audio_path.is_file():
         raise _LineError(f"audio file {item['audio_filepath']} not found (looked at {audio_path})", "missing_audio")

@@ -46,7 +46,7 @@ def cases(demo_corpus, tmp_path_factory):
         ("missing key", json.dumps({"audio_filepath": base["audio_filepath"], "text": "hi"}), "missing field 'duration'"),
         ("missing file", json.dumps({**base, "audio_filepath": str(root / "nowhere.wav")}), "not found"),
         ("corrupt audio", json.dumps({**base, "audio_filepath": str(corrupt), "duration": 1.0}), "unreadable or corrupt audio"),
-        ("empty transcript", json.dumps({**base, "text": "   "}), "empty transcript"),
+        ("empty transcript", json.dumps({**base, "text": "   "}), "no transcript ('text' missing or empty)"),
         ("unencodable", json.dumps({**base, "text": base["text"] + " \u2603\u00e9"}), "cannot encode"),
         ("zero-length", json.dumps({**base, "duration": 0.001}), "no encoder frame"),
         ("too many tokens", json.dumps({"audio_filepath": str(short), "duration": 0.25,
@@ -79,7 +79,7 @@ def _one_bad_line(name: str, cases, tmp_path: Path) -> tuple[Path, list, int, st
     return manifest, good, write_manifest(manifest, good, line), fragment
 
 
-@pytest.mark.parametrize("name", CASE_NAMES)
+@pytest.mark.parametrize("name", [n for n in CASE_NAMES if n != "empty transcript"])
 def test_dump_teacher_stops_or_skips(name, cases, teacher, tmp_path):
     manifest, good, number, fragment = _one_bad_line(name, cases, tmp_path)
     runner = CliRunner()
@@ -101,6 +101,25 @@ def test_dump_teacher_stops_or_skips(name, cases, teacher, tmp_path):
     assert len(side) == 1 and side[0]["line"] == number and fragment in side[0]["reason"]
     assert side[0]["kind"] == KINDS[name] and side[0]["file"] == str(manifest) and side[0]["raw"]
     assert set(side[0]) == {"kind", "file", "line", "utterance", "reason", "raw"}
+
+
+def test_dump_teacher_labels_a_line_without_text_instead_of_stopping(cases, teacher, demo_corpus, tmp_path):
+    """No text is untranscribed audio, not bad input: the teacher labels it (this random teacher may hear
+    no words; then the line is listed as ``empty_label`` and left out)."""
+    _root, good, _bad = cases
+    other = json.loads(Path(demo_corpus.train_manifest).read_text().splitlines()[5]) | {"text": "   "}
+    manifest = tmp_path / "m.json"
+    number = write_manifest(manifest, good, json.dumps(other))
+    out = tmp_path / "labelled.zarr"
+    result = CliRunner().invoke(cli, ["dump-teacher", "--teacher", str(teacher), "--manifest", str(manifest),
+                                      "--top-k", "4", "--no-progress", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "labelled by the teacher (greedy_batch)" in result.output
+    meta = StoreReader(out).metadata
+    assert meta.labels.teacher_labelled + meta.labels.dropped_empty == 1
+    assert len(StoreReader(out)) == len(good) + meta.labels.teacher_labelled
+    side = Path(str(out) + ".skipped.jsonl").read_text().splitlines()
+    assert [json.loads(x)["line"] for x in side] == ([number] if meta.labels.dropped_empty else [])
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)

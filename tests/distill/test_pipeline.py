@@ -160,7 +160,7 @@ def test_manifest_errors_name_file_and_line(tmp_path, demo_corpus):
         read_manifest(bad)
     empty = json.loads(good) | {"text": "  "}
     bad.write_text(json.dumps(empty) + "\n")
-    with pytest.raises(ManifestError, match=r"bad.json:1: empty transcript"):
+    with pytest.raises(ManifestError, match=r"bad.json:1: no transcript \('text' missing or empty\)"):
         read_manifest(bad)
     missing = json.loads(good) | {"audio_filepath": "nowhere.wav"}
     bad.write_text(good + "\n" + json.dumps(missing) + "\n")
@@ -173,13 +173,13 @@ def test_upfront_alignment_checks_name_the_line(exact_store, small_manifest, dem
 
     from kdstore.distill.checks import check_alignment_upfront
     from kdstore.inputs.manifest import read_manifest
-    from kdstore.store import StoreReader
+    from kdstore.store import StoreSet
 
-    reader = StoreReader(exact_store)
+    reader = StoreSet([exact_store])
     entries = read_manifest(small_manifest)
     teacher_tokens = build_model("tiny", demo_corpus.tokenizer_dir, seed=0).tokenizer.text_to_ids
     check_alignment_upfront(entries, teacher_tokens, reader, reader.metadata.front_end)  # all good
-    with pytest.raises(IncompatibleStoreError, match=r"six.json:1: .* tokens, the store has U="):
+    with pytest.raises(IncompatibleStoreError, match=r"six.json:1: the transcript gives other tokens than the store's label"):
         check_alignment_upfront(entries, lambda text: [*teacher_tokens(text), 1], reader, reader.metadata.front_end)
     other_rate = dataclasses.replace(reader.metadata.front_end, subsampling_factor=4)
     with pytest.raises(IncompatibleStoreError, match=r"six.json:1: .* T=\d+ encoder frames, the store has T="):

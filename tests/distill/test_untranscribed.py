@@ -1,0 +1,131 @@
+"""Training on teacher-labelled audio: lines without text, mixed manifests, two stores, old stores.
+
+Real parts: the committed demo teacher labels real synthetic speech into real Zarr stores, and the
+students are NeMo models trained by ``train_student`` for two steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kdstore.errors import KdstoreError, StoreError
+from kdstore.store import StoreReader, StoreSet
+from kdstore.store.verify import verify_store
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+OLD = REPO / "tests" / "data" / "store_v1"
+
+
+@pytest.fixture(scope="module")
+def teacher() -> Path:
+    from kdstore.assets import demo_teacher_dir
+
+    return demo_teacher_dir() / "teacher.nemo"
+
+
+@pytest.fixture(scope="module")
+def sets(demo_corpus, teacher, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """name -> (manifest, store): 'transcribed' (6 lines), 'untranscribed' (6 other lines, no text) and
+    'mixed' (all 12), each dumped by the demo teacher (band 6, the default)."""
+    from kdstore.dump.run import DumpSettings, dump_teacher
+
+    rows = [json.loads(line) for line in Path(demo_corpus.train_manifest).read_text().splitlines() if line.strip()][:12]
+    folder = tmp_path_factory.mktemp("untranscribed")
+    manifests = {
+        "transcribed": rows[:6],
+        "untranscribed": [{k: v for k, v in row.items() if k != "text"} for row in rows[6:]],
+    }
+    manifests["mixed"] = manifests["transcribed"] + manifests["untranscribed"]
+    out = {}
+    for name, lines in manifests.items():
+        manifest = folder / f"{name}.json"
+        manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        store = folder / f"{name}.zarr"
+        dump_teacher(teacher, manifest, store, DumpSettings(batch_size=4))
+        out[name] = (manifest, store)
+    return out
+
+
+def train(tmp_path, manifests, stores, *extra):
+    from kdstore.distill.config import load_train_config
+    from kdstore.distill.train import train_student
+
+    cfg = load_train_config("tiny-teacher-2l", [f"model.train_ds.manifest_filepath={','.join(map(str, manifests))}",
+                                                f"run.output={tmp_path / 's.nemo'}", "trainer.max_steps=2",
+                                                "model.train_ds.batch_size=4", "trainer.accelerator=cpu", *extra],
+                            store=",".join(map(str, stores)) if stores else None)
+    return train_student(cfg)
+
+
+def test_the_student_trains_on_the_stored_label_of_a_line_without_text(sets):
+    from kdstore.distill.checks import check_alignment_upfront
+    from kdstore.inputs.manifest import read_manifest
+    from kdstore.nemo.checkpoint import read_tokenizer_files
+
+    manifest, store = sets["mixed"]
+    stores = StoreSet([store])
+    entries = read_manifest(manifest, require_text=False)
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_proto=read_tokenizer_files(
+        REPO / "kdstore/assets/demo_teacher/teacher.nemo")["tokenizer.model"])
+    labels = check_alignment_upfront(entries, sp.encode, stores, stores.metadata.front_end)
+    for entry in entries:
+        stored = stores.label(entry.key)
+        if entry.text:
+            assert stored.source == "person" and labels[entry.key] == sp.encode(entry.text)
+        else:
+            assert stored.source == "teacher" and labels[entry.key] == stored.ids.tolist() and stored.text
+
+
+def test_a_manifest_of_lines_without_text_trains(sets, tmp_path):
+    manifest, store = sets["untranscribed"]
+    result = train(tmp_path, [manifest], [store])
+    assert result.steps == 2 and result.teacher_labelled == 6
+    assert np.isfinite(result.final_losses["train_kd_loss"]) and np.isfinite(result.final_losses["train_rnnt_loss"])
+    assert "train_ctc_kd_loss" in result.final_losses  # the hybrid student's CTC head learns from the CTC rows too
+
+
+def test_a_mixed_manifest_trains(sets, tmp_path):
+    manifest, store = sets["mixed"]
+    result = train(tmp_path, [manifest], [store])
+    assert result.steps == 2 and result.teacher_labelled == 6
+
+
+def test_two_stores_train_together_without_copying(sets, tmp_path):
+    (m1, s1), (m2, s2) = sets["transcribed"], sets["untranscribed"]
+    result = train(tmp_path, [m1, m2], [s1, s2])
+    assert result.steps == 2 and result.teacher_labelled == 6
+    with pytest.raises(StoreError, match="is in both"):
+        StoreSet([s1, sets["mixed"][1]])
+
+
+def test_labels_from_a_store_without_kd(sets, tmp_path):
+    manifest, store = sets["untranscribed"]
+    result = train(tmp_path, [manifest], [store], "model.enable_kd=false")
+    assert result.steps == 2 and result.teacher_labelled == 6 and "train_kd_loss" not in result.final_losses
+
+
+def test_a_line_without_text_and_no_store_fails_saying_how_to_label_it(sets, tmp_path):
+    from kdstore.store import StoreReader
+
+    manifest, store = sets["untranscribed"]
+    tokenizer = StoreReader(store).write_tokenizer(tmp_path / "tok")
+    with pytest.raises(KdstoreError, match=r"untranscribed.json:1: no transcript .* dump-teacher"):
+        train(tmp_path, [manifest], [], f"model.tokenizer.dir={tokenizer}")
+
+
+def test_a_store_from_before_kdstore2_still_reads_verifies_and_trains(tmp_path):
+    reader = StoreReader(OLD / "teacher.zarr")
+    assert reader.metadata.format == "kdstore/1" and not reader.has_labels and reader.metadata.labels is None
+    assert verify_store(OLD / "teacher.zarr")
+    with pytest.raises(StoreError, match="holds no labels"):
+        reader.label(0)
+    result = train(tmp_path, [OLD / "train.json"], [OLD / "teacher.zarr"], "model.train_ds.batch_size=2")
+    assert result.steps == 2 and result.teacher_labelled == 0
+    assert np.isfinite(result.final_losses["train_kd_loss"]) and result.final_losses["train_kd_loss"] > 0
