@@ -1,7 +1,7 @@
 """Does teacher-labelled audio help the student? Paired by seed, on the demo corpus (issue [3/6]).
 
 The demo corpus built with ``kdstore prepare-demo --voices wide --untranscribed-hours H`` has
-``train.json`` (transcribed) and ``untranscribed.json`` (more audio of the training voices, text
+``train.json`` (transcribed) and ``untranscribed.json`` (more audio, of speakers in no other split, text
 withheld in ``untranscribed.refs.json``). The teacher's stores are dumped once:
 
 - ``train``: ``dump-teacher`` over train.json (band 6, k 8, CTC rows: the defaults);
@@ -161,8 +161,9 @@ def report(bench: Bench, rows: list[Row], seeds: list[int], results: dict, store
              f"--seeds {' '.join(map(str, seeds))}` (corpus: `kdstore prepare-demo --voices wide --hours 1 "
              "--untranscribed-hours 1`).", "",
              f"Corpus: train {corpus['train']['utterances']} utterances ({corpus['train']['hours']:.3f} h), "
-             f"untranscribed {corpus['untranscribed']['utterances']} ({corpus['untranscribed']['hours']:.3f} h, same "
-             f"training voices, new training-split sentences, text withheld), test {corpus['test']['utterances']} "
+             f"untranscribed {corpus['untranscribed']['utterances']} ({corpus['untranscribed']['hours']:.3f} h, speakers "
+             f"of no other split (training voices at unheard pitches), new training-split sentences, text withheld), "
+             f"test {corpus['test']['utterances']} "
              "(unseen voices). Student: the demo's headline `tiny-teacher-2l` (2 of the teacher's 4 layers, started "
              f"from the teacher, hybrid, kd_alpha 0.8), {bench.args.steps} steps, batch {bench.args.batch_size}, "
              "one thread per run, two runs side by side.", "",

@@ -205,13 +205,15 @@ def plan_utterances(
 
 def plan_untranscribed(task: str, hours: float, seed: int, voices: dict[str, dict[str, list[tts.Voice]]],
                        wav_dir: Path) -> list[_Planned]:
-    """``hours`` more of the training voices saying new training-split sentences (the untranscribed
-    split). Its own seeded generator, so asking for it leaves the other splits exactly as they were."""
+    """``hours`` of new training-split sentences spoken by voices of no other split (the training voices
+    at unheard pitches, :func:`kdstore.corpus.tts.unheard_voices`): the untranscribed split. Its own
+    seeded generator, so asking for it leaves the other splits exactly as they were."""
     rng = random.Random(f"{seed}-{UNTRANSCRIBED}")
     pools = texts.open_sentences() if task == "open" else {}
-    families = sorted(voices["train"])
+    unheard = tts.unheard_voices(voices["train"])
+    families = sorted(unheard)
     rng.shuffle(families)
-    cycles = {f: _voice_cycle(voices["train"][f], rng) for f in families}
+    cycles = {f: _voice_cycle(unheard[f], rng) for f in families}
     source = _text_source(task, "train", rng, pools)
     budget, plan = hours * 3600, []
     for index, family in enumerate(itertools.cycle(families)):
@@ -296,8 +298,8 @@ def prepare_demo(
     Deterministic in ``seed``: the same arguments give the same texts, voices and manifests.
     ``variety`` and ``hold_out_engine`` choose the voices (:func:`kdstore.corpus.tts.split_voices`):
     the demo teacher trains on ``wide``; a held-out engine family measures how it generalises.
-    ``untranscribed_hours`` > 0 adds ``untranscribed.json``: more audio of the training voices with no
-    ``text`` (for ``dump-teacher`` to label), and ``untranscribed.refs.json``, the same lines with the
+    ``untranscribed_hours`` > 0 adds ``untranscribed.json``: more audio, of speakers in no other split
+    (training voices at unheard pitches), with no ``text`` (for ``dump-teacher`` to label), and ``untranscribed.refs.json``, the same lines with the
     withheld text, only for ``kdstore label-quality``.
     """
     _check_args(task, hours, vocab_size, num_jobs)
@@ -317,6 +319,7 @@ def prepare_demo(
         if not 0 < untranscribed_hours <= 1000:
             raise ConfigError(f"untranscribed hours must be in (0, 1000], got {untranscribed_hours}")
         args["untranscribed_hours"] = float(untranscribed_hours)
+        args["untranscribed_voices"] = "unheard"  # tts.unheard_voices
     if _claim(out, args, overwrite):
         return DemoCorpus.load(out)
 

@@ -69,6 +69,8 @@ ESPEAK_WIDE_TRAIN = (
     "klatt2", "klatt3", "klatt4", "grandpa", "grandma", "norbert", "shelby", "anika",
 )
 PITCH_WIDE_TRAIN = (-250, -150, -75, 0, 75, 150, 250)
+# The untranscribed split's speakers: training voices at pitch shifts (cents) no other split uses.
+UNHEARD_PITCHES = (-200, -110, 110, 200)
 VARIETIES = ("standard", "wide")
 RATES = (0.88, 0.94, 1.0, 1.06, 1.12)
 
@@ -87,6 +89,8 @@ class Voice:
     def id(self) -> str:
         """Stable, filename-safe identity, e.g. ``espeak-ng.en-029.m3`` or ``flite.slt.p+150``."""
         detail = self.variant if self.engine == ESPEAK else f"p{self.pitch:+d}"
+        if self.engine == ESPEAK and self.pitch:
+            detail += f".p{self.pitch:+d}"
         return f"{self.engine}.{self.name}.{detail}"
 
 
@@ -239,6 +243,19 @@ def split_voices(inventory: Inventory, variety: str = "standard",
         for split in ("train", "val"):
             out[split].pop(hold_out_engine, None)
         out["test"] = {hold_out_engine: family}
+    return out
+
+
+def unheard_voices(train: dict[str, list[Voice]]) -> dict[str, list[Voice]]:
+    """Speakers for untranscribed audio: every training voice (engine voice and variant) at the pitch
+    shifts of ``UNHEARD_PITCHES``, which no training, validation or test voice uses. A team's
+    untranscribed audio comes from more speakers than its transcribed audio; these stand in for them
+    (never a test speaker, so the test split stays unseen)."""
+    out: dict[str, list[Voice]] = {}
+    for engine, voices in train.items():
+        bases = sorted({(v.name, v.variant) for v in voices})
+        out[engine] = [make_voice(engine, name, variant=variant, pitch=p) for name, variant in bases
+                       for p in UNHEARD_PITCHES]
     return out
 
 

@@ -1,9 +1,11 @@
 """``kdstore demo``: the whole two-stage pipeline on the synthetic voice-commands corpus.
 
-prepare-demo -> the committed teacher -> dump-teacher (band 6, CTC rows) -> the headline student
+prepare-demo (with an untranscribed split: more audio, text withheld) -> the committed teacher ->
+dump-teacher over the transcribed split (band 6, CTC rows) and over the untranscribed split (the
+teacher labels it; label-quality scores its labels against the withheld text) -> the headline student
 (``tiny-teacher-2l``: 2 of the teacher's 4 layers, started from the teacher's weights, hybrid
-RNNT-CTC) with KD and its no-KD twin (same initialisation, steps and seed; side by side, one thread
-each), then a from-scratch ``tiny`` student with KD -> eval all on the test split (unseen voices) ->
+RNNT-CTC) with KD from both stores and its no-KD twin (same initialisation, data, steps and seed; side
+by side, one thread each), optionally a from-scratch ``tiny`` student with KD -> eval all on the test split (unseen voices) ->
 export-onnx of the headline student with int8 copies -> its WER through sherpa-onnx at int8 ->
 report.md (led by retention, parameters, speed and the int8 WER) + PNG.
 Each step leaves a done-marker in ``WORKDIR/steps/`` so a re-run reuses finished steps.
@@ -46,12 +48,15 @@ class DemoPlan:
     student_config: str = "tiny-teacher-2l"
     scratch_config: str = "tiny"
     voices: str = "wide"  # the students' training speakers (kdstore.corpus.tts.split_voices); test voices unchanged
+    untranscribed_hours: float = 0.0  # more training-voice audio without text, labelled by the teacher (0: none)
 
     @classmethod
     def for_mode(cls, quick: bool, seed: int = 0) -> DemoPlan:
         if quick:
-            return cls(hours=0.1, teacher_steps=250, student_steps=150, scratch_steps=0, batch_size=16, seed=seed)
-        return cls(hours=1.0, teacher_steps=1500, student_steps=700, scratch_steps=0, batch_size=16, seed=seed)
+            return cls(hours=0.1, teacher_steps=250, student_steps=150, scratch_steps=0, batch_size=16, seed=seed,
+                       untranscribed_hours=0.05)
+        return cls(hours=1.0, teacher_steps=1500, student_steps=700, scratch_steps=0, batch_size=16, seed=seed,
+                   untranscribed_hours=1.0)
 
 
 Echo = Callable[[str], None]
@@ -73,7 +78,7 @@ def _step(workdir: Path, name: str, run: Callable[[], dict[str, Any]], echo: Ech
     return result
 
 
-def _train_command(config: str, out: Path, manifest: Path, tokenizer_dir: Path | None, steps: int, plan: DemoPlan,
+def _train_command(config: str, out: Path, manifest: Path | str, tokenizer_dir: Path | None, steps: int, plan: DemoPlan,
                    threads: int, extra: list[str]) -> list[str]:
     args = [sys.executable, "-m", "kdstore.cli.main", "train-student", "--config", config, "--no-progress",
             f"model.train_ds.manifest_filepath={manifest}", f"run.output={out}", f"trainer.max_steps={steps}",
@@ -136,7 +141,7 @@ def run_demo(workdir: str | Path, quick: bool = False, seed: int = 0, progress: 
     echo(f"[demo] workdir {work}; plan {asdict(plan)}")
 
     corpus = prepare_demo(work / "corpus", task="commands", hours=plan.hours, seed=seed, progress=progress,
-                          variety=plan.voices)
+                          variety=plan.voices, untranscribed_hours=plan.untranscribed_hours)
     echo(f"[demo] corpus: {dict(corpus.utterances)} utterances, {dict(corpus.hours)} h")
 
     teacher_path = work / "teacher.nemo"
@@ -174,16 +179,35 @@ def run_demo(workdir: str | Path, quick: bool = False, seed: int = 0, progress: 
 
     _step(work, "dump", dump, echo)
 
+    labelled_path = work / "untranscribed.zarr"
+
+    def label() -> dict[str, Any]:
+        from kdstore.dump.run import DumpSettings, dump_teacher
+        from kdstore.evaluate.label_quality import label_quality, write_label_quality
+
+        meta = dump_teacher(teacher_path, corpus.untranscribed_manifest, labelled_path,
+                            DumpSettings(top_k=plan.top_k, band=plan.band, overwrite=True, progress=progress))
+        quality = label_quality(labelled_path, corpus.untranscribed_refs)
+        write_label_quality(quality, work / "label-quality")
+        return {"store": str(labelled_path), "counts": asdict(meta.counts), "teacher_labelled": meta.labels.teacher_labelled,
+                "label_wer": quality.wer, "table": quality.table(), "report": str(work / "label-quality" / "label-quality.md")}
+
+    labelled = _step(work, "label", label, echo) if corpus.untranscribed_manifest is not None else None
+    manifests = str(corpus.train_manifest) + (f",{corpus.untranscribed_manifest}" if labelled else "")
+    stores = ["--store", str(store_path)] + (["--store", str(labelled_path)] if labelled else [])
+
     kd_path, plain_path = work / "student-kd.nemo", work / "student-nokd.nemo"
     scratch_path = work / "student-scratch-kd.nemo"
     init = [f"model.init_from_teacher.path={teacher_path}"]
 
     def students() -> dict[str, Any]:
         _run_parallel({
-            "student-kd": _train_command(plan.student_config, kd_path, corpus.train_manifest, None, plan.student_steps,
-                                         plan, 1, ["--store", str(store_path), *init]),
-            "student-nokd": _train_command(plan.student_config, plain_path, corpus.train_manifest, teacher_tokenizer,
-                                           plan.student_steps, plan, 1, ["model.enable_kd=false", *init]),
+            "student-kd": _train_command(plan.student_config, kd_path, manifests, None, plan.student_steps,
+                                         plan, 1, [*stores, *init]),
+            # the twin reads the same stores for the teacher's labels only: it differs from the KD student in the
+            # KD term alone
+            "student-nokd": _train_command(plan.student_config, plain_path, manifests, None,
+                                           plan.student_steps, plan, 1, [*stores, "model.enable_kd=false", *init]),
         }, work / "logs")
         return {"kd": _curve_summary(kd_path), "nokd": _curve_summary(plain_path)}
 
@@ -247,6 +271,6 @@ def run_demo(workdir: str | Path, quick: bool = False, seed: int = 0, progress: 
         trained["teacher"] = (teacher_info.get("train_seconds"), teacher_info.get("steps"))
     store_bytes = sum(f.stat().st_size for f in store_path.rglob("*") if f.is_file())
     report = write_report(work, f"Plan: {asdict(plan)}", corpus, scores, curves, trained, onnx_info, store_bytes,
-                          committed_teacher=bool(teacher_info.get("committed")))
+                          committed_teacher=bool(teacher_info.get("committed")), labelled=labelled)
     echo(f"\nreport: {report}\nplot:   {work / 'report.png'}")
     return report

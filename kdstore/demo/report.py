@@ -46,7 +46,7 @@ def headline(rows: list[ModelRow], sherpa_int8: dict[str, Any] | None) -> str:
     if twin is not None:
         better = student.wer < twin.wer
         verdict = "KD helps" if better else "KD did not help here"
-        text += (f" Its no-KD twin (same teacher initialisation, steps and seed) scores {100 * twin.wer:.2f}% "
+        text += (f" Its no-KD twin (same teacher initialisation, data, steps and seed) scores {100 * twin.wer:.2f}% "
                  f"({verdict}: {100 * abs(twin.wer - student.wer):.2f} WER points {'lower' if better else 'higher'} "
                  "with KD).")
     return text
@@ -131,7 +131,8 @@ def plot_report(rows: list[ModelRow], out_png: Path) -> Path:
 
 def write_report(work: Path, plan_line: str, corpus: Any, scores: dict[str, dict[str, Any]],
                  curves: dict[str, str], trained: dict[str, tuple[float | None, int | None]],
-                 onnx_info: dict[str, Any], store_bytes: int, committed_teacher: bool) -> Path:
+                 onnx_info: dict[str, Any], store_bytes: int, committed_teacher: bool,
+                 labelled: dict[str, Any] | None = None) -> Path:
     """``work``/report.md (headline, scores table, plot, ONNX transcripts) and report.png; returns report.md."""
     rows = [ModelRow(name, s["wer"], s["cer"], s["params"], *trained.get(name, (None, None)),
                      Path(curves[name]) if name in curves else None, s.get("rtf")) for name, s in scores.items()]
@@ -146,11 +147,19 @@ def write_report(work: Path, plan_line: str, corpus: Any, scores: dict[str, dict
                     "trained, its scores)." if committed_teacher else
                     "The teacher here was trained from scratch on this CPU within the demo budget and is weak; KD can "
                     "only pass on what the teacher knows.")
+    untranscribed = ""
+    if labelled:
+        hours = labelled["counts"]["hours"]
+        untranscribed = (
+            f"## Untranscribed audio\n\nBoth students also learn from {hours:.2f} h of untranscribed audio "
+            f"({labelled['teacher_labelled']} utterances of the training voices, text withheld): the teacher labelled "
+            f"it while dumping (`dump-teacher` over a manifest without text). Its labels, scored against the withheld "
+            f"text (`kdstore label-quality`, {labelled['report']}):\n\n{labelled['table']}\n\n")
     report = work / "report.md"
     report.write_text(
         "# kdstore demo report\n\n"
         f"{headline(rows, onnx_info.get('sherpa_int8'))}\n\n"
-        f"{table}\n\n![WER and training curves](report.png)\n\n"
+        f"{table}\n\n![WER and training curves](report.png)\n\n{untranscribed}"
         f"Corpus: synthetic voice commands, {dict(corpus.utterances)} utterances ({dict(corpus.hours)} h); test "
         f"voices unseen in training. {teacher_note} Retention = (1 - WER_student) / (1 - WER_teacher); RTF = "
         "decoding seconds per audio second (NeMo greedy, model loading excluded).\n"

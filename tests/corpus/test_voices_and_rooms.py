@@ -90,3 +90,21 @@ def test_augmentor_config_runs_in_nemo(tmp_path):
     speed = nemo_augment({"speed": {**config["speed"], "prob": 1.0}}, acoustics.SAMPLE_RATE)
     lengths = {len(speed(speech)) for _ in range(20)}
     assert lengths - {len(speech)} and all(21600 <= n <= 26401 for n in lengths)  # 0.9x-1.1x
+
+
+@pytest.mark.parametrize("variety", ["standard", "wide"])
+def test_untranscribed_speakers_are_in_no_other_split(variety, tmp_path):
+    from kdstore.corpus.synthetic import UNTRANSCRIBED, plan_untranscribed
+
+    voices = tts.split_voices(full_inventory(), variety)
+    unheard = tts.unheard_voices(voices["train"])
+    for split in ("train", "val", "test"):
+        assert not ids(unheard) & ids(voices[split]), split
+    assert {v.pitch for family in unheard.values() for v in family} == set(tts.UNHEARD_PITCHES)
+    plan = plan_untranscribed("commands", 0.05, 0, voices, tmp_path)
+    assert plan and {p.split for p in plan} == {UNTRANSCRIBED} and {p.voice.id for p in plan} <= ids(unheard)
+    # training-split sentences only: no test or validation sentence leaks in through the teacher's labels
+    from kdstore.corpus import grammar
+
+    assert {grammar.sentence_split(p.text) for p in plan} == {"train"}
+    assert all(p.path.startswith(str(tmp_path / UNTRANSCRIBED)) for p in plan)
