@@ -172,3 +172,32 @@ def test_label_quality_scores_the_labels_by_confidence_bucket(mixed_store, demo_
     old = run_cli(["label-quality", "--store", str(REPO / "tests/data/store_v1/teacher.zarr"),
                    "--references", str(REPO / "tests/data/store_v1/train.json")])
     assert old.returncode != 0 and "kdstore/1: it keeps no labels" in old.stderr
+
+
+def test_two_ranks_label_as_one_and_gather_what_they_leave_out(teacher, mixed_manifest, mixed_store, tmp_path):
+    """Pseudo-labelling is the expensive part at scale: under torchrun each rank labels its own batches;
+    the store, the labels and the side file (rank 0 gathers the other ranks' left-out lines) equal a
+    one-rank dump's."""
+    reader = StoreReader(mixed_store)
+    threshold = float(np.median([reader.label(i).confidence for i in range(len(reader))
+                                 if reader.label(i).source == "teacher"]))
+    extra = ("--min-confidence", f"{threshold}")
+    one = tmp_path / "one.zarr"
+    assert run_cli(args(teacher, mixed_manifest, one, *extra)).returncode == 0
+    two = tmp_path / "two.zarr"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
+                "-m", "kdstore.cli.main", *args(teacher, mixed_manifest, two, *extra)]
+    result = subprocess.run(torchrun, check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert verify_store(two) and len(StoreReader(two).parts) == 2
+    a, b = StoreReader(one), StoreReader(two)
+    assert sorted(a.keys) == sorted(b.keys)
+    for key in a.keys:
+        la, lb = a.label_of(key), b.label_of(key)
+        assert (la.text, la.source, la.ids.tolist()) == (lb.text, lb.source, lb.ids.tolist())
+        assert la.confidence == pytest.approx(lb.confidence, abs=1e-5)
+    assert a.metadata.labels.dropped_low_confidence == b.metadata.labels.dropped_low_confidence > 0
+    side = lambda path: sorted(json.loads(x)["utterance"] for x in Path(f"{path}.skipped.jsonl").read_text().splitlines())  # noqa: E731
+    assert side(one) == side(two) and len(side(two)) == b.metadata.labels.dropped_low_confidence
+    assert not list(tmp_path.glob("two.zarr.skipped.jsonl.rank*")), "rank side files are merged and removed"
