@@ -34,8 +34,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from _report import machine, write_section
-from study import (HEADLINE, curve_summary, default_teacher, file_id, fmt_wer, folder_bytes, kdstore_cmd,
-                   parse_eval_json, run_jobs, run_logged, versions)
+from study import (
+    HEADLINE,
+    curve_summary,
+    default_teacher,
+    file_id,
+    fmt_wer,
+    folder_bytes,
+    kdstore_cmd,
+    parse_eval_json,
+    run_jobs,
+    run_logged,
+    versions,
+)
 
 SECTION = "## Untranscribed audio: the teacher labels it, the student learns from it"
 
@@ -157,16 +168,16 @@ def report(bench: Bench, rows: list[Row], seeds: list[int], results: dict, store
            corpus: dict, threshold: float) -> str:
     by_row = {r.name: [results[f"{r.name}-s{s}"]["wer"] for s in seeds if f"{r.name}-s{s}" in results] for r in rows}
     lines = [f"Measured {datetime.date.today()} on {machine()}; {versions()}.", "",
-             f"Command: `python bench/untranscribed.py --corpus-dir {bench.args.corpus_dir} --steps {bench.args.steps} "
+             (f"Command: `python bench/untranscribed.py --corpus-dir {bench.args.corpus_dir} --steps {bench.args.steps} "
              f"--seeds {' '.join(map(str, seeds))}` (corpus: `kdstore prepare-demo --voices wide --hours 1 "
-             "--untranscribed-hours 1`).", "",
-             f"Corpus: train {corpus['train']['utterances']} utterances ({corpus['train']['hours']:.3f} h), "
+             "--untranscribed-hours 1`)."), "",
+             (f"Corpus: train {corpus['train']['utterances']} utterances ({corpus['train']['hours']:.3f} h), "
              f"untranscribed {corpus['untranscribed']['utterances']} ({corpus['untranscribed']['hours']:.3f} h, speakers "
              f"of no other split (training voices at unheard pitches), new training-split sentences, text withheld), "
              f"test {corpus['test']['utterances']} "
              "(unseen voices). Student: the demo's headline `tiny-teacher-2l` (2 of the teacher's 4 layers, started "
              f"from the teacher, hybrid, kd_alpha 0.8), {bench.args.steps} steps, batch {bench.args.batch_size}, "
-             "one thread per run, two runs side by side.", "",
+             "one thread per run, two runs side by side."), "",
              "### Label quality of the teacher's labels (untranscribed split vs the withheld text)", "",
              quality["table"], "",
              f"`plus-filtered` uses `--min-confidence {threshold:.4f}`.", "",

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import datetime as _dt
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 

@@ -88,7 +88,7 @@ def _wer(errors: list[Errors]) -> float:
 def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     if len(x) < 3 or np.all(x == x[0]) or np.all(y == y[0]):
         return None
-    rank = lambda v: np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(float)  # noqa: E731
+    rank = lambda v: np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(float)
     return float(np.corrcoef(rank(x), rank(y))[0, 1])
 
 

@@ -128,7 +128,7 @@ class StoreReader:
     def _part_labels(self, part: int) -> _PartLabels:
         if part not in self._labels:
             base = layout.part_name(part)
-            read = lambda name: np.asarray(self._source.array(f"{base}/{name}")[:])  # noqa: E731
+            read = lambda name: np.asarray(self._source.array(f"{base}/{name}")[:])
             self._labels[part] = _PartLabels(read(layout.LABEL_OFFSET), read(layout.LABEL_IDS).astype(np.int64),
                                              read(layout.TEXT_OFFSET), read(layout.TEXT_BYTES).tobytes(),
                                              read(layout.LABEL_SOURCE), read(layout.CONFIDENCE))

@@ -130,7 +130,7 @@ def _check_labels(source: Source, base: str, labels: np.ndarray, rules: PartRule
     for name in layout.LABEL_ARRAYS:
         if not source.has(f"{base}/{name}"):
             raise StoreError(f"{base}/{name}: missing (required in kdstore/2 stores)")
-    read = lambda name, size=None: np.asarray(source.array(f"{base}/{name}")[:size])  # noqa: E731
+    read = lambda name, size=None: np.asarray(source.array(f"{base}/{name}")[:size])
     label_offset, text_offset = read(layout.LABEL_OFFSET, n + 1), read(layout.TEXT_OFFSET, n + 1)
     for name, offsets in ((layout.LABEL_OFFSET, label_offset), (layout.TEXT_OFFSET, text_offset)):
         if offsets.shape != (n + 1,) or offsets[0] != 0 or np.any(np.diff(offsets) < 0):

@@ -198,6 +198,6 @@ def test_two_ranks_label_as_one_and_gather_what_they_leave_out(teacher, mixed_ma
         assert (la.text, la.source, la.ids.tolist()) == (lb.text, lb.source, lb.ids.tolist())
         assert la.confidence == pytest.approx(lb.confidence, abs=1e-5)
     assert a.metadata.labels.dropped_low_confidence == b.metadata.labels.dropped_low_confidence > 0
-    side = lambda path: sorted(json.loads(x)["utterance"] for x in Path(f"{path}.skipped.jsonl").read_text().splitlines())  # noqa: E731
+    side = lambda path: sorted(json.loads(x)["utterance"] for x in Path(f"{path}.skipped.jsonl").read_text().splitlines())
     assert side(one) == side(two) and len(side(two)) == b.metadata.labels.dropped_low_confidence
     assert not list(tmp_path.glob("two.zarr.skipped.jsonl.rank*")), "rank side files are merged and removed"
