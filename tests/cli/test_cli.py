@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from kdstore.cli.main import COMMANDS, cli
 
-VERBS = ["prepare-demo", "prepare-librispeech", "dump-teacher", "inspect", "convert", "train-student", "eval",
+VERBS = ["prepare-demo", "prepare-librispeech", "dump-teacher", "label-quality", "inspect", "convert", "train-student", "eval",
          "export-onnx", "transcribe", "demo"]
 
 
