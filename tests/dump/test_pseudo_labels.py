@@ -144,7 +144,10 @@ def test_resume_of_an_interrupted_pseudo_label_dump_equals_an_uninterrupted_one(
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 0 < part_progress(out) < len(StoreReader(ref)), "the kill must land mid-way"
+    killed_at = part_progress(out)
+    assert 0 < killed_at < len(StoreReader(ref)), "the kill must land mid-way"
+    checked = run_cli(["inspect", str(out), "--verify"])  # the committed prefix, labels included
+    assert checked.returncode == 0 and f"unfinished dump: {killed_at} utterances" in checked.stdout, checked.stderr
     result = run_cli(args(teacher, mixed_manifest, out, "--band", "3", "--resume"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert verify_store(out)
