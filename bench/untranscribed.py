@@ -160,8 +160,8 @@ class Bench:
 
 
 def min_confidence_from(quality: dict) -> float:
-    """The upper edge of the least sure bucket: --min-confidence just above it leaves that bucket out."""
-    return float(quality["buckets"][0]["high"]) + 1e-4
+    """The label-quality table's second threshold: the value that leaves the least sure bucket out."""
+    return float(quality["thresholds"][1]["min_confidence"])
 
 
 def report(bench: Bench, rows: list[Row], seeds: list[int], results: dict, stores: dict, quality: dict,

@@ -80,6 +80,8 @@ def command(teacher, manifest, out, top_k, batch_size, value_dtype, band, ctc, d
     labels = meta.labels
     if labels is not None and (labels.teacher_labelled or labels.dropped_low_confidence or labels.dropped_empty):
         click.echo(f"labelled by the teacher ({labels.search}): {labels.teacher_labelled} utterances; left out: "
-                   f"{labels.dropped_low_confidence} below --min-confidence, {labels.dropped_empty} with no words")
+                   f"{labels.dropped_low_confidence} below --min-confidence, {labels.dropped_empty} with no words"
+                   + (f" (listed in {out}.skipped.jsonl; train-student leaves them out too)"
+                      if labels.dropped_low_confidence or labels.dropped_empty else ""))
     if meta.extra.get("skipped_lines"):
         click.echo(f"skipped {meta.extra['skipped_lines']} bad manifest lines: see {meta.extra['skipped_file']}")

@@ -49,8 +49,6 @@ def command(config: str, stores: tuple[str, ...], skip_bad: bool, progress: bool
     result = train_student(cfg, progress=progress, echo=click.echo)
     click.echo(f"saved {result.model_path} ({result.params / 1e6:.2f}M params, {result.steps} steps, "
                f"{result.seconds:.0f} s); curve: {result.curve_csv}")
-    if result.teacher_labelled:
-        click.echo(f"{result.teacher_labelled} training utterances learn from the teacher's own labels (pseudo-labels)")
     if result.init_report:
         click.echo(f"teacher initialisation (what was copied, what was not and why): {result.init_report}")
     if result.skipped_lines:

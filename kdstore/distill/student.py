@@ -57,15 +57,22 @@ class KDMixin:
         policy = BadInputPolicy(skip_bad=data.skip_bad, side_file=Path(data.skipped_file) if data.skipped_file else None,
                                 listed_in=data.skipped_file or "<output>.skipped.jsonl")
         store = self._stores() if with_store else None
-        stored_ids = None
+        stored_ids = left_out = None
         if store is not None:
+            def left_out(entry):
+                found = store.left_out(entry.key) if entry.key not in store else None
+                return None if found is None else f"{found[1]} in {found[0]}"
+
             def stored_ids(entry):
                 label = store.label(entry.key) if entry.key in store else None
                 return label.ids if label is not None and (label.source == "teacher" or not entry.text) else None
         rules = rules_for(self, front_end_from_config(self.cfg))
         entries = [entry for manifest in split_paths(data.manifest_filepath)
-                   for entry in screened_manifest(manifest, self.tokenizer.text_to_ids, rules, policy, labels=stored_ids)]
+                   for entry in screened_manifest(manifest, self.tokenizer.text_to_ids, rules, policy, labels=stored_ids,
+                                                  leave_out=left_out)]
         self.skipped_lines = getattr(self, "skipped_lines", 0) + len(policy.skipped)
+        if policy.left_out and isinstance(data, TrainDataSection):
+            self.left_out_by_dump = len(policy.left_out)
         if data.max_duration is not None:
             entries = [e for e in entries if e.duration <= data.max_duration]
         labels = None
@@ -73,6 +80,12 @@ class KDMixin:
             labels = check_alignment_upfront(entries, self.tokenizer.text_to_ids, store, store.metadata.front_end)
             self.teacher_labelled = sum(1 for e in entries if (lab := store.label(e.key)) is not None
                                         and lab.source == "teacher")
+            if isinstance(data, TrainDataSection):
+                self.train_data_summary = (
+                    f"training data: {len(entries)} utterances, {self.teacher_labelled} of them on the teacher's own "
+                    "labels (pseudo-labels)" + (f"; {len(policy.left_out)} manifest lines left out, as dump-teacher "
+                                                "decided (low teacher confidence or no words; listed in the store's "
+                                                ".skipped.jsonl)" if policy.left_out else ""))
         train = isinstance(data, TrainDataSection)
         shuffle = train and data.shuffle
         augment = nemo_augment(data.augmentor, data.sample_rate) if train else None

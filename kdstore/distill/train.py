@@ -45,6 +45,7 @@ class TrainResult:
     skipped_lines: int = 0  # manifest lines skipped under model.train_ds.skip_bad
     init_report: Path | None = None  # model.init_from_teacher's table (init_from_teacher.md)
     teacher_labelled: int = 0  # training utterances whose label is the teacher's (pseudo-labels from a store)
+    left_out_by_dump: int = 0  # manifest lines a store's dump labelled but left out (--min-confidence, no words)
 
 
 def check_store_compatible(model_cfg: Any, model: ModelSection, store_path: str, kd_on: bool = True) -> Any:
@@ -166,6 +167,8 @@ def train_student(cfg: Any, progress: bool = False, echo: Callable[[str], None] 
                                 validation=bool(model.validation_ds.manifest_filepath))
 
     student = build_student(cfg.model, trainer=trainer)
+    if getattr(student, "train_data_summary", None):
+        (echo or (lambda line: None))(student.train_data_summary)
     student.rnnt_loss_choice = run.rnnt_loss
     init_report = initialise(student, cfg, model, workdir, echo or (lambda line: None))
     params = int(sum(p.numel() for p in student.parameters()))
@@ -185,7 +188,7 @@ def train_student(cfg: Any, progress: bool = False, echo: Callable[[str], None] 
     best = next(iter(sorted(Path(log_dir).rglob(f"{settings.name}.nemo"))), None) if log_dir else None
     return TrainResult(output, steps, seconds, params, curve_csv, dict(getattr(student, "last_step_logs", {})),
                        log_dir, best, int(getattr(student, "skipped_lines", 0)), init_report,
-                       int(getattr(student, "teacher_labelled", 0)))
+                       int(getattr(student, "teacher_labelled", 0)), int(getattr(student, "left_out_by_dump", 0)))
 
 
 def initialise(student: Any, cfg: Any, model: ModelSection, workdir: Path, echo: Callable[[str], None]) -> Path | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from kdstore.errors import KdstoreError
@@ -65,5 +66,6 @@ def decode(model: Any, encoded: torch.Tensor, encoded_len: torch.Tensor) -> list
 
 def mean_token_logp(log_z: float, labels: int) -> float:
     """Confidence of a label of ``labels`` tokens whose sequence log-likelihood is ``log_z`` (nats):
-    log P(y | x) / max(U, 1), nats per token."""
-    return float(log_z) / max(labels, 1)
+    log P(y | x) / max(U, 1), nats per token, at the store's float32 precision (so the value the
+    ``--min-confidence`` filter compares is the one the store, the side file and label-quality show)."""
+    return float(np.float32(float(log_z) / max(labels, 1)))

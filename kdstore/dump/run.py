@@ -163,11 +163,14 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
             extra={"teacher_path": str(teacher_path), "manifest_path": str(manifest_path),
                    "settings": {k: v for k, v in asdict(settings).items() if k not in ("overwrite", "resume", "progress")}},
         )
+        bad = len(policy.skipped) - sum(dropped.values())
         if policy.skipped:
-            metadata = dataclasses.replace(metadata, extra={**metadata.extra, "skipped_lines": len(policy.skipped),
+            metadata = dataclasses.replace(metadata, extra={**metadata.extra, "skipped_lines": bad,
                                                             "skipped_file": str(side_file)})
         try:
-            return commit_store(group, metadata, tokenizer_files)
+            left_out = {item.key: item.kind for item in policy.skipped
+                        if item.kind in ("low_confidence", "empty_label") and item.key}
+            return commit_store(group, metadata, tokenizer_files, left_out)
         except OSError as err:
             raise StoreError(f"committing {out} failed ({err}); every part is complete: fix the disk or "
                              "permissions and rerun with --resume to commit") from err
@@ -190,7 +193,8 @@ def _gather_rank_side_files(side_file: Path, ranks: Ranks, policy: BadInputPolic
         for line in lines:
             row = json.loads(line)
             policy.skipped.append(Skipped(row["kind"], row["file"], row["line"], row["utterance"], row["reason"],
-                                          row.get("raw"), label=row.get("label"), confidence=row.get("confidence")))
+                                          row.get("raw"), label=row.get("label"), confidence=row.get("confidence"),
+                                          key=row.get("key")))
         if lines:
             with side_file.open("a", encoding="utf-8") as handle:
                 handle.write("\n".join(lines) + "\n")
@@ -245,8 +249,10 @@ def _dump_batch(model, dataset, batch_indices, todo, writer, settings: DumpSetti
                 writer.add_utterance(key, **rows)
             else:
                 kind, why = reason
-                policy.drop(Skipped(kind, manifest, entry.line, entry.audio_filepath, why, None,
-                                    label=label.text, confidence=round(label.confidence, 4)))
+                raw = json.dumps({"audio_filepath": entry.audio_filepath, "duration": entry.duration,
+                                  "offset": entry.offset, **({"text": entry.text} if entry.text else {})})
+                policy.drop(Skipped(kind, manifest, entry.line, entry.audio_filepath, why, raw,
+                                    label=label.text, confidence=label.confidence, key=entry.key))
 
 
 def _rows_in_order(model, items, todo, spec, settings, entries):

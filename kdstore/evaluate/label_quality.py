@@ -12,6 +12,7 @@ labels within 10% WER of the teacher's; arXiv 2311.00430, section 3.2).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from kdstore.errors import KdstoreError
 from kdstore.evaluate.scoring import Errors, score
 from kdstore.inputs.manifest import read_manifest
 from kdstore.store import StoreReader
+
+
+DECIMALS = 4  # confidences are shown (and thresholds rounded down) to this many decimals
 
 
 @dataclass(frozen=True)
@@ -104,10 +108,16 @@ def label_quality(store_path: str | Path, references: str | Path, *, buckets: in
     if not reader.has_labels:
         raise KdstoreError(f"store {store_path} is {reader.metadata.format}: it keeps no labels; dump the teacher "
                            "again with this kdstore to store and score its labels")
-    refs = {e.key: e.text for e in read_manifest(references)}
+    refs = {e.key: e.text for e in read_manifest(references, require_text=False)}
+    if not any(refs.values()):
+        raise KdstoreError(f"{references} has no text on any line: give the manifest that holds the withheld "
+                           "transcripts (for the demo corpus: untranscribed.refs.json)")
     sources = ("teacher", "person") if include_person else ("teacher",)
     labels = [reader.label(i) for i in range(len(reader))]
     labels = [lab for lab in labels if lab.source in sources]
+    if not labels:
+        raise KdstoreError(f"store {store_path} holds no teacher labels (every line had text when it was dumped); "
+                           "score its person labels with --include-person, or dump with --pseudo-label")
     paired = [lab for lab in labels if refs.get(lab.key)]
     if not paired:
         raise KdstoreError(f"none of the {len(labels)} {'/'.join(sources)} labels in {store_path} has a line with text "
@@ -124,9 +134,12 @@ def label_quality(store_path: str | Path, references: str | Path, *, buckets: in
                                ref_words=sum(per_utt[i].ref_words for i in g)) for g in groups)
     thresholds = []
     for b in bucket_rows:
-        kept = [i for i in range(len(paired)) if conf[i] >= b.low]
-        dropped = [i for i in range(len(paired)) if conf[i] < b.low]
-        thresholds.append(Threshold(min_confidence=b.low, kept_utterances=len(kept),
+        # the edge rounded down to the 4 decimals shown, and counted with that value: copying it into
+        # --min-confidence keeps exactly what the row says
+        edge = math.floor(b.low * 10**DECIMALS) / 10**DECIMALS
+        kept = [i for i in range(len(paired)) if conf[i] >= edge]
+        dropped = [i for i in range(len(paired)) if conf[i] < edge]
+        thresholds.append(Threshold(min_confidence=edge, kept_utterances=len(kept),
                                     kept_hours_share=round(float(hours[kept].sum() / hours.sum()), 4),
                                     kept_wer=_wer([per_utt[i] for i in kept]),
                                     dropped_wer=_wer([per_utt[i] for i in dropped]) if dropped else None))
@@ -146,7 +159,7 @@ def plot_label_quality(quality: LabelQuality, out_png: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    names = [f"{b.low:.2f}..{b.high:.2f}" for b in quality.buckets]
+    names = [f"{b.low:.{DECIMALS}f}..{b.high:.{DECIMALS}f}" for b in quality.buckets]
     left.bar(range(len(names)), [100 * b.wer for b in quality.buckets], color="#4c72b0")
     left.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     left.set_xlabel("teacher confidence bucket (mean log-prob per token, nats)")
@@ -156,7 +169,7 @@ def plot_label_quality(quality: LabelQuality, out_png: str | Path) -> Path:
     ys = [100 * t.kept_wer for t in quality.thresholds]
     right.plot(xs, ys, "o-", color="#dd8452")
     for t, x, y in zip(quality.thresholds, xs, ys, strict=True):
-        right.annotate(f"{t.min_confidence:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        right.annotate(f"{t.min_confidence:.{DECIMALS}f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     right.set_xlabel("hours kept %")
     right.set_ylabel("label WER of the kept audio %")
     right.set_title("--min-confidence: what it keeps")

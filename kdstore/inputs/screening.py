@@ -17,9 +17,9 @@ fields of ``Skipped.to_json``:
   LibriSpeech utterance id);
 * ``reason`` (str): one sentence saying what is wrong;
 * ``raw`` (str or null): the line as written (manifests, transcripts), when there is one;
-* ``label`` (str or null) and ``confidence`` (float, nats per token, or null): only for utterances the
-  teacher labelled and ``dump-teacher`` left out (``low_confidence``, ``empty_label``): its label and
-  how sure it was (``kdstore.dump.pseudo_labels``).
+* ``label`` (str), ``confidence`` (float, nats per token) and ``key`` (str): only for utterances the
+  teacher labelled and ``dump-teacher`` left out (``low_confidence``, ``empty_label``): its label, how
+  sure it was (``kdstore.dump.pseudo_labels``) and the store key (the store records these keys too).
 
 Filters are not errors: ``dump-teacher --min-confidence`` leaves weak teacher labels out and lists
 them (``BadInputPolicy.drop``) with or without ``--skip-bad``.
@@ -69,6 +69,7 @@ class Skipped:
     hint: str = field(default=FIX_LINE, compare=False)
     label: str | None = None  # the teacher's label, for utterances it labelled and that were left out
     confidence: float | None = None  # its confidence (nats per token), ditto
+    key: str | None = None  # the utterance's store key, ditto (so a store can record what it left out)
 
     @property
     def where(self) -> str:
@@ -78,7 +79,7 @@ class Skipped:
         out = {"kind": self.kind, "file": self.file, "line": self.line, "utterance": self.utterance,
                "reason": self.reason, "raw": self.raw}
         if self.label is not None or self.confidence is not None:
-            out.update(label=self.label, confidence=self.confidence)
+            out.update(label=self.label, confidence=self.confidence, key=self.key)
         return out
 
 
@@ -97,6 +98,7 @@ class BadInputPolicy:
     skipped: list[Skipped] = field(default_factory=list)
 
     reset_side_file: bool = False  # empty the side file even without skip_bad (a run that filters)
+    left_out: list[tuple[ManifestEntry, str]] = field(default_factory=list)  # left out on purpose upstream, with why
 
     def __post_init__(self) -> None:
         if (self.skip_bad or self.reset_side_file) and self.side_file is not None:
@@ -184,17 +186,24 @@ def entry_problem(entry: ManifestEntry, tokens: Sequence[int] | None, rules: Scr
 
 def screened_manifest(path: str | Path, tokenize: Callable[[str], Sequence[int]], rules: ScreenRules,
                       policy: BadInputPolicy, *, labels: Callable[[ManifestEntry], Sequence[int] | None] | None = None,
-                      untranscribed: bool = False) -> list[ManifestEntry]:
+                      untranscribed: bool = False,
+                      leave_out: Callable[[ManifestEntry], str | None] | None = None) -> list[ManifestEntry]:
     """Read and check a manifest under ``policy``; returns the usable entries in manifest order.
 
     ``untranscribed``: lines without ``text`` are kept (only their audio is checked; the teacher labels
     them). ``labels``: the token ids an entry will be trained on when they are not its transcript's
-    (a store's pseudo-label; None: tokenise ``text``). Raises ``ManifestError`` at the first bad line
+    (a store's pseudo-label; None: tokenise ``text``). ``leave_out``: why an entry was left out on
+    purpose upstream (``dump-teacher --min-confidence``), or None; such entries are not bad input:
+    they go to ``policy.left_out``, not to the side file. Raises ``ManifestError`` at the first bad line
     (not skipping) or when no line is usable.
     """
     entries = read_manifest(path, on_bad_line=policy, require_text=not untranscribed and labels is None)
     good = []
     for entry in entries:
+        why = leave_out(entry) if leave_out is not None else None
+        if why is not None:
+            policy.left_out.append((entry, why))
+            continue
         given = labels(entry) if labels is not None else None
         if given is not None:
             tokens: Sequence[int] | None = list(given)

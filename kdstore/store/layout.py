@@ -37,6 +37,11 @@ LABEL_SOURCE = "utt/label_source"  # uint8 [n]: 0 = person (the manifest's text)
 CONFIDENCE = "utt/confidence"  # float32 [n]: log P(label | audio) / max(U, 1) under the teacher, nats per token
 LABEL_ARRAYS = (LABEL_OFFSET, LABEL_IDS, TEXT_OFFSET, TEXT_BYTES, LABEL_SOURCE, CONFIDENCE)
 SOURCE_CODES = {"person": 0, "teacher": 1}
+# root, kdstore/2: utterances the dump labelled but left out on purpose (written by the commit step)
+LEFT_OUT_KEY_BYTES = "left_out/key_bytes"  # uint8: UTF-8 keys concatenated
+LEFT_OUT_KEY_OFFSET = "left_out/key_offset"  # int64 [M+1]
+LEFT_OUT_KIND = "left_out/kind"  # uint8 [M]: LEFT_OUT_CODES
+LEFT_OUT_CODES = {"low_confidence": 0, "empty_label": 1}
 
 PART_INDEX_ARRAYS = (KEY_BYTES, KEY_OFFSET, FRAMES, LABELS, NODE_OFFSET, FRAME_OFFSET)
 NODE_ARRAYS = (LOGP, IDS, BLANK_LABEL)

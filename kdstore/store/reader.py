@@ -146,6 +146,20 @@ class StoreReader:
         text = p.text_bytes[int(p.text_offset[j]) : int(p.text_offset[j + 1])].decode("utf-8")
         return StoredLabel(self.keys[index], ids, text, LABEL_SOURCES[int(p.source[j])], float(p.confidence[j]))
 
+    @property
+    def left_out(self) -> dict[str, str]:
+        """key -> why ("low_confidence" | "empty_label") of the utterances the dump labelled but left
+        out on purpose (``kdstore/2``; empty for ``kdstore/1``)."""
+        if "_left_out" not in self.__dict__:
+            found: dict[str, str] = {}
+            if self.has_labels and self._source.has(layout.LEFT_OUT_KIND):
+                names = {code: name for name, code in layout.LEFT_OUT_CODES.items()}
+                kinds = np.asarray(self._source.array(layout.LEFT_OUT_KIND)[:])
+                keys = _keys(self._source, layout.LEFT_OUT_KEY_BYTES, layout.LEFT_OUT_KEY_OFFSET)
+                found = {key: names[int(kind)] for key, kind in zip(keys, kinds, strict=True)}
+            self.__dict__["_left_out"] = found
+        return self.__dict__["_left_out"]
+
     def label_of(self, key: str) -> StoredLabel:
         """:meth:`label` by key (StoreError for a key not in the store)."""
         return self.label(self.index_of(key))

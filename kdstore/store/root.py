@@ -75,8 +75,27 @@ def write_tokenizer(group: zarr.Group, files: dict[str, bytes]) -> None:
                            compressors=layout.compressors(), overwrite=True)
 
 
-def commit_store(group: zarr.Group, metadata: StoreMetadata, tokenizer_files: dict[str, bytes]) -> StoreMetadata:
-    """Merge every complete part's index into the root index and write the metadata attribute last."""
+def _write_left_out(group: zarr.Group, left_out: dict[str, str], stored: set[bytes]) -> None:
+    encoded = [key.encode("utf-8") for key in sorted(left_out)]
+    if stored & set(encoded):
+        raise StoreError("an utterance is both stored and left out; dump again with --overwrite")
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(k) for k in encoded])
+    arrays = {layout.LEFT_OUT_KEY_BYTES: np.frombuffer(b"".join(encoded), dtype=np.uint8),
+              layout.LEFT_OUT_KEY_OFFSET: offsets,
+              layout.LEFT_OUT_KIND: np.array([layout.LEFT_OUT_CODES[left_out[k]] for k in sorted(left_out)],
+                                             dtype=np.uint8)}
+    for name, data in arrays.items():
+        group.create_array(name, data=data, chunks=(max(1, min(len(data), layout.INDEX_CHUNK * 4)),),
+                           compressors=layout.compressors(), overwrite=True)
+
+
+def commit_store(group: zarr.Group, metadata: StoreMetadata, tokenizer_files: dict[str, bytes],
+                 left_out: dict[str, str] | None = None) -> StoreMetadata:
+    """Merge every complete part's index into the root index and write the metadata attribute last.
+
+    ``left_out`` (``kdstore/2``): key -> why (``layout.LEFT_OUT_CODES``) of each utterance the dump
+    labelled but left out on purpose, so training can tell them from lines nobody dumped."""
     parts = sorted(int(name) for name in group[layout.PARTS_GROUP].group_keys())
     if not parts:
         raise StoreError("no parts to commit: the dump wrote nothing")
@@ -111,6 +130,8 @@ def commit_store(group: zarr.Group, metadata: StoreMetadata, tokenizer_files: di
     for name, data in index.items():
         group.create_array(name, data=data, chunks=(max(1, min(len(data), layout.INDEX_CHUNK * 4)),),
                            compressors=layout.compressors(), overwrite=True)
+    if metadata.labels is not None:
+        _write_left_out(group, left_out or {}, set(keys))
     write_tokenizer(group, tokenizer_files)
     counts = Counts(utterances=utterances, nodes=nodes, frames=frames, hours=metadata.counts.hours)
     final = dataclasses.replace(metadata, counts=counts)

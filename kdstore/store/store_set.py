@@ -38,6 +38,12 @@ class StoreSet:
     def __init__(self, paths: Sequence[str | os.PathLike]) -> None:
         if not paths:
             raise StoreError("no store given")
+        seen: dict[str, str] = {}
+        for path in paths:
+            resolved = os.path.realpath(str(path)) if "://" not in str(path) else str(path)
+            if resolved in seen:
+                raise StoreError(f"store {path} is given twice (also as {seen[resolved]}); give each store once")
+            seen[resolved] = str(path)
         self.readers = [StoreReader(p) for p in paths]
         first = self.readers[0]
         for reader in self.readers[1:]:
@@ -93,6 +99,15 @@ class StoreSet:
         s, i = self.locate(key)
         reader = self.readers[s]
         return reader.label(i) if reader.has_labels else None
+
+    def left_out(self, key: str) -> tuple[str, str] | None:
+        """(store path, why) when a store's dump labelled ``key`` but left it out on purpose
+        (``--min-confidence``, or no words), else None."""
+        for reader in self.readers:
+            why = reader.left_out.get(key)
+            if why is not None:
+                return reader.path, why
+        return None
 
     def read_batch(self, keys: Sequence[str], dense: bool = True) -> list[UtteranceRows]:
         """Rows for ``keys`` (few reads per store), in request order, cut to what every store has."""

@@ -67,12 +67,14 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
     if meta.labels is not None:
         labels = [reader.label(i) for i in range(len(reader))]
         teacher = [lab.confidence for lab in labels if lab.source == "teacher"]
-        summary["teacher_labels"] = f"{len(teacher)} of {len(labels)} utterances ({meta.labels.search})"
+        summary["teacher_labels"] = len(teacher)  # utterances whose label is the teacher's hypothesis
         if teacher:
-            summary["teacher_label_confidence"] = (f"median {float(np.median(teacher)):.4f}, min {min(teacher):.4f} "
-                                                   "nats per token")
-        left_out = meta.labels.dropped_low_confidence + meta.labels.dropped_empty
-        if left_out or meta.labels.min_confidence is not None:
-            summary["labels_left_out"] = (f"{meta.labels.dropped_low_confidence} below min_confidence "
-                                          f"{meta.labels.min_confidence}, {meta.labels.dropped_empty} empty")
+            summary["teacher_search"] = meta.labels.search
+            summary["teacher_label_confidence_median"] = round(float(np.median(teacher)), 4)  # nats per token
+            summary["teacher_label_confidence_min"] = round(min(teacher), 4)
+        if meta.labels.min_confidence is not None:
+            summary["min_confidence"] = meta.labels.min_confidence
+        if meta.labels.dropped_low_confidence or meta.labels.dropped_empty:
+            summary["left_out_low_confidence"] = meta.labels.dropped_low_confidence
+            summary["left_out_empty"] = meta.labels.dropped_empty
     return summary

@@ -181,6 +181,12 @@ def verify_store(path: str | os.PathLike) -> bool:
         _check_part(source, index, part, rules)
     if meta.labels is not None:
         teacher = sum(reader.label(i).source == "teacher" for i in range(n))
+        left_out = reader.left_out
+        if set(left_out) & set(reader.keys):
+            raise StoreError(f"{layout.LEFT_OUT_KEY_BYTES}: an utterance is both stored and left out")
+        expected = meta.labels.dropped_low_confidence + meta.labels.dropped_empty
+        if len(left_out) != expected:
+            raise StoreError(f"{layout.LEFT_OUT_KEY_BYTES}: {len(left_out)} keys, but labels.dropped_* count {expected}")
         if teacher != meta.labels.teacher_labelled:
             raise StoreError(f"labels.teacher_labelled is {meta.labels.teacher_labelled} but {teacher} utterances "
                              "carry a teacher label")

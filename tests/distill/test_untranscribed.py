@@ -103,6 +103,25 @@ def test_two_stores_train_together_without_copying(sets, tmp_path):
     assert result.steps == 2 and result.teacher_labelled == 6
     with pytest.raises(StoreError, match="is in both"):
         StoreSet([s1, sets["mixed"][1]])
+    with pytest.raises(StoreError, match="given twice"):
+        StoreSet([s1, Path(str(s1) + "/")])
+
+
+def test_lines_the_dump_left_out_are_left_out_of_training_too(sets, teacher, tmp_path):
+    """dump-teacher --min-confidence leaves weak labels out; training on the same manifest must skip those
+    lines (the store records them), not call them bad input."""
+    from kdstore.dump.run import DumpSettings, dump_teacher
+
+    manifest, store = sets["untranscribed"]
+    reader = StoreReader(store)
+    confidences = sorted(reader.label(i).confidence for i in range(len(reader)))
+    threshold = confidences[len(confidences) // 2]
+    filtered = tmp_path / "filtered.zarr"
+    meta = dump_teacher(teacher, manifest, filtered, DumpSettings(batch_size=4, min_confidence=threshold))
+    weak = sum(c < threshold for c in confidences)
+    assert meta.labels.dropped_low_confidence == weak > 0 and len(StoreReader(filtered).left_out) == weak
+    result = train(tmp_path, [manifest], [filtered])
+    assert result.left_out_by_dump == weak and result.teacher_labelled == 6 - weak and result.skipped_lines == 0
 
 
 def test_labels_from_a_store_without_kd(sets, tmp_path):

@@ -109,7 +109,7 @@ def test_pseudo_label_flag_labels_every_line_and_beam_search_is_recorded(teacher
     assert labels.teacher_labelled == len(reader)
     assert {reader.label(i).source for i in range(len(reader))} == {"teacher"}
     shown = run_cli(["inspect", str(out)])
-    assert f"{len(reader)} of {len(reader)} utterances (beam (size 2))" in shown.stdout
+    assert "teacher_search: beam (size 2)" in shown.stdout
     assert "labelled by the teacher (beam (size 2))" in result.stdout
 
 
@@ -128,6 +128,9 @@ def test_min_confidence_leaves_weak_labels_out_and_lists_them(teacher, mixed_man
     assert all(kept.label(i).confidence >= threshold for i in range(len(kept)) if kept.label(i).source == "teacher")
     side = [json.loads(line) for line in Path(f"{out}.skipped.jsonl").read_text().splitlines()]
     assert len(side) == len(weak) and {row["kind"] for row in side} == {"low_confidence"}
+    assert sorted(kept.left_out) == sorted(row["key"] for row in side)  # the store records what it left out
+    assert set(kept.left_out.values()) == {"low_confidence"} and verify_store(out)
+    assert "bad manifest lines" not in result.stdout and "train-student leaves them out too" in result.stdout
     assert all(row["confidence"] < threshold and row["label"] and row["line"] >= 1 for row in side)
     assert sorted(round(row["confidence"], 3) for row in side) == sorted(round(c, 3) for c in weak)
 
