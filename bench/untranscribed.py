@@ -15,7 +15,9 @@ the same steps, batch size and seed per seed column, and is scored on test.json 
 
 - ``base``: train.json with the train store (what ``kdstore demo`` did before);
 - ``plus-untranscribed``: train.json + untranscribed.json with both stores (``--store`` twice);
-- ``plus-filtered``: the same with the filtered store.
+- ``plus-filtered``: the same with the filtered store;
+- ``plus-kd-only``: both stores, the teacher-labelled utterances learn from the lattice only
+  (``model.kd.pseudo_label_alpha=1``: no RNN-T/CTC term on their hard labels).
 
     python bench/untranscribed.py --corpus-dir /tmp/study13/corpus --workdir /tmp/study13/work --out docs/benchmarks.md
 
@@ -58,6 +60,7 @@ class Row:
     stores: tuple[str, ...]
     manifests: tuple[str, ...]
     kd: bool = True
+    overrides: tuple[str, ...] = ()
 
 
 ROWS = [
@@ -66,6 +69,8 @@ ROWS = [
         ("train", "untranscribed")),
     Row("plus-filtered", "+ teacher-labelled audio, least sure fifth left out (--min-confidence)",
         ("train", "filtered"), ("train", "untranscribed")),
+    Row("plus-kd-only", "+ teacher-labelled audio, KD only on it (model.kd.pseudo_label_alpha=1)",
+        ("train", "untranscribed"), ("train", "untranscribed"), overrides=("model.kd.pseudo_label_alpha=1.0",)),
 ]
 
 
@@ -128,13 +133,15 @@ class Bench:
                     f"exp_manager.exp_dir={output.with_suffix('.logs')}", f"model.init_from_teacher.path={self.teacher}"]
         if not row.kd:
             command.append("model.enable_kd=false")
-        return command
+        return command + list(row.overrides)
 
     def student(self, row: Row, seed: int, stores: dict) -> dict:
         tag = f"{row.name}-s{seed}"
         result_path = self.work / "results" / f"{tag}.json"
         fingerprint = {"row": row.name, "seed": seed, "steps": self.args.steps, "batch_size": self.args.batch_size,
                        "teacher": self.teacher_id, "stores": [stores[s]["fingerprint"] for s in row.stores]}
+        if row.overrides:
+            fingerprint["overrides"] = list(row.overrides)
         if result_path.is_file() and json.loads(result_path.read_text()).get("fingerprint") == fingerprint:
             return json.loads(result_path.read_text())
         output = self.work / "students" / f"{tag}.nemo"

@@ -46,8 +46,14 @@ class KDSection:
     weights: str = "uniform"  # node weights: kdstore.distill.losses.NodeWeightKind
     top_k: int | None = None  # use only the first top_k stored entries (rows are sorted); None: all
     ctc: bool = True  # KD on a hybrid student's CTC head when the store has CTC rows
+    # kd_alpha for utterances whose label is the teacher's own (pseudo-labels); null: model.kd_alpha.
+    # 1.0: those utterances learn from the teacher's lattice only, no RNN-T/CTC term on the hard label.
+    pseudo_label_alpha: float | None = None
 
     def __post_init__(self) -> None:
+        if self.pseudo_label_alpha is not None and not 0.0 <= self.pseudo_label_alpha <= 1.0:
+            raise ConfigError(f"model.kd.pseudo_label_alpha: expected a value in [0, 1] or null, got "
+                              f"{self.pseudo_label_alpha}")
         _one_of("model.kd.loss", self.loss, get_args(KDLossName))
         _one_of("model.kd.weights", self.weights, get_args(NodeWeightKind))
         if self.top_k is not None and self.top_k < 1:
@@ -191,6 +197,7 @@ class KDSettings:
     top_k: int | None = None
     ctc: bool = True
     teacher_model_path: str | None = None
+    pseudo_label_alpha: float | None = None  # model.kd.pseudo_label_alpha
 
     @property
     def active(self) -> bool:
@@ -200,7 +207,8 @@ class KDSettings:
     def of(cls, keys: StepKeys) -> KDSettings:
         return cls(enabled=keys.enable_kd, alpha=keys.kd_alpha, temperature=keys.kd_temperature,
                    store=keys.kd.store or None, loss=keys.kd.loss, weights=keys.kd.weights, top_k=keys.kd.top_k,
-                   ctc=keys.kd.ctc, teacher_model_path=keys.teacher_model_path or None)
+                   ctc=keys.kd.ctc, teacher_model_path=keys.teacher_model_path or None,
+                   pseudo_label_alpha=keys.kd.pseudo_label_alpha)
 
 
 # -- typed views -----------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ class KDRows:
     occupancy: torch.Tensor | None = None  # float32 (B, T, U+1): the teacher's node posterior (band stores)
     ctc_logp: torch.Tensor | None = None  # float32 (B, T, k_ctc): hybrid teacher's CTC top-k per frame
     ctc_ids: torch.Tensor | None = None  # int64 (B, T, k_ctc)
+    teacher_label: torch.Tensor | None = None  # bool (B,): the utterance's label is the teacher's (kdstore/2 stores)
 
 
 @dataclass
@@ -61,6 +62,11 @@ def kd_rows(rows: Sequence[UtteranceRows]) -> KDRows:
     )
 
 
+def _is_teacher_label(store, key: str) -> bool:
+    label = store.label(key) if isinstance(store, StoreSet) else (store.label_of(key) if store.has_labels else None)
+    return label is not None and label.source == "teacher"
+
+
 class StoreCollate:
     """``collate`` plus the store's rows for the batch (one batch read); picklable (the reader reopens
     lazily in each worker). Without a store the batch's ``kd`` is None."""
@@ -71,4 +77,6 @@ class StoreCollate:
     def __call__(self, items: Sequence[dict]) -> KDBatch:
         batch = collate(items)
         rows = kd_rows(self.store.read_batch(batch.keys)) if self.store is not None else None
+        if rows is not None:
+            rows.teacher_label = torch.tensor([_is_teacher_label(self.store, key) for key in batch.keys])
         return KDBatch(**{f.name: getattr(batch, f.name) for f in fields(batch)}, kd=rows)

@@ -20,8 +20,9 @@ from kdstore.store.layout import label_slot_fill
 
 
 def kd_node_loss(log_probs: torch.Tensor, rows: KDRows, tokens: torch.Tensor, blank: int,
-                 settings: KDSettings) -> torch.Tensor:
-    """Batch KD term (without tau^2) from student log-probs (B, T, U+1, V+1) and teacher rows.
+                 settings: KDSettings, per_utterance: bool = False) -> torch.Tensor:
+    """Batch KD term (without tau^2) from student log-probs (B, T, U+1, V+1) and teacher rows: a scalar,
+    or (B,) per utterance with ``per_utterance``.
 
     Only the k stored ids are gathered from the student; the teacher side stays k-wide.
     """
@@ -46,19 +47,22 @@ def kd_node_loss(log_probs: torch.Tensor, rows: KDRows, tokens: torch.Tensor, bl
     weights = losses.node_weights(
         settings.weights, mask, blank_label=rows.blank_label.to(device), frames=rows.frames.to(device),
         labels=rows.labels.to(device), occupancy=rows.occupancy.to(device) if rows.occupancy is not None else None)
-    return losses.reduce_nodes(node_kl, weights)
+    return losses.reduce_nodes(node_kl, weights, per_utterance)
 
 
-def ctc_kd_loss(ctc_log_probs: torch.Tensor, rows: KDRows, settings: KDSettings) -> torch.Tensor:
+def ctc_kd_loss(ctc_log_probs: torch.Tensor, rows: KDRows, settings: KDSettings,
+                per_utterance: bool = False) -> torch.Tensor:
     """KD on a hybrid student's CTC head: ``topk_rest`` KL per frame against the teacher's CTC top-k,
-    mean over each utterance's frames, then over the batch (same scale as the lattice term)."""
+    mean over each utterance's frames, then over the batch (same scale as the lattice term); (B,) with
+    ``per_utterance``."""
     frames = rows.ctc_logp.shape[1]
     student = ctc_log_probs[:, :frames]  # (B, T, V+1)
     teacher_logp, teacher_ids = rows.ctc_logp.to(student.device), rows.ctc_ids.to(student.device)
     if settings.top_k:
         teacher_logp, teacher_ids = losses.truncate_topk(teacher_logp, teacher_ids, settings.top_k)
     mask = torch.arange(frames, device=student.device)[None, :] < rows.frames.to(student.device)[:, None]
-    return losses.reduce_nodes(losses.topk_rest_kl(student, teacher_logp, teacher_ids, settings.temperature), mask)
+    return losses.reduce_nodes(losses.topk_rest_kl(student, teacher_logp, teacher_ids, settings.temperature), mask,
+                               per_utterance)
 
 
 def check_alignment(batch: AudioBatch, rows: KDRows, encoded_len: torch.Tensor) -> None:

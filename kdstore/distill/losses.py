@@ -191,12 +191,31 @@ def full_kl(student_logp: torch.Tensor, teacher_logp: torch.Tensor, temperature:
                         _temper(student_logp, temperature))
 
 
-def reduce_nodes(node_kl: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted mean over each utterance's nodes (B, T, U+1) -> (B,), then the batch mean."""
+def reduce_nodes(node_kl: torch.Tensor, weights: torch.Tensor, per_utterance: bool = False) -> torch.Tensor:
+    """Weighted mean over each utterance's nodes (B, T, U+1) -> (B,), then the batch mean (or the (B,)
+    per-utterance values with ``per_utterance``)."""
     weights = weights.to(node_kl.dtype)
     node_kl = torch.where(weights > 0, node_kl, torch.zeros_like(node_kl))  # padding may hold NaN/inf
     per_utt = (node_kl * weights).flatten(1).sum(-1) / weights.flatten(1).sum(-1).clamp(min=1e-12)
-    return per_utt.mean()
+    return per_utt if per_utterance else per_utt.mean()
+
+
+def weighted_reduce(per_utt: torch.Tensor, weights: torch.Tensor, target_lengths: torch.Tensor,
+                    reduction: str) -> torch.Tensor:
+    """NeMo's reductions of per-utterance losses (B,) (``RNNTLoss.reduce``, ``CTCLoss.reduce``) with a
+    weight per utterance (B,): with all weights 1 it is NeMo's value. ``mean_batch``: mean of w*l;
+    ``mean``: mean of w*l/U; ``sum``: sum of w*l; ``mean_volume``: sum of w*l / sum of U."""
+    weighted = per_utt * weights.to(per_utt.dtype)
+    lengths = target_lengths.to(per_utt.dtype)
+    if reduction == "mean_batch":
+        return weighted.mean()
+    if reduction == "mean":
+        return (weighted / lengths.clamp(min=1)).mean()
+    if reduction == "sum":
+        return weighted.sum()
+    if reduction == "mean_volume":
+        return weighted.sum() / lengths.sum().clamp(min=1)
+    raise ValueError(f"unknown reduction {reduction!r}")
 
 
 def node_weights(kind: NodeWeightKind, mask: torch.Tensor, blank_label: torch.Tensor | None = None,

@@ -17,6 +17,7 @@ from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel, EncDecRNNTB
 from kdstore.distill.augment import nemo_augment
 from kdstore.distill.checks import check_alignment_upfront
 from kdstore.distill.config import DataSection, KDSettings, StepKeys, TrainDataSection, step_keys, typed
+from kdstore.distill import losses
 from kdstore.distill.data import KDBatch, KDRows, StoreCollate
 from kdstore.distill.kd_term import check_alignment, ctc_kd_loss, kd_node_loss, online_rows
 from kdstore.distill.samplers import DurationBucketSampler, StoreOrderBatchSampler
@@ -126,15 +127,42 @@ class KDMixin:
         self._validation_dl = self._kd_loader(data, with_store=False)
 
     # -- losses ----------------------------------------------------------------------------
-    def _transducer_loss(self, logits, tokens, encoded_len, tokens_len) -> torch.Tensor:
+    def _transducer_loss(self, logits, tokens, encoded_len, tokens_len, per_utterance: bool = False) -> torch.Tensor:
+        """RNN-T loss of the batch (``model.rnnt_reduction``), or (B,) per utterance with ``per_utterance``."""
         choice = getattr(self, "rnnt_loss_choice", "auto")
         if choice == "kdstore" or (choice == "auto" and logits.device.type == "cpu"):
             if not hasattr(self, "_cpu_rnnt_loss"):
                 object.__setattr__(self, "_cpu_rnnt_loss", VectorizedRNNTLoss(
                     blank=int(self.decoder.blank_idx), reduction=self.step_keys.rnnt_reduction))
-            return self._cpu_rnnt_loss(log_probs=logits, targets=tokens, input_lengths=encoded_len,
-                                       target_lengths=tokens_len)
-        return self.loss(log_probs=logits, targets=tokens, input_lengths=encoded_len, target_lengths=tokens_len)
+            loss_fn = self._cpu_rnnt_loss
+        else:
+            loss_fn = self.loss
+        kept = loss_fn.reduction
+        loss_fn.reduction = None if per_utterance else kept  # both losses reduce only when it is set
+        try:
+            return loss_fn(log_probs=logits, targets=tokens, input_lengths=encoded_len, target_lengths=tokens_len)
+        finally:
+            loss_fn.reduction = kept
+
+    def _ctc_per_utterance(self, ctc_log_probs, tokens, encoded_len, tokens_len) -> torch.Tensor | None:
+        """NeMo's CTC loss per utterance (B,), or None when its reduction cannot be undone (mean, sum)."""
+        if getattr(self.ctc_loss, "config_reduction", None) not in ("mean_batch", "mean_volume"):
+            return None
+        self.ctc_loss._apply_reduction = False
+        try:
+            return self.ctc_loss(log_probs=ctc_log_probs, targets=tokens, input_lengths=encoded_len,
+                                 target_lengths=tokens_len)
+        finally:
+            self.ctc_loss._apply_reduction = True
+
+    def utterance_alphas(self, batch: KDBatch) -> torch.Tensor | None:
+        """kd_alpha per utterance (B,) when ``model.kd.pseudo_label_alpha`` sets another one for teacher
+        labels and the batch has some; None: one kd_alpha for the batch."""
+        settings, rows = self.kd_settings, batch.kd
+        if (not settings.active or settings.pseudo_label_alpha is None or rows is None or rows.teacher_label is None
+                or not bool(rows.teacher_label.any())):
+            return None
+        return torch.where(rows.teacher_label, settings.pseudo_label_alpha, settings.alpha).float()
 
     def _online_rows(self, batch: KDBatch) -> KDRows:
         """Teacher rows computed live (online KD): same reduction as a dump, full k by default."""
@@ -148,36 +176,66 @@ class KDMixin:
             object.__setattr__(self, "_online_teacher", teacher)  # not a submodule: not saved, not optimised
         return online_rows(teacher, batch, top_k=self.kd_settings.top_k or 0)
 
-    def kd_term(self, log_probs: torch.Tensor, batch: KDBatch, encoded_len: torch.Tensor) -> torch.Tensor:
+    def kd_term(self, log_probs: torch.Tensor, batch: KDBatch, encoded_len: torch.Tensor,
+                per_utterance: bool = False) -> torch.Tensor:
         """KD term (without tau^2) for student log-probs (B, T, U+1, V+1): stored rows, else live ones."""
         rows = batch.kd if batch.kd is not None else self._online_rows(batch)
         check_alignment(batch, rows, encoded_len)
-        return kd_node_loss(log_probs, rows, batch.tokens, int(self.decoder.blank_idx), self.kd_settings)
+        return kd_node_loss(log_probs, rows, batch.tokens, int(self.decoder.blank_idx), self.kd_settings,
+                            per_utterance)
 
     # -- training --------------------------------------------------------------------------
     def training_step(self, batch: KDBatch, batch_nb: int):
+        """loss = (1 - a) * RNN-T + a * tau^2 * KD, per utterance a = kd_alpha (pseudo_label_alpha for teacher
+        labels when set), then (1 - w) * that + w * the same mix of CTC and CTC KD for hybrids (weight w)."""
         settings = self.kd_settings
         encoded, encoded_len = self.forward(input_signal=batch.signal, input_signal_length=batch.signal_len)  # (B, D, T)
         prediction, _, _ = self.decoder(targets=batch.tokens, target_length=batch.tokens_len)  # (B, H, U+1)
         logits = self.joint.joint(encoded.transpose(1, 2), prediction.transpose(1, 2))  # (B, T, U+1, V+1)
-        rnnt = self._transducer_loss(logits, batch.tokens, encoded_len, batch.tokens_len)
+        alphas = self.utterance_alphas(batch)
+        reduction = self.step_keys.rnnt_reduction
+        if alphas is None:
+            rnnt = self._transducer_loss(logits, batch.tokens, encoded_len, batch.tokens_len)
+            loss = rnnt
+        else:
+            alphas = alphas.to(logits.device)
+            rnnt_utt = self._transducer_loss(logits, batch.tokens, encoded_len, batch.tokens_len, per_utterance=True)
+            rnnt = losses.weighted_reduce(rnnt_utt, torch.ones_like(alphas), batch.tokens_len, reduction)
         logs = {"train_rnnt_loss": rnnt.detach()}
-        loss = rnnt
         if settings.active:
-            kd = self.kd_term(logits.float().log_softmax(-1), batch, encoded_len)
-            loss = (1 - settings.alpha) * rnnt + settings.alpha * settings.temperature**2 * kd
+            log_probs = logits.float().log_softmax(-1)
+            if alphas is None:
+                kd = self.kd_term(log_probs, batch, encoded_len)
+                loss = (1 - settings.alpha) * rnnt + settings.alpha * settings.temperature**2 * kd
+            else:
+                kd_utt = self.kd_term(log_probs, batch, encoded_len, per_utterance=True)
+                kd = kd_utt.mean()
+                loss = (losses.weighted_reduce(rnnt_utt, 1 - alphas, batch.tokens_len, reduction)
+                        + settings.temperature**2 * (alphas * kd_utt).mean())
             logs["train_kd_loss"] = kd.detach()
         ctc_weight = float(getattr(self, "ctc_loss_weight", 0.0) or 0.0)
         if ctc_weight > 0:
             ctc_log_probs = self.ctc_decoder(encoder_output=encoded)  # (B, T, V+1)
-            ctc = self.ctc_loss(log_probs=ctc_log_probs, targets=batch.tokens, input_lengths=encoded_len,
-                                target_lengths=batch.tokens_len)
-            logs["train_ctc_loss"] = ctc.detach()
             rows = batch.kd
-            if settings.active and settings.ctc and rows is not None and rows.ctc_logp is not None:
-                ctc_kd = ctc_kd_loss(ctc_log_probs.float().log_softmax(-1), rows, settings)
-                ctc = (1 - settings.alpha) * ctc + settings.alpha * settings.temperature**2 * ctc_kd
-                logs["train_ctc_kd_loss"] = ctc_kd.detach()
+            ctc_kd_on = settings.active and settings.ctc and rows is not None and rows.ctc_logp is not None
+            ctc_utt = self._ctc_per_utterance(ctc_log_probs, batch.tokens, encoded_len, batch.tokens_len) \
+                if alphas is not None and ctc_kd_on else None
+            if ctc_utt is None:
+                ctc = self.ctc_loss(log_probs=ctc_log_probs, targets=batch.tokens, input_lengths=encoded_len,
+                                    target_lengths=batch.tokens_len)
+                logs["train_ctc_loss"] = ctc.detach()
+                if ctc_kd_on:
+                    ctc_kd = ctc_kd_loss(ctc_log_probs.float().log_softmax(-1), rows, settings)
+                    ctc = (1 - settings.alpha) * ctc + settings.alpha * settings.temperature**2 * ctc_kd
+                    logs["train_ctc_kd_loss"] = ctc_kd.detach()
+            else:
+                ctc_reduction = self.ctc_loss.config_reduction
+                logs["train_ctc_loss"] = losses.weighted_reduce(ctc_utt, torch.ones_like(alphas), batch.tokens_len,
+                                                                ctc_reduction).detach()
+                ctc_kd_utt = ctc_kd_loss(ctc_log_probs.float().log_softmax(-1), rows, settings, per_utterance=True)
+                ctc = (losses.weighted_reduce(ctc_utt, 1 - alphas, batch.tokens_len, ctc_reduction)
+                       + settings.temperature**2 * (alphas * ctc_kd_utt).mean())
+                logs["train_ctc_kd_loss"] = ctc_kd_utt.mean().detach()
             loss = (1 - ctc_weight) * loss + ctc_weight * ctc
         logs["train_loss"] = loss.detach()
         logs["learning_rate"] = torch.tensor(self._optimizer.param_groups[0]["lr"]) if self._optimizer else torch.tensor(0.0)

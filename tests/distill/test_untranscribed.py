@@ -148,3 +148,35 @@ def test_a_store_from_before_kdstore2_still_reads_verifies_and_trains(tmp_path):
     result = train(tmp_path, [OLD / "train.json"], [OLD / "teacher.zarr"], "model.train_ds.batch_size=2")
     assert result.steps == 2 and result.teacher_labelled == 0
     assert np.isfinite(result.final_losses["train_kd_loss"]) and result.final_losses["train_kd_loss"] > 0
+
+
+@pytest.mark.parametrize("reduction", ["mean_batch", "mean", "sum", "mean_volume"])
+def test_weighted_reduce_with_unit_weights_is_nemos_reduction(reduction):
+    import torch
+    from nemo.collections.asr.losses.rnnt import RNNTLoss
+
+    from kdstore.distill.losses import weighted_reduce
+
+    per_utt, lengths = torch.tensor([3.0, 1.5, 7.25]), torch.tensor([4, 2, 9])
+    nemo = RNNTLoss(num_classes=5, reduction=reduction)
+    torch.testing.assert_close(weighted_reduce(per_utt, torch.ones(3), lengths, reduction), nemo.reduce(per_utt, lengths))
+    # a zero weight removes an utterance's term; the others keep their share
+    half = weighted_reduce(per_utt, torch.tensor([1.0, 0.0, 1.0]), lengths, reduction)
+    assert half < weighted_reduce(per_utt, torch.ones(3), lengths, reduction)
+
+
+def test_pseudo_label_alpha_one_trains_teacher_labels_on_the_lattice_only(sets, tmp_path):
+    from kdstore.distill.data import StoreCollate
+    from kdstore.inputs.batches import TranscribedAudioDataset
+    from kdstore.inputs.manifest import read_manifest
+
+    manifest, store = sets["mixed"]
+    stores = StoreSet([store])
+    entries = read_manifest(manifest, require_text=False)
+    labels = {e.key: stores.label(e.key).ids.tolist() for e in entries}
+    dataset = TranscribedAudioDataset(entries, lambda text: [], 16000, labels=labels)
+    batch = StoreCollate(stores)([dataset[i] for i in range(len(entries))])
+    assert batch.kd.teacher_label.tolist() == [not e.text for e in entries]
+    result = train(tmp_path, [manifest], [store], "model.kd.pseudo_label_alpha=1.0")
+    assert result.steps == 2 and np.isfinite(result.final_losses["train_loss"])
+    assert result.final_losses["train_kd_loss"] > 0 and result.teacher_labelled == 6
