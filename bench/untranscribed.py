@@ -1,7 +1,7 @@
 """Does teacher-labelled audio help the student? Paired by seed, on the demo corpus (issue [3/6]).
 
 The demo corpus built with ``kdstore prepare-demo --voices wide --untranscribed-hours H`` has
-``train.json`` (transcribed) and ``untranscribed.json`` (more audio, of speakers in no other split, text
+``train.json`` (transcribed) and ``untranscribed.json`` (more audio, in voices of no other split (training voices at unheard pitches), text
 withheld in ``untranscribed.refs.json``). The teacher's stores are dumped once:
 
 - ``train``: ``dump-teacher`` over train.json (band 6, k 8, CTC rows: the defaults);

@@ -24,7 +24,7 @@ Example:
 @click.option("--vocab-size", type=int, default=128, show_default=True, help="SentencePiece BPE size.")
 @click.option("-j", "--num-jobs", type=int, default=2, show_default=True, help="Parallel synthesis jobs.")
 @click.option("--untranscribed-hours", type=float, default=0.0, show_default=True,
-              help="Also write untranscribed.json: this much more audio, of speakers in no other split, with no text (for "
+              help="Also write untranscribed.json: this much more audio, in voices of no other split (training voices at unheard pitches), with no text (for "
                    "dump-teacher to label), and untranscribed.refs.json with the withheld text (for label-quality).")
 @click.option("--voices", type=click.Choice(["standard", "wide"]), default="standard", show_default=True,
               help="Training speakers: 'wide' adds many more (45 espeak-ng variants, 7 pitch shifts per flite/festival "

@@ -298,7 +298,7 @@ def prepare_demo(
     Deterministic in ``seed``: the same arguments give the same texts, voices and manifests.
     ``variety`` and ``hold_out_engine`` choose the voices (:func:`kdstore.corpus.tts.split_voices`):
     the demo teacher trains on ``wide``; a held-out engine family measures how it generalises.
-    ``untranscribed_hours`` > 0 adds ``untranscribed.json``: more audio, of speakers in no other split
+    ``untranscribed_hours`` > 0 adds ``untranscribed.json``: more audio, in voices of no other split (training voices at unheard pitches)
     (training voices at unheard pitches), with no ``text`` (for ``dump-teacher`` to label), and ``untranscribed.refs.json``, the same lines with the
     withheld text, only for ``kdstore label-quality``.
     """

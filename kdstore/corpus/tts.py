@@ -69,7 +69,8 @@ ESPEAK_WIDE_TRAIN = (
     "klatt2", "klatt3", "klatt4", "grandpa", "grandma", "norbert", "shelby", "anika",
 )
 PITCH_WIDE_TRAIN = (-250, -150, -75, 0, 75, 150, 250)
-# The untranscribed split's speakers: training voices at pitch shifts (cents) no other split uses.
+# The untranscribed split's voices: training voices at pitch shifts (cents) no other split uses (new voices,
+# not new speakers: the closest stand-in the engines offer for a team's wider untranscribed audio).
 UNHEARD_PITCHES = (-200, -110, 110, 200)
 VARIETIES = ("standard", "wide")
 RATES = (0.88, 0.94, 1.0, 1.06, 1.12)

@@ -152,7 +152,7 @@ def write_report(work: Path, plan_line: str, corpus: Any, scores: dict[str, dict
         hours = labelled["counts"]["hours"]
         untranscribed = (
             f"## Untranscribed audio\n\nBoth students also learn from {hours:.2f} h of untranscribed audio "
-            f"({labelled['teacher_labelled']} utterances of speakers heard in no other split, text withheld): the teacher "
+            f"({labelled['teacher_labelled']} utterances in voices of no other split: the training voices at unheard pitch shifts, text withheld): the teacher "
             f"labelled it while dumping (`dump-teacher` over a manifest without text). Its labels, scored against the withheld "
             f"text (`kdstore label-quality`, {labelled['report']}):\n\n{labelled['table']}\n\n")
     report = work / "report.md"

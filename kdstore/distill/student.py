@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel, EncDecRNNTBPEModel
 
+from kdstore.distill import losses
 from kdstore.distill.augment import nemo_augment
 from kdstore.distill.checks import check_alignment_upfront
 from kdstore.distill.config import DataSection, KDSettings, StepKeys, TrainDataSection, step_keys, typed
-from kdstore.distill import losses
 from kdstore.distill.data import KDBatch, KDRows, StoreCollate
 from kdstore.distill.kd_term import check_alignment, ctc_kd_loss, kd_node_loss, online_rows
 from kdstore.distill.samplers import DurationBucketSampler, StoreOrderBatchSampler

@@ -23,7 +23,6 @@ from kdstore.evaluate.scoring import Errors, score
 from kdstore.inputs.manifest import read_manifest
 from kdstore.store import StoreReader
 
-
 DECIMALS = 4  # confidences are shown (and thresholds rounded down) to this many decimals
 
 
