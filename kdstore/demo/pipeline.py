@@ -48,7 +48,10 @@ class DemoPlan:
     student_config: str = "tiny-teacher-2l"
     scratch_config: str = "tiny"
     voices: str = "wide"  # the students' training speakers (kdstore.corpus.tts.split_voices); test voices unchanged
-    untranscribed_hours: float = 0.0  # more training-voice audio without text, labelled by the teacher (0: none)
+    untranscribed_hours: float = 0.0  # more audio without text (voices of no other split), labelled by the teacher
+    # the students learn from the teacher-labelled audio (else it is labelled and its label quality reported only)
+    learn_from_untranscribed: bool = True
+    pseudo_label_alpha: float | None = None  # model.kd.pseudo_label_alpha for the teacher-labelled utterances
 
     @classmethod
     def for_mode(cls, quick: bool, seed: int = 0) -> DemoPlan:
@@ -193,8 +196,11 @@ def run_demo(workdir: str | Path, quick: bool = False, seed: int = 0, progress: 
                 "label_wer": quality.wer, "table": quality.table(), "report": str(work / "label-quality" / "label-quality.md")}
 
     labelled = _step(work, "label", label, echo) if corpus.untranscribed_manifest is not None else None
-    manifests = str(corpus.train_manifest) + (f",{corpus.untranscribed_manifest}" if labelled else "")
-    stores = ["--store", str(store_path)] + (["--store", str(labelled_path)] if labelled else [])
+    learn = bool(labelled) and plan.learn_from_untranscribed
+    manifests = str(corpus.train_manifest) + (f",{corpus.untranscribed_manifest}" if learn else "")
+    stores = ["--store", str(store_path)] + (["--store", str(labelled_path)] if learn else [])
+    if learn and plan.pseudo_label_alpha is not None:
+        stores.append(f"model.kd.pseudo_label_alpha={plan.pseudo_label_alpha}")
 
     kd_path, plain_path = work / "student-kd.nemo", work / "student-nokd.nemo"
     scratch_path = work / "student-scratch-kd.nemo"
@@ -271,6 +277,7 @@ def run_demo(workdir: str | Path, quick: bool = False, seed: int = 0, progress: 
         trained["teacher"] = (teacher_info.get("train_seconds"), teacher_info.get("steps"))
     store_bytes = sum(f.stat().st_size for f in store_path.rglob("*") if f.is_file())
     report = write_report(work, f"Plan: {asdict(plan)}", corpus, scores, curves, trained, onnx_info, store_bytes,
-                          committed_teacher=bool(teacher_info.get("committed")), labelled=labelled)
+                          committed_teacher=bool(teacher_info.get("committed")),
+                          labelled={**labelled, "learned_from": learn} if labelled else None)
     echo(f"\nreport: {report}\nplot:   {work / 'report.png'}")
     return report

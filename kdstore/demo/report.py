@@ -151,7 +151,11 @@ def write_report(work: Path, plan_line: str, corpus: Any, scores: dict[str, dict
     if labelled:
         hours = labelled["counts"]["hours"]
         untranscribed = (
-            f"## Untranscribed audio\n\nBoth students also learn from {hours:.2f} h of untranscribed audio "
+            "## Untranscribed audio\n\n"
+            + ("Both students also learn from" if labelled.get("learned_from", True) else
+               "The teacher also labelled (the students do not learn from it: in the study it did not help them; "
+               "docs/benchmarks.md)")
+            + f" {hours:.2f} h of untranscribed audio "
             f"({labelled['teacher_labelled']} utterances in voices of no other split: the training voices at unheard pitch shifts, text withheld): the teacher "
             f"labelled it while dumping (`dump-teacher` over a manifest without text). Its labels, scored against the withheld "
             f"text (`kdstore label-quality`, {labelled['report']}):\n\n{labelled['table']}\n\n")
