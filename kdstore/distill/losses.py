@@ -252,3 +252,12 @@ def node_weights(kind: NodeWeightKind, mask: torch.Tensor, blank_label: torch.Te
     if not occupancy.is_floating_point() or occupancy.dtype in (torch.float16, torch.bfloat16):
         occupancy = occupancy.float()
     return torch.where(mask, occupancy, torch.zeros_like(occupancy))  # padding may hold garbage
+
+
+def mix_per_utterance(hard: torch.Tensor, kd: torch.Tensor, alphas: torch.Tensor, target_lengths: torch.Tensor,
+                      reduction: str, temperature: float) -> torch.Tensor:
+    """(1 - a_b) * hard_b reduced like NeMo + tau^2 * mean_b(a_b * kd_b), from per-utterance (B,) hard-label
+    losses (RNN-T or CTC, nats), KD terms (nats per node) and alphas. With one alpha for the whole batch
+    and ``mean_batch`` it equals ``(1 - a) * hard.mean() + a * tau^2 * kd.mean()``, the batch-level mix."""
+    alphas = alphas.to(hard.dtype)
+    return weighted_reduce(hard, 1 - alphas, target_lengths, reduction) + temperature**2 * (alphas * kd).mean()

@@ -210,8 +210,8 @@ class KDMixin:
             else:
                 kd_utt = self.kd_term(log_probs, batch, encoded_len, per_utterance=True)
                 kd = kd_utt.mean()
-                loss = (losses.weighted_reduce(rnnt_utt, 1 - alphas, batch.tokens_len, reduction)
-                        + settings.temperature**2 * (alphas * kd_utt).mean())
+                loss = losses.mix_per_utterance(rnnt_utt, kd_utt, alphas, batch.tokens_len, reduction,
+                                                settings.temperature)
             logs["train_kd_loss"] = kd.detach()
         ctc_weight = float(getattr(self, "ctc_loss_weight", 0.0) or 0.0)
         if ctc_weight > 0:
@@ -233,8 +233,8 @@ class KDMixin:
                 logs["train_ctc_loss"] = losses.weighted_reduce(ctc_utt, torch.ones_like(alphas), batch.tokens_len,
                                                                 ctc_reduction).detach()
                 ctc_kd_utt = ctc_kd_loss(ctc_log_probs.float().log_softmax(-1), rows, settings, per_utterance=True)
-                ctc = (losses.weighted_reduce(ctc_utt, 1 - alphas, batch.tokens_len, ctc_reduction)
-                       + settings.temperature**2 * (alphas * ctc_kd_utt).mean())
+                ctc = losses.mix_per_utterance(ctc_utt, ctc_kd_utt, alphas, batch.tokens_len, ctc_reduction,
+                                               settings.temperature)
                 logs["train_ctc_kd_loss"] = ctc_kd_utt.mean().detach()
             loss = (1 - ctc_weight) * loss + ctc_weight * ctc
         logs["train_loss"] = loss.detach()

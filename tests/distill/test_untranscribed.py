@@ -165,6 +165,21 @@ def test_weighted_reduce_with_unit_weights_is_nemos_reduction(reduction):
     assert half < weighted_reduce(per_utt, torch.ones(3), lengths, reduction)
 
 
+def test_per_utterance_mix_equals_the_batch_mix_and_alpha_one_drops_the_hard_label():
+    import torch
+
+    from kdstore.distill.losses import mix_per_utterance
+
+    hard = torch.tensor([2.0, 5.0, 1.0], requires_grad=True)
+    kd = torch.tensor([0.3, 0.1, 0.7], requires_grad=True)
+    lengths = torch.tensor([3, 4, 2])
+    same = mix_per_utterance(hard, kd, torch.full((3,), 0.8), lengths, "mean_batch", 2.0)
+    torch.testing.assert_close(same, 0.2 * hard.mean() + 0.8 * 4.0 * kd.mean())
+    mixed = mix_per_utterance(hard, kd, torch.tensor([0.8, 1.0, 0.8]), lengths, "mean_batch", 1.0)
+    mixed.backward()
+    assert hard.grad[1] == 0 and hard.grad[0] > 0 and kd.grad[1] > kd.grad[0] > 0  # utterance 1: lattice only
+
+
 def test_pseudo_label_alpha_one_trains_teacher_labels_on_the_lattice_only(sets, tmp_path):
     from kdstore.distill.data import StoreCollate
     from kdstore.inputs.batches import TranscribedAudioDataset
