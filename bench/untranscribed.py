@@ -176,10 +176,12 @@ def report(bench: Bench, rows: list[Row], seeds: list[int], results: dict, store
     by_row = {r.name: [results[f"{r.name}-s{s}"]["wer"] for s in seeds if f"{r.name}-s{s}" in results] for r in rows}
     lines = [f"Measured {datetime.date.today()} on {machine()}; {versions()}.", "",
              (f"Command: `python bench/untranscribed.py --corpus-dir {bench.args.corpus_dir} --steps {bench.args.steps} "
-             f"--seeds {' '.join(map(str, seeds))}` (corpus: `kdstore prepare-demo --voices wide --hours 1 "
+             f"--seeds {' '.join(map(str, seeds))}"
+             + (f" --one-seed-rows {' '.join(bench.args.one_seed_rows)}" if bench.args.one_seed_rows else "")
+             + "` (corpus: `kdstore prepare-demo --voices wide --hours 1 "
              "--untranscribed-hours 1`)."), "",
              (f"Corpus: train {corpus['train']['utterances']} utterances ({corpus['train']['hours']:.3f} h), "
-             f"untranscribed {corpus['untranscribed']['utterances']} ({corpus['untranscribed']['hours']:.3f} h, speakers "
+             f"untranscribed {corpus['untranscribed']['utterances']} ({corpus['untranscribed']['hours']:.3f} h, voices "
              f"of no other split (training voices at unheard pitches), new training-split sentences, text withheld), "
              f"test {corpus['test']['utterances']} "
              "(unseen voices). Student: the demo's headline `tiny-teacher-2l` (2 of the teacher's 4 layers, started "
@@ -244,6 +246,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=[r.name for r in ROWS])
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--one-seed-rows", nargs="*", default=[], help="rows run with the first seed only")
     parser.add_argument("--out", type=Path, default=None, help="docs/benchmarks.md to write the section into")
     args = parser.parse_args()
     bench = Bench(args)
@@ -254,7 +257,8 @@ def main() -> None:
     threshold = min_confidence_from(quality)
     if any("filtered" in r.stores for r in rows):
         stores["filtered"] = bench.dump("filtered", "untranscribed", ("--min-confidence", f"{threshold:.4f}"))
-    jobs = [(f"{r.name}-s{s}", (lambda r=r, s=s: bench.student(r, s, stores))) for s in args.seeds for r in rows]
+    jobs = [(f"{r.name}-s{s}", (lambda r=r, s=s: bench.student(r, s, stores))) for s in args.seeds for r in rows
+            if r.name not in args.one_seed_rows or s == args.seeds[0]]
     results, errors = run_jobs(jobs, args.jobs)
     corpus = json.loads((bench.corpus / "corpus.json").read_text())["splits"]
     text = report(bench, rows, args.seeds, results, stores, quality, corpus, threshold)

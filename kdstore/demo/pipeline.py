@@ -49,8 +49,9 @@ class DemoPlan:
     scratch_config: str = "tiny"
     voices: str = "wide"  # the students' training speakers (kdstore.corpus.tts.split_voices); test voices unchanged
     untranscribed_hours: float = 0.0  # more audio without text (voices of no other split), labelled by the teacher
-    # the students learn from the teacher-labelled audio (else it is labelled and its label quality reported only)
-    learn_from_untranscribed: bool = True
+    # the students learn from the teacher-labelled audio (else it is labelled and its label quality reported only);
+    # off: in the 3-seed study (docs/benchmarks.md, "Untranscribed audio") it did not help at the demo's budget
+    learn_from_untranscribed: bool = False
     pseudo_label_alpha: float | None = None  # model.kd.pseudo_label_alpha for the teacher-labelled utterances
 
     @classmethod
@@ -59,7 +60,7 @@ class DemoPlan:
             return cls(hours=0.1, teacher_steps=250, student_steps=150, scratch_steps=0, batch_size=16, seed=seed,
                        untranscribed_hours=0.05)
         return cls(hours=1.0, teacher_steps=1500, student_steps=700, scratch_steps=0, batch_size=16, seed=seed,
-                   untranscribed_hours=1.0)
+                   untranscribed_hours=0.25)
 
 
 Echo = Callable[[str], None]
