@@ -224,7 +224,7 @@ def plot(path: Path, rows: list[Row], seeds: list[int], results: dict, quality: 
     left.set_xticks(range(len(rows)), [r.name for r in rows], fontsize=8)
     left.set_ylabel("test WER % (unseen voices)")
     left.set_title(f"student WER, {len(seeds)} seeds (dots)")
-    names = [f"{b['low']:.2f}..{b['high']:.2f}" for b in quality["buckets"]]
+    names = [f"{b['low']:.4f}..{b['high']:.4f}" for b in quality["buckets"]]
     right.bar(range(len(names)), [100 * b["wer"] for b in quality["buckets"]], color="#dd8452")
     right.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     right.set_xlabel("teacher confidence (nats per token)")
