@@ -9,7 +9,7 @@ from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo
 
 @click.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False), default="demo-run", show_default=True)
-@click.option("--quick", is_flag=True, help="A few minutes instead of ~11: smaller corpus, fewer steps (proves the pipeline runs).")
+@click.option("--quick", is_flag=True, help="A few minutes instead of ~12: smaller corpus, fewer steps (proves the pipeline runs).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--train-teacher", is_flag=True,
               help="Instead of the demo: (re)build the demo teacher into WORKDIR/demo_teacher/ (~90 min on one core, "
@@ -24,7 +24,8 @@ def command(workdir: str, quick: bool, seed: int, train_teacher: bool, teacher_s
             hold_out_engine: str | None, progress: bool) -> None:
     """prepare-demo -> teacher -> dump-teacher -> students (KD and not) -> eval -> export -> report.
 
-    The corpus is 1 h with wide training voices; the headline student is tiny-teacher-2l (2 of the committed
+    The corpus is 1 h with wide training voices (plus 0.25 h of untranscribed audio the teacher labels and
+    label-quality scores); the headline student is tiny-teacher-2l (2 of the committed
     teacher's 4 layers, started from its weights, hybrid RNNT-CTC, KD from a band-6 store), trained beside
     its no-KD twin; the report leads with retention, parameters, speed and the sherpa-onnx int8 WER.
 

@@ -150,15 +150,16 @@ def write_report(work: Path, plan_line: str, corpus: Any, scores: dict[str, dict
     untranscribed = ""
     if labelled:
         hours = labelled["counts"]["hours"]
+        learned = labelled.get("learned_from", True)
         untranscribed = (
-            "## Untranscribed audio\n\n"
-            + ("Both students also learn from" if labelled.get("learned_from", True) else
-               "The teacher also labelled (the students do not learn from it: in the study it did not help them; "
-               "docs/benchmarks.md)")
-            + f" {hours:.2f} h of untranscribed audio "
-            f"({labelled['teacher_labelled']} utterances in voices of no other split: the training voices at unheard pitch shifts, text withheld): the teacher "
-            f"labelled it while dumping (`dump-teacher` over a manifest without text). Its labels, scored against the withheld "
-            f"text (`kdstore label-quality`, {labelled['report']}):\n\n{labelled['table']}\n\n")
+            f"## Untranscribed audio\n\nThe teacher labelled {hours:.2f} h of untranscribed audio "
+            f"({labelled['teacher_labelled']} utterances in voices of no other split, the training voices at unheard "
+            "pitch shifts; text withheld) while dumping it (`dump-teacher` over a manifest without text). "
+            + ("Both students learn from it beside the transcribed audio. " if learned else
+               "The students do not learn from it: in the 3-seed study it did not help them at this budget "
+               "(docs/results.md, section 0c). ")
+            + f"Its labels, scored against the withheld text (`kdstore label-quality`, {labelled['report']}):"
+            f"\n\n{labelled['table']}\n\n")
     report = work / "report.md"
     report.write_text(
         "# kdstore demo report\n\n"

@@ -85,8 +85,10 @@ class KDMixin:
                 self.train_data_summary = (
                     f"training data: {len(entries)} utterances, {self.teacher_labelled} of them on the teacher's own "
                     "labels (pseudo-labels)" + (f"; {len(policy.left_out)} manifest lines left out, as dump-teacher "
-                                                "decided (low teacher confidence or no words; listed in the store's "
-                                                ".skipped.jsonl)" if policy.left_out else ""))
+                                                "decided (low teacher confidence or no words; listed in "
+                                                + ", ".join(sorted({why.split(" in ", 1)[-1] + ".skipped.jsonl"
+                                                                    for _, why in policy.left_out})) + ")"
+                                                if policy.left_out else ""))
         train = isinstance(data, TrainDataSection)
         shuffle = train and data.shuffle
         augment = nemo_augment(data.augmentor, data.sample_rate) if train else None

@@ -152,7 +152,7 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
                 manifest_sha256=manifest_sha,
             ),
             front_end=front_end,
-            counts=Counts(utterances=0, nodes=0, frames=0, hours=round(sum(e.duration for e in entries) / 3600, 6)),
+            counts=Counts(utterances=0, nodes=0, frames=0, hours=round(_stored_seconds(group, entries) / 3600, 6)),
             labels=LabelInfo(pseudo_label="all" if settings.pseudo_label else "missing",
                              decoding=search_name(settings.beam_size),  # type: ignore[arg-type]
                              beam_size=settings.beam_size if settings.beam_size > 1 else None,
@@ -199,6 +199,18 @@ def _gather_rank_side_files(side_file: Path, ranks: Ranks, policy: BadInputPolic
             with side_file.open("a", encoding="utf-8") as handle:
                 handle.write("\n".join(lines) + "\n")
         path.unlink()
+
+
+def _stored_seconds(group, entries) -> float:
+    """Seconds of audio of the utterances the parts hold (not of every manifest line: some were left out)."""
+    from kdstore.store import layout
+
+    stored: set[str] = set()
+    for name in group[layout.PARTS_GROUP].group_keys():
+        part = group[f"{layout.PARTS_GROUP}/{name}"]
+        offsets = np.asarray(part[layout.KEY_OFFSET][:])
+        stored.update(layout.decode_keys(offsets, np.asarray(part[layout.KEY_BYTES][:]).tobytes()))
+    return sum(e.duration for e in entries if e.key in stored)
 
 
 def part_teacher_labels(group) -> int:
@@ -249,8 +261,8 @@ def _dump_batch(model, dataset, batch_indices, todo, writer, settings: DumpSetti
                 writer.add_utterance(key, **rows)
             else:
                 kind, why = reason
-                raw = json.dumps({"audio_filepath": entry.audio_filepath, "duration": entry.duration,
-                                  "offset": entry.offset, **({"text": entry.text} if entry.text else {})})
+                raw = entry.raw if entry.raw is not None else json.dumps(
+                    {"audio_filepath": entry.audio_filepath, "duration": entry.duration, "offset": entry.offset})
                 policy.drop(Skipped(kind, manifest, entry.line, entry.audio_filepath, why, raw,
                                     label=label.text, confidence=label.confidence, key=entry.key))
 

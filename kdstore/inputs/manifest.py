@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdstore.errors import ManifestError
@@ -25,6 +25,7 @@ class ManifestEntry:
     text: str
     line: int  # 1-based line number, for error messages
     manifest: Path
+    raw: str | None = field(default=None, compare=False)  # the line as written (side files quote it)
 
     @property
     def key(self) -> str:
@@ -77,9 +78,9 @@ def _parse_line(raw: str, number: int, manifest: Path, require_text: bool, check
         raise _LineError(f"not a JSON object ({err.msg}); each line must be one JSON object") from None
     if not isinstance(item, dict):
         raise _LineError(f"expected a JSON object, got {type(item).__name__}")
-    for field in ("audio_filepath", "duration"):
-        if field not in item:
-            raise _LineError(f"missing field {field!r}")
+    for name in ("audio_filepath", "duration"):
+        if name not in item:
+            raise _LineError(f"missing field {name!r}")
     try:
         duration = float(item["duration"])
         offset = float(item.get("offset") or 0.0)
@@ -94,7 +95,8 @@ def _parse_line(raw: str, number: int, manifest: Path, require_text: bool, check
     audio_path = _resolve(str(item["audio_filepath"]), manifest)
     if check_audio and not audio_path.is_file():
         raise _LineError(f"audio file {item['audio_filepath']} not found (looked at {audio_path})", "missing_audio")
-    return ManifestEntry(str(item["audio_filepath"]), audio_path, duration, offset, text, number, manifest)
+    return ManifestEntry(str(item["audio_filepath"]), audio_path, duration, offset, text, number, manifest,
+                         raw.rstrip("\n"))
 
 
 def read_manifest(path: str | Path, *, require_text: bool = True, check_audio: bool = True,

@@ -126,8 +126,8 @@ class BadInputPolicy:
 
     def reject(self, entry: ManifestEntry, kind: str, reason: str, hint: str = FIX_LINE) -> None:
         """A parsed manifest entry that cannot be used (``kind`` one of ``KINDS``)."""
-        raw = json.dumps({"audio_filepath": entry.audio_filepath, "duration": entry.duration,
-                          "offset": entry.offset, "text": entry.text})
+        raw = entry.raw if entry.raw is not None else json.dumps(
+            {"audio_filepath": entry.audio_filepath, "duration": entry.duration, "offset": entry.offset, "text": entry.text})
         self.add(Skipped(kind, str(entry.manifest), entry.line, entry.audio_filepath, reason, raw, hint))
 
 

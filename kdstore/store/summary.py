@@ -72,9 +72,9 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
             summary["teacher_search"] = meta.labels.search
             summary["teacher_label_confidence_median"] = round(float(np.median(teacher)), 4)  # nats per token
             summary["teacher_label_confidence_min"] = round(min(teacher), 4)
-        if meta.labels.min_confidence is not None:
-            summary["min_confidence"] = meta.labels.min_confidence
-        if meta.labels.dropped_low_confidence or meta.labels.dropped_empty:
-            summary["left_out_low_confidence"] = meta.labels.dropped_low_confidence
-            summary["left_out_empty"] = meta.labels.dropped_empty
+        else:
+            summary.update(teacher_search=None, teacher_label_confidence_median=None, teacher_label_confidence_min=None)
+        summary["min_confidence"] = meta.labels.min_confidence  # None: no teacher label was filtered
+        summary["left_out_low_confidence"] = meta.labels.dropped_low_confidence
+        summary["left_out_empty"] = meta.labels.dropped_empty
     return summary
