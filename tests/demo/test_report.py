@@ -35,3 +35,20 @@ def test_table_has_retention_per_student():
     assert "| 90.0% |" in student_line
     assert "| 80.0% |" in next(line for line in table.splitlines() if line.startswith(f"| {TWIN} "))
     assert "2.00 MB" in table
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_report_says_what_the_teacher_labelled_and_whether_the_students_learn_from_it(tmp_path, learned):
+    from types import SimpleNamespace
+
+    from kdstore.demo.report import write_report
+
+    scores = {r.name: {"wer": r.wer, "cer": r.cer, "params": r.params, "rtf": r.rtf} for r in rows(0.19, 0.25)}
+    corpus = SimpleNamespace(utterances={"train": 10}, hours={"train": 0.01})
+    labelled = {"counts": {"hours": 0.25}, "teacher_labelled": 418, "table": "| bucket table |",
+                "report": "label-quality.md", "learned_from": learned}
+    onnx = {"onnx_dir": "onnx", "samples": [], "sherpa_int8": {"wer": 0.2, "cer": 0.1, "rtf": 0.01}}
+    text = write_report(tmp_path, "plan", corpus, scores, {}, {}, onnx, 1000, True, labelled=labelled).read_text()
+    assert "## Untranscribed audio" in text and "0.25 h" in text and "418 utterances" in text and "| bucket table |" in text
+    assert ("Both students learn from it" in text) == learned
+    assert ("The students do not learn from it" in text) == (not learned)

@@ -68,20 +68,26 @@ def part_progress(path: Path) -> int:
         return 0
 
 
+def kill_after_commits(cli_args: list[str], out: Path, commits: int = 4) -> int:
+    """Run ``kdstore CLI_ARGS`` (a dump into ``out``), SIGKILL it once ``commits`` utterances are committed
+    (or it ends); returns how many were committed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "kdstore.cli.main", *cli_args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while part_progress(out) < commits and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return part_progress(out)
+
+
 def test_kill_9_then_resume_equals_uninterrupted(teacher, demo_corpus, tmp_path):
     manifest = demo_corpus.train_manifest
     ref = tmp_path / "ref.zarr"
     assert run_cli(dump_args(teacher, manifest, ref, "--band", "3")).returncode == 0
     out = tmp_path / "out.zarr"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "kdstore.cli.main", *dump_args(teacher, manifest, out, "--band", "3")],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while part_progress(out) < 4 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = part_progress(out)
+    killed_at = kill_after_commits(dump_args(teacher, manifest, out, "--band", "3"), out)
     assert 0 < killed_at < len(StoreReader(ref)), "the kill must land mid-way"
     result = run_cli(["inspect", str(out)])
     assert result.returncode != 0 and "did not finish" in result.stderr + result.stdout

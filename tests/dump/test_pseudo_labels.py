@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ import torch
 
 from kdstore.store import StoreReader
 from kdstore.store.verify import verify_store
-from tests.dump.test_dump import REPO, all_arrays, part_progress, run_cli
+from tests.dump.test_dump import REPO, all_arrays, kill_after_commits, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -139,15 +137,7 @@ def test_resume_of_an_interrupted_pseudo_label_dump_equals_an_uninterrupted_one(
     ref = tmp_path / "ref.zarr"
     assert run_cli(args(teacher, mixed_manifest, ref, "--band", "3")).returncode == 0
     out = tmp_path / "out.zarr"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "kdstore.cli.main", *args(teacher, mixed_manifest, out, "--band", "3")],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while part_progress(out) < 4 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = part_progress(out)
+    killed_at = kill_after_commits(args(teacher, mixed_manifest, out, "--band", "3"), out)
     assert 0 < killed_at < len(StoreReader(ref)), "the kill must land mid-way"
     checked = run_cli(["inspect", str(out), "--verify"])  # the committed prefix, labels included
     assert checked.returncode == 0 and f"unfinished dump: {killed_at} utterances" in checked.stdout, checked.stderr
