@@ -51,6 +51,7 @@ from study import (
 )
 
 SECTION = "## Untranscribed audio: the teacher labels it, the student learns from it"
+DEFAULT_STEPS = 700  # the demo's budget; other budgets keep their own result files
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class Bench:
         return command + list(row.overrides)
 
     def student(self, row: Row, seed: int, stores: dict) -> dict:
-        tag = f"{row.name}-s{seed}"
+        tag = f"{row.name}-s{seed}" + (f"-{self.args.steps}steps" if self.args.steps != DEFAULT_STEPS else "")
         result_path = self.work / "results" / f"{tag}.json"
         fingerprint = {"row": row.name, "seed": seed, "steps": self.args.steps, "batch_size": self.args.batch_size,
                        "teacher": self.teacher_id, "stores": [stores[s]["fingerprint"] for s in row.stores]}
@@ -241,7 +242,7 @@ def main() -> None:
     parser.add_argument("--corpus-dir", type=Path, required=True)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/kdstore-untranscribed"))
     parser.add_argument("--teacher", type=Path, default=default_teacher())
-    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=[r.name for r in ROWS])
