@@ -26,6 +26,15 @@ def _num_samples(entry: ManifestEntry, sample_rate: int) -> int:
     return samples if info.samplerate == sample_rate else round(samples * sample_rate / info.samplerate)
 
 
+def stored_label_ids(store: StoreSet, entry: ManifestEntry) -> list[int] | None:
+    """The token ids ``entry`` trains on when the store decides them: its stored label if that is the
+    teacher's (the lattice was forced on it) or the line has no text; None: the transcript's tokens."""
+    label = store.label(entry.key) if entry.key in store else None
+    if label is not None and (label.source == "teacher" or not entry.text):
+        return [int(i) for i in label.ids]
+    return None
+
+
 def check_alignment_upfront(entries: Sequence[ManifestEntry], tokenize: Callable[[str], Sequence[int]],
                             store: StoreSet, front_end: FrontEnd) -> dict[str, list[int]]:
     """Raise IncompatibleStoreError naming the first utterance whose key, label, U or T disagrees.
@@ -42,9 +51,8 @@ def check_alignment_upfront(entries: Sequence[ManifestEntry], tokenize: Callable
                 "this manifest (keys are audio_filepath as written, offset and duration)")
         stored_t, stored_u = store.lattice_size(entry.key)
         label = store.label(entry.key)
-        if label is not None and (label.source == "teacher" or not entry.text):
-            tokens = [int(i) for i in label.ids]
-        else:
+        tokens = stored_label_ids(store, entry)
+        if tokens is None:
             tokens = list(tokenize(entry.text))
             if label is not None and tokens != [int(i) for i in label.ids]:
                 raise IncompatibleStoreError(

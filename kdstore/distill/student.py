@@ -16,7 +16,7 @@ from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel, EncDecRNNTB
 
 from kdstore.distill import losses
 from kdstore.distill.augment import nemo_augment
-from kdstore.distill.checks import check_alignment_upfront
+from kdstore.distill.checks import check_alignment_upfront, stored_label_ids
 from kdstore.distill.config import DataSection, KDSettings, StepKeys, TrainDataSection, step_keys, typed
 from kdstore.distill.data import KDBatch, KDRows, StoreCollate
 from kdstore.distill.kd_term import check_alignment, ctc_kd_loss, kd_node_loss, online_rows
@@ -65,8 +65,7 @@ class KDMixin:
                 return None if found is None else f"{found[1]} in {found[0]}"
 
             def stored_ids(entry):
-                label = store.label(entry.key) if entry.key in store else None
-                return label.ids if label is not None and (label.source == "teacher" or not entry.text) else None
+                return stored_label_ids(store, entry)
         rules = rules_for(self, front_end_from_config(self.cfg))
         entries = [entry for manifest in split_paths(data.manifest_filepath)
                    for entry in screened_manifest(manifest, self.tokenizer.text_to_ids, rules, policy, labels=stored_ids,
