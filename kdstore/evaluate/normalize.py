@@ -3,8 +3,8 @@
 Three normalisers, chosen by name (``kdstore eval --normalizer``):
 
 ``basic`` (default)
-    Unicode NFKC, lower case, every character that is not a letter, digit or apostrophe becomes a
-    space; apostrophes are kept only inside words (``don't`` stays one word, as in LibriSpeech),
+    Unicode NFKC, lower case, every apostrophe-like mark (``’ ‘ ʼ ` ´ ′`` and the like) written as
+    ``'``, every character that is not a letter, digit or apostrophe becomes a space; apostrophes are kept only inside words (``don't`` stays one word, as in LibriSpeech),
     a decimal point only between digits, thousands separators dropped (``1,000`` -> ``1000``);
     whitespace collapsed. Numbers are not rewritten: ``twenty six`` and ``26`` differ.
 ``whisper``
@@ -32,6 +32,15 @@ NORMALIZERS = ("basic", "whisper", "none")
 _NOT_WORD = re.compile(r"(?<!\d)\.|\.(?!\d)|[^\w'.]+|_")
 _DIGIT_GROUP = re.compile(r"(?<=\d),(?=\d{3}\b)")
 _STRAY_APOSTROPHE = re.compile(r"(?<!\w)'|'(?!\w)")
+# Marks people and editors type for an apostrophe: right/left single quotation marks, modifier letter
+# apostrophe and turned comma, grave and acute accents, prime, single low-9 and reversed-9 quotation marks.
+APOSTROPHES = "\u2019\u2018\u02bc\u02bb\u0060\u00b4\u2032\u201a\u201b"
+_TO_APOSTROPHE = str.maketrans({mark: "'" for mark in APOSTROPHES})
+
+
+def unify_apostrophes(text: str) -> str:
+    """Every apostrophe-like mark in :data:`APOSTROPHES` written as ASCII ``'`` (``o’clock`` -> ``o'clock``)."""
+    return text.translate(_TO_APOSTROPHE)
 
 
 def normalize_none(text: str) -> str:
@@ -39,7 +48,7 @@ def normalize_none(text: str) -> str:
 
 
 def normalize_basic(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).lower()
+    text = unicodedata.normalize("NFKC", unify_apostrophes(text)).lower()
     text = _DIGIT_GROUP.sub("", text)  # 1,000 -> 1000 and 3.5 stays one token
     text = _NOT_WORD.sub(" ", text)
     text = _STRAY_APOSTROPHE.sub(" ", text)
@@ -141,9 +150,9 @@ def _numbers_to_digits(words: list[str]) -> list[str]:
 
 
 def normalize_whisper(text: str) -> str:
-    text = unicodedata.normalize("NFKD", text.lower())
+    text = unicodedata.normalize("NFKC", unify_apostrophes(text)).lower()
+    text = unicodedata.normalize("NFKD", text)
     text = "".join(c for c in text if not unicodedata.combining(c))
-    text = text.replace("\u2019", "'").replace("\u2018", "'")
     text = _ASIDES.sub(" ", text)
     text = _FILLERS.sub(" ", text)
     for pattern, replacement in _CONTRACTIONS:
