@@ -18,7 +18,8 @@ Two steps, as NeMo computes them:
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 
 class FrameSettings(Protocol):
@@ -75,3 +76,70 @@ def encoder_frames(num_samples: int, front_end: FrameSettings) -> int | None:
     hop = round(front_end.window_stride * front_end.sample_rate)
     mel = mel_frames(num_samples, hop, front_end.n_fft, front_end.exact_pad)
     return subsampled_frames(mel, front_end.subsampling_factor)
+
+
+# The settings that decide T, in the order a difference is named, each with the NeMo config section it
+# lives in. Everything else in a front end (n_mels, normalisation, window function, dither, pad_to: NeMo
+# pads the feature tensor but computes the valid length before padding) leaves T alone.
+T_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("sample_rate", "preprocessor"), ("window_stride", "preprocessor"), ("subsampling_factor", "encoder"),
+    ("exact_pad", "preprocessor"), ("n_fft", "preprocessor"), ("window_size", "preprocessor"))
+
+# Sample counts at which two front ends' frame counts are compared: every count up to 1 s (all phases of
+# the hop and of the subsampling stack), then every 7919th up to an hour (a hop that differs by a rounding
+# error shows only after many frames).
+_EXHAUSTIVE_S = 1
+_SPARSE_S, _SPARSE_STEP = 3600, 7919
+
+
+@dataclass(frozen=True)
+class FrameDifference:
+    """Why two front ends give different T: the ``setting`` named (a :data:`T_SETTINGS` name and its
+    ``section``), its values, and a sample count whose T differs (None: decided by the settings alone)."""
+
+    setting: str
+    section: str
+    stored: Any
+    other: Any
+    samples: int | None = None
+    stored_frames: int | None = None
+    other_frames: int | None = None
+
+
+def _first_differing_setting(a: FrameSettings, b: FrameSettings) -> tuple[str, str] | None:
+    for name, section in T_SETTINGS:
+        x, y = getattr(a, name, None), getattr(b, name, None)
+        if x is not None and y is not None and x != y:  # None: not recorded (older stores)
+            return name, section
+    return None
+
+
+def frame_count_difference(stored: FrameSettings, other: FrameSettings) -> FrameDifference | None:
+    """Whether ``other`` counts a different number of encoder frames T than ``stored`` for the same audio.
+
+    Decided by computing both front ends' T (:func:`encoder_frames`) for every sample count up to 1 s and
+    a sparse range up to an hour; a different sample rate is a difference by itself (the audio is resampled
+    to each model's rate, so sample counts no longer correspond). Where T cannot be computed (a subsampling
+    factor that is not a power of 2, ``exact_pad`` without a recorded ``n_fft``) any differing setting of
+    :data:`T_SETTINGS` but ``window_size`` counts. Returns None when T agrees everywhere; else the first
+    differing setting of :data:`T_SETTINGS` (``n_fft``, ``window_size`` alone often do not change T).
+    """
+    if stored.sample_rate != other.sample_rate:
+        return FrameDifference("sample_rate", "preprocessor", stored.sample_rate, other.sample_rate)
+    rate = stored.sample_rate
+    counts = [*range(0, _EXHAUSTIVE_S * rate), *range(_EXHAUSTIVE_S * rate, _SPARSE_S * rate, _SPARSE_STEP)]
+    try:
+        for n in counts:
+            ts, to = encoder_frames(n, stored), encoder_frames(n, other)
+            if ts is None or to is None:
+                raise ValueError("T not computable")
+            if ts != to:
+                name, section = _first_differing_setting(stored, other) or ("front end", "preprocessor")
+                return FrameDifference(name, section, getattr(stored, name, None), getattr(other, name, None),
+                                       n, ts, to)
+    except ValueError:
+        for name, section in T_SETTINGS[:-1]:
+            x, y = getattr(stored, name, None), getattr(other, name, None)
+            if x is not None and y is not None and x != y:
+                return FrameDifference(name, section, x, y)
+    return None

@@ -10,10 +10,29 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from kdstore.errors import IncompatibleStoreError
-from kdstore.frames import encoder_frames
+from kdstore.frames import encoder_frames, frame_count_difference
 from kdstore.inputs.manifest import ManifestEntry
 from kdstore.store import StoreSet
 from kdstore.store.meta_v1 import FrontEnd
+
+
+def store_front_end_problem(store_path: object, stored: FrontEnd, student: FrontEnd) -> str | None:
+    """One line saying why a student with front end ``student`` cannot learn from a store dumped with
+    ``stored`` (None: it can). Only what changes the frame count T counts: sample rate, hop
+    (``window_stride``), padding rules (``exact_pad``, ``n_fft`` with it) and the subsampling factor,
+    decided by computing both front ends' T (:func:`kdstore.frames.frame_count_difference`). Mel features,
+    normalisation, window function and ``pad_to`` may differ: the student reads its own features from the
+    same audio, and the store's rows are addressed by (t, u) only."""
+    diff = frame_count_difference(stored, student)
+    if diff is None:
+        return None
+    where = ("model.sample_rate (model.preprocessor.sample_rate)" if diff.setting == "sample_rate"
+             else f"model.{diff.section}.{diff.setting}")
+    shown = "" if diff.samples is None else (
+        f" ({diff.samples} samples: T={diff.stored_frames} in the store, {diff.other_frames} for the student)")
+    why = ("the audio is read at another rate, so T differs" if diff.setting == "sample_rate" else "the frame count T differs")
+    return (f"store {store_path} was dumped with {diff.setting}={diff.stored} but the student has {diff.other}: {why}"
+            f"{shown}; set {where}={diff.stored}")
 
 
 def _num_samples(entry: ManifestEntry, sample_rate: int) -> int:

@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 
 from kdstore.errors import StoreError
+from kdstore.frames import frame_count_difference
 from kdstore.store.meta_v2 import StoreMetadata
 from kdstore.store.reader import StoredLabel, StoreReader, UtteranceRows
 
@@ -142,9 +143,8 @@ def _check_same_student_view(a: StoreReader, b: StoreReader) -> None:
         if x != y:
             raise StoreError(f"stores {a.path} and {b.path} differ in {name} ({x} vs {y}); a student can learn from "
                              "several stores only when they come from teachers with the same tokenizer")
-    fa, fb = dataclasses.asdict(ma.front_end), dataclasses.asdict(mb.front_end)
-    for name in fa:
-        if fa[name] is not None and fb[name] is not None and fa[name] != fb[name]:
-            raise StoreError(f"stores {a.path} and {b.path} were dumped with different front ends ({name}: "
-                             f"{fa[name]} vs {fb[name]}); the student sees one front end, so T would differ")
+    diff = frame_count_difference(ma.front_end, mb.front_end)  # only what changes T (n_mels may differ)
+    if diff is not None:
+        raise StoreError(f"stores {a.path} and {b.path} were dumped with different front ends ({diff.setting}: "
+                         f"{diff.stored} vs {diff.other}); the student sees one front end, so T would differ")
 
