@@ -6,7 +6,6 @@ Order as in a readable recipe: settings -> checks -> trainer -> model -> fit -> 
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import time
 from collections.abc import Callable
@@ -49,25 +48,23 @@ class TrainResult:
 
 
 def check_store_compatible(model_cfg: Any, model: ModelSection, store_path: str, kd_on: bool = True) -> Any:
-    """Open the store(s) (``store_path``: one path or several, comma-separated), refusing one whose front
-    end, k or T differs from what the student will see (design section 6). ``model_cfg`` is NeMo's model
-    config (its preprocessor is built to read the front end), ``model`` its typed view; ``kd_on`` False
-    (labels only, no KD term) skips the checks that only KD needs. Returns the StoreSet; raises
-    IncompatibleStoreError (or StoreError for stores that cannot be read together)."""
+    """Open the store(s) (``store_path``: one path or several, comma-separated), refusing one whose frame
+    count T (sample rate, hop, padding rules, subsampling: :func:`kdstore.frames.frame_count_difference`
+    computes both front ends' T), k or augmentation does not fit what the student will see (design section
+    6; the tokenizer, which fixes U, is checked by :func:`tokenizer_for_store`). Mel features and
+    normalisation may differ (a 128-mel teacher distils into an 80-mel student). ``model_cfg`` is NeMo's
+    model config (its preprocessor is built to read the front end), ``model`` its typed view; ``kd_on``
+    False (labels only, no KD term) skips the checks that only KD needs. Returns the StoreSet; raises
+    IncompatibleStoreError naming the setting (or StoreError for stores that cannot be read together)."""
+    from kdstore.distill.checks import store_front_end_problem
     from kdstore.store import StoreSet, split_paths
 
     stores = StoreSet(split_paths(store_path))
-    student = dataclasses.asdict(front_end_from_config(model_cfg))
+    student = front_end_from_config(model_cfg)
     for reader in stores.readers:
-        meta = reader.metadata
-        for name, value in student.items():
-            stored = getattr(meta.front_end, name)
-            if stored is not None and stored != value:  # None: not recorded by an older dump
-                raise IncompatibleStoreError(
-                    f"store {reader.path} was dumped with {name}={stored} but the student has {name}={value}; "
-                    "student and teacher must share the preprocessor and subsampling factor (set "
-                    f"model.{'encoder' if name == 'subsampling_factor' else 'preprocessor'}.{name}={stored})"
-                )
+        problem = store_front_end_problem(reader.path, reader.metadata.front_end, student)
+        if problem:
+            raise IncompatibleStoreError(problem)
     if not kd_on:
         return stores
     top_k = model.kd.top_k
