@@ -282,7 +282,8 @@ def run_teacher(name: str, inputs: dict, workdir: Path, args: argparse.Namespace
     threads = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     steps: dict[str, dict] = {}
     result = {"shape": name, "label": shape.label, "params": 0, "utterance_seconds": inputs["utterance_seconds"],
-              "audio_seconds": sum(inputs["utterance_seconds"]), "steps": steps}
+              "audio_seconds": sum(inputs["utterance_seconds"]), "steps": steps, "machine": machine(),
+              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     teacher = folder / "teacher.nemo"
 
     def step(key: str, argv: list[str], timeout: float | None = None) -> Step:
@@ -360,7 +361,8 @@ def report(results: list[dict], args: argparse.Namespace, inputs: dict, started:
         "",
         f"- Command: `python bench/real_sizes.py {' '.join(args.argv)}`",
         f"- Machine: {load}",
-        f"- Date: {started}",
+        f"- Date: {started}" + ("" if len(results) < 2 else
+                                "; per teacher " + ", ".join(f"{r['shape']} {r.get('date', '?')}" for r in results)),
         f"- Versions: Python {sys.version.split()[0]}, torch {version('torch')}, nemo_toolkit {version('nemo_toolkit')}, "
         f"sherpa-onnx {version('sherpa-onnx')}, onnxruntime {version('onnxruntime')}",
         f"- Work folder (teachers, stores, students, logs, per-teacher JSON): `{args.workdir}`",
@@ -423,6 +425,9 @@ def main(argv: list[str] | None = None) -> None:
         results.append(result)
         if not args.keep_models:
             (workdir / name / "teacher.nemo").unlink(missing_ok=True)
+    first = min(results, key=lambda r: r.get("date", started), default=None)
+    if first is not None and "date" in first:  # results reused from an earlier run: when that one started
+        started, load = first["date"], first["machine"]
     text = report(results, args, inputs, started, load)
     print(text)
     if args.out:
