@@ -5,6 +5,7 @@ Commands import torch and NeMo inside their bodies, so ``kdstore --help`` stays 
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from collections.abc import Callable
@@ -22,8 +23,26 @@ def debug_option(func: F) -> F:
     return click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")(func)
 
 
+# What the file system answers when a path cannot be written or read as asked: the user's to fix, so one line.
+FILE_SYSTEM_ERRNOS = {errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                      errno.EPERM: "operation not permitted", errno.ENOSPC: "no space left on the device",
+                      errno.EDQUOT: "disk quota exceeded", errno.ENOTDIR: "a part of the path is a file, not a folder",
+                      errno.EISDIR: "it is a folder, not a file", errno.ENAMETOOLONG: "the name is too long"}
+
+
+def file_system_message(err: OSError) -> str | None:
+    """One line for an ``OSError`` the file system raised (read-only, permissions, full disk...), or None
+    for any other error (a bug: it keeps its traceback)."""
+    if err.errno not in FILE_SYSTEM_ERRNOS:
+        return None
+    where = f" {err.filename}" if err.filename else ""
+    return (f"cannot write or read{where}: {FILE_SYSTEM_ERRNOS[err.errno]} ([Errno {err.errno}] {err.strerror}); "
+            "choose a writable path with free space, or fix the permissions, and run again")
+
+
 def friendly_errors(func: F) -> F:
-    """Turn ``KdstoreError`` into a one-line ``ClickException`` unless ``--debug`` was given."""
+    """Turn ``KdstoreError`` and file-system ``OSError`` (:func:`file_system_message`) into a one-line
+    ``ClickException`` unless ``--debug`` was given."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
@@ -33,6 +52,11 @@ def friendly_errors(func: F) -> F:
             if debug or os.environ.get("KDSTORE_DEBUG"):
                 raise
             raise click.ClickException(str(err)) from None
+        except OSError as err:
+            message = file_system_message(err)
+            if message is None or debug or os.environ.get("KDSTORE_DEBUG"):
+                raise
+            raise click.ClickException(message) from None
 
     return debug_option(wrapper)  # type: ignore[return-value]
 

@@ -57,5 +57,9 @@ class DependencyError(KdstoreError, ImportError):
     """An optional dependency or system tool (TTS engine, sox) is missing."""
 
 
+class TrainingError(KdstoreError, RuntimeError):
+    """Training cannot go on (a non-finite loss, no training batch); nothing is saved as a model."""
+
+
 class ExportError(KdstoreError, ValueError):
     """A model cannot be exported, or a folder is not a complete ONNX export."""

@@ -14,11 +14,23 @@ class CurveRecorder(pl.Callback):
     """Writes one CSV row of losses per training step (the demo plots these curves).
 
     With ``print_losses`` (runs without a progress bar) it also prints them every
-    ``trainer.log_every_n_steps`` steps.
+    ``trainer.log_every_n_steps`` steps. A run resumed from a checkpoint (``exp_manager.resume_if_exists``)
+    keeps the earlier run's rows up to the checkpoint's step and appends its own, its ``seconds`` going on
+    from the last kept row; a fresh run starts the file anew.
     """
 
     def __init__(self, path: Path, print_losses: bool = False) -> None:
         self.path, self.rows, self.start, self.print_losses = path, [], time.time(), print_losses
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = time.time()
+        if trainer.global_rank != 0 or trainer.global_step == 0 or not self.path.is_file():
+            return
+        with self.path.open(newline="") as handle:  # the run being resumed: its rows up to the checkpoint
+            earlier = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
+        self.rows = [{**row, "step": int(row["step"])} for row in earlier if row.get("step", 0) <= trainer.global_step]
+        if self.rows:
+            self.start -= float(self.rows[-1].get("seconds", 0.0))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_rank != 0:

@@ -108,7 +108,8 @@ class DataSection:
     batch_size: int = 16
     num_workers: int = 0
     pin_memory: bool = False
-    max_duration: float | None = None  # seconds; longer utterances are left out
+    max_duration: float | None = None  # seconds; longer utterances are left out (counted, listed in skipped_file)
+    min_duration: float | None = None  # seconds; shorter utterances are left out (counted, listed in skipped_file)
     skip_bad: bool = False  # skip unusable manifest lines (listed in skipped_file) instead of stopping
     skipped_file: str | None = None
 

@@ -62,6 +62,23 @@ def kd_rows(rows: Sequence[UtteranceRows]) -> KDRows:
     )
 
 
+def check_finite_rows(rows: Sequence[UtteranceRows], keys: Sequence[str], store: StoreReader | StoreSet) -> None:
+    """Raise ``StoreError`` naming the utterance when a stored node (``stored``; all nodes in a full store)
+    holds a NaN or infinite log-prob: the KD term would silently skip it or turn the student into NaN."""
+    from kdstore.errors import StoreError
+
+    for row, key in zip(rows, keys, strict=True):
+        for name in ("logp", "blank_label", "occupancy", "ctc_logp"):
+            values = getattr(row, name, None)
+            if values is None:
+                continue
+            kept = values[row.stored] if row.stored is not None and name != "ctc_logp" else values
+            if not np.isfinite(kept).all():
+                raise StoreError(f"store {store.path}: utterance {key} holds NaN or infinite teacher values in {name}; "
+                                 "the store is damaged or was written from bad input: kdstore inspect --verify "
+                                 "names every such utterance; dump it again (kdstore dump-teacher --overwrite)")
+
+
 def _is_teacher_label(store, key: str) -> bool:
     label = store.label(key) if isinstance(store, StoreSet) else (store.label_of(key) if store.has_labels else None)
     return label is not None and label.source == "teacher"
@@ -76,7 +93,11 @@ class StoreCollate:
 
     def __call__(self, items: Sequence[dict]) -> KDBatch:
         batch = collate(items)
-        rows = kd_rows(self.store.read_batch(batch.keys)) if self.store is not None else None
+        rows = None
+        if self.store is not None:
+            stored = self.store.read_batch(batch.keys)
+            check_finite_rows(stored, batch.keys, self.store)
+            rows = kd_rows(stored)
         if rows is not None:
             rows.teacher_label = torch.tensor([_is_teacher_label(self.store, key) for key in batch.keys])
         return KDBatch(**{f.name: getattr(batch, f.name) for f in fields(batch)}, kd=rows)

@@ -57,7 +57,9 @@ class StoreOrderBatchSampler(DurationBucketSampler):
     A dump writes utterances in duration-sorted batches, so store neighbours have similar durations
     (bucketing for free) and a batch is one contiguous read per array: a chunk is decoded once for
     many utterances instead of once per utterance (docs/benchmarks.md, "Store"). Each epoch the cut
-    points move by a random shift, so batch composition varies between epochs.
+    points move by a random shift, so batch composition varies between epochs; the utterances before
+    the first cut join the last batch (wrapping around the store order), so an epoch is always
+    ``ceil(n / batch_size)`` batches, the length Lightning reads, and every utterance is in one of them.
     """
 
     def __init__(self, positions: Sequence[tuple[int, int]], batch_size: int, seed: int = 0) -> None:
@@ -66,9 +68,9 @@ class StoreOrderBatchSampler(DurationBucketSampler):
 
     def _batches(self, gen: torch.Generator) -> list[list[int]]:
         order = sorted(range(len(self.positions)), key=lambda i: self.positions[i])
-        shift = int(torch.randint(0, self.batch_size, (1,), generator=gen))
-        cuts = [order[:shift]] + [order[i : i + self.batch_size] for i in range(shift, len(order), self.batch_size)]
-        return [batch for batch in cuts if batch]
+        shift = int(torch.randint(0, self.batch_size, (1,), generator=gen)) if len(order) > self.batch_size else 0
+        order = order[shift:] + order[:shift]  # the last batch wraps around: at most two contiguous runs
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
 
 def _rank_and_world() -> tuple[int, int]:

@@ -22,7 +22,7 @@ from kdstore.distill.data import KDBatch, KDRows, StoreCollate
 from kdstore.distill.kd_term import check_alignment, ctc_kd_loss, kd_node_loss, online_rows
 from kdstore.distill.samplers import DurationBucketSampler, StoreOrderBatchSampler
 from kdstore.inputs.batches import TranscribedAudioDataset, collate_nemo_tuple
-from kdstore.inputs.screening import BadInputPolicy, rules_for, screened_manifest
+from kdstore.inputs.screening import BadInputPolicy, duration_filter, rules_for, screened_manifest
 from kdstore.lattice.rnnt_loss import VectorizedRNNTLoss
 from kdstore.nemo.frontend import front_end_from_config
 from kdstore.store import StoreSet, split_paths
@@ -31,6 +31,25 @@ PLAIN_TARGETS = {
     "rnnt": "nemo.collections.asr.models.rnnt_bpe_models.EncDecRNNTBPEModel",
     "hybrid": "nemo.collections.asr.models.hybrid_rnnt_ctc_bpe_models.EncDecHybridRNNTCTCBPEModel",
 }
+
+
+def _data_summary(entries, teacher_labelled: int | None, policy: BadInputPolicy, filtered: list, section: str,
+                  data: DataSection) -> str:
+    """The line ``train-student`` prints before training: what it will train on and what was left out, and why."""
+    hours = sum(e.duration for e in entries) / 3600
+    line = f"training data: {len(entries)} utterances ({hours:.3f} h)"
+    if teacher_labelled is not None:
+        line += f", {teacher_labelled} of them on the teacher's own labels (pseudo-labels)"
+    if policy.left_out:
+        files = ", ".join(sorted({why.split(" in ", 1)[-1] + ".skipped.jsonl" for _, why in policy.left_out}))
+        line += (f"; {len(policy.left_out)} manifest lines left out, as dump-teacher decided (low teacher confidence "
+                 f"or no words; listed in {files})")
+    for kind, bound in (("over_max_duration", "max_duration"), ("under_min_duration", "min_duration")):
+        count = sum(item.kind == kind for item in filtered)
+        if count:
+            line += (f"; {count} left out by {section}.{bound}={getattr(data, bound)} s (listed in "
+                     f"{policy.side_file or 'no file: set ' + section + '.skipped_file'})")
+    return line
 
 
 class KDMixin:
@@ -55,8 +74,9 @@ class KDMixin:
         ``manifest_filepath`` may name several manifests (``a.json,b.json``). With a store, lines without
         text train on the store's label (the teacher's pseudo-label), and the KD rows are attached when
         KD is on."""
+        train = isinstance(data, TrainDataSection)
         policy = BadInputPolicy(skip_bad=data.skip_bad, side_file=Path(data.skipped_file) if data.skipped_file else None,
-                                listed_in=data.skipped_file or "<output>.skipped.jsonl")
+                                listed_in=data.skipped_file or "<output>.skipped.jsonl", reset_side_file=train)
         store = self._stores() if with_store else None
         stored_ids = left_out = None
         if store is not None:
@@ -67,28 +87,26 @@ class KDMixin:
             def stored_ids(entry):
                 return stored_label_ids(store, entry)
         rules = rules_for(self, front_end_from_config(self.cfg))
+        seen: dict = {}  # one utterance once across all the manifests
         entries = [entry for manifest in split_paths(data.manifest_filepath)
                    for entry in screened_manifest(manifest, self.tokenizer.text_to_ids, rules, policy, labels=stored_ids,
-                                                  leave_out=left_out)]
-        self.skipped_lines = getattr(self, "skipped_lines", 0) + len(policy.skipped)
-        if policy.left_out and isinstance(data, TrainDataSection):
-            self.left_out_by_dump = len(policy.left_out)
-        if data.max_duration is not None:
-            entries = [e for e in entries if e.duration <= data.max_duration]
+                                                  leave_out=left_out, seen=seen)]
+        bad = len(policy.skipped)
+        self.skipped_lines = getattr(self, "skipped_lines", 0) + bad
+        section = "model.train_ds" if train else "model.validation_ds"
+        entries = duration_filter(entries, policy, min_duration=data.min_duration, max_duration=data.max_duration,
+                                  setting=section)
+        filtered = policy.skipped[bad:]
         labels = None
         if store is not None:
             labels = check_alignment_upfront(entries, self.tokenizer.text_to_ids, store, store.metadata.front_end)
             self.teacher_labelled = sum(1 for e in entries if (lab := store.label(e.key)) is not None
                                         and lab.source == "teacher")
-            if isinstance(data, TrainDataSection):
-                self.train_data_summary = (
-                    f"training data: {len(entries)} utterances, {self.teacher_labelled} of them on the teacher's own "
-                    "labels (pseudo-labels)" + (f"; {len(policy.left_out)} manifest lines left out, as dump-teacher "
-                                                "decided (low teacher confidence or no words; listed in "
-                                                + ", ".join(sorted({why.split(" in ", 1)[-1] + ".skipped.jsonl"
-                                                                    for _, why in policy.left_out})) + ")"
-                                                if policy.left_out else ""))
-        train = isinstance(data, TrainDataSection)
+        if train:
+            self.left_out_by_dump = len(policy.left_out)
+            self.left_out_by_duration = len(filtered)
+            self.train_data_summary = _data_summary(entries, getattr(self, "teacher_labelled", 0) if store else None,
+                                                    policy, filtered, section, data)
         shuffle = train and data.shuffle
         augment = nemo_augment(data.augmentor, data.sample_rate) if train else None
         dataset = TranscribedAudioDataset(entries, self.tokenizer.text_to_ids, data.sample_rate, augment=augment,
@@ -239,10 +257,25 @@ class KDMixin:
                 logs["train_ctc_kd_loss"] = ctc_kd_utt.mean().detach()
             loss = (1 - ctc_weight) * loss + ctc_weight * ctc
         logs["train_loss"] = loss.detach()
+        if not bool(torch.isfinite(loss)):
+            self._stop_on_non_finite(logs, batch)
         logs["learning_rate"] = torch.tensor(self._optimizer.param_groups[0]["lr"]) if self._optimizer else torch.tensor(0.0)
         self.last_step_logs = {k: float(v) for k, v in logs.items()}
         self.log_dict(logs, batch_size=len(batch.keys))
         return {"loss": loss}
+
+
+    def _stop_on_non_finite(self, logs: dict[str, torch.Tensor], batch: KDBatch) -> None:
+        """Raise ``TrainingError`` naming the step, the non-finite terms and the batch's utterances: one NaN
+        step would turn every weight into NaN, so training stops and nothing is saved."""
+        from kdstore.errors import TrainingError
+
+        terms = ", ".join(f"{name.removeprefix('train_')}={float(value)}" for name, value in logs.items())
+        shown = ", ".join(batch.keys[:8]) + (f" and {len(batch.keys) - 8} more" if len(batch.keys) > 8 else "")
+        step = int(self.trainer.global_step) + 1 if self._trainer is not None else 0
+        raise TrainingError(f"step {step}: the training loss is not finite ({terms}) on the batch of utterances "
+                            f"{shown}; nothing was saved: check those utterances (audio, labels, their store rows "
+                            "with kdstore inspect --verify) or lower the learning rate")
 
 
 class KDRNNTModel(KDMixin, EncDecRNNTBPEModel):

@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 from kdstore.distill.augment import length_changing
 from kdstore.distill.callbacks import CurveRecorder, start_exp_manager
 from kdstore.distill.config import KDSettings, ModelSection, read_train_config, required
-from kdstore.errors import ConfigError, IncompatibleStoreError
+from kdstore.errors import ConfigError, IncompatibleStoreError, TrainingError
 from kdstore.files import sha256_file
 from kdstore.nemo.frontend import front_end_from_config
 
@@ -45,6 +45,7 @@ class TrainResult:
     init_report: Path | None = None  # model.init_from_teacher's table (init_from_teacher.md)
     teacher_labelled: int = 0  # training utterances whose label is the teacher's (pseudo-labels from a store)
     left_out_by_dump: int = 0  # manifest lines a store's dump labelled but left out (--min-confidence, no words)
+    left_out_by_duration: int = 0  # training lines outside model.train_ds.min_duration/max_duration
 
 
 def check_store_compatible(model_cfg: Any, model: ModelSection, store_path: str, kd_on: bool = True) -> Any:
@@ -145,7 +146,7 @@ def train_student(cfg: Any, progress: bool = False, echo: Callable[[str], None] 
     workdir = output.with_suffix(".files")
     workdir.mkdir(parents=True, exist_ok=True)
 
-    if model.train_ds.skip_bad and model.train_ds.skipped_file is None:
+    if model.train_ds.skipped_file is None:  # bad lines (with skip_bad) and filtered ones are listed there
         cfg.model.train_ds.skipped_file = str(output.with_suffix(".skipped.jsonl"))
     kd = KDSettings.of(model)
     tokenizer_dir = model.tokenizer.dir
@@ -176,6 +177,11 @@ def train_student(cfg: Any, progress: bool = False, echo: Callable[[str], None] 
     # With validation, NeMo's checkpoint callback restores the best-by-val-WER weights at the end of
     # fit (and the trainer's step counter with them): run.output then holds the best model.
     steps = max((int(row["step"]) for row in recorder.rows), default=int(trainer.global_step))
+    if steps == 0:
+        batches = len(student._train_dl) if getattr(student, "_train_dl", None) is not None else 0
+        raise TrainingError(f"no training step ran ({batches} training batches per epoch on this rank, "
+                            f"trainer.max_steps={settings.trainer.get('max_steps')}); nothing was saved to {output}: "
+                            "give more training utterances than ranks x model.train_ds.batch_size, and max_steps > 0")
 
     student.eval()
     if trainer.global_rank != 0:
@@ -185,7 +191,8 @@ def train_student(cfg: Any, progress: bool = False, echo: Callable[[str], None] 
     best = next(iter(sorted(Path(log_dir).rglob(f"{settings.name}.nemo"))), None) if log_dir else None
     return TrainResult(output, steps, seconds, params, curve_csv, dict(getattr(student, "last_step_logs", {})),
                        log_dir, best, int(getattr(student, "skipped_lines", 0)), init_report,
-                       int(getattr(student, "teacher_labelled", 0)), int(getattr(student, "left_out_by_dump", 0)))
+                       int(getattr(student, "teacher_labelled", 0)), int(getattr(student, "left_out_by_dump", 0)),
+                       int(getattr(student, "left_out_by_duration", 0)))
 
 
 def initialise(student: Any, cfg: Any, model: ModelSection, workdir: Path, echo: Callable[[str], None]) -> Path | None:

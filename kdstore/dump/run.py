@@ -101,7 +101,12 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
                    "skip_bad": settings.skip_bad, "vocab_size": vocab, "pseudo_label": settings.pseudo_label,
                    "beam_size": settings.beam_size, "min_confidence": settings.min_confidence}
         if ranks.is_main:
-            group = open_for_writing(out, pending, overwrite=settings.overwrite, resume=settings.resume)
+            try:
+                group = open_for_writing(out, pending, overwrite=settings.overwrite, resume=settings.resume)
+            except OSError as err:
+                verb = "replace" if settings.overwrite else "resume" if settings.resume else "create"
+                raise StoreError(f"cannot {verb} the store {out}: {err.strerror} ({err.filename or out}); choose a "
+                                 "writable --out (or fix its permissions) and run again") from None
         ranks.barrier()
         if not ranks.is_main:
             group = open_for_writing(out, pending, create=False)
@@ -255,6 +260,7 @@ def _dump_batch(model, dataset, batch_indices, todo, writer, settings: DumpSetti
     entries = [dataset.entries[i] for i in kept]
     with torch.inference_mode(), _autocast(settings):
         for (key, rows), entry in _rows_in_order(model, items, todo, spec, settings, entries):
+            _check_finite(rows, entry, manifest, settings)
             label = rows["label"]
             reason = _drop_reason(label, settings.min_confidence)
             if reason is None:
@@ -265,6 +271,22 @@ def _dump_batch(model, dataset, batch_indices, todo, writer, settings: DumpSetti
                     {"audio_filepath": entry.audio_filepath, "duration": entry.duration, "offset": entry.offset})
                 policy.drop(Skipped(kind, manifest, entry.line, entry.audio_filepath, why, raw,
                                     label=label.text, confidence=label.confidence, key=entry.key))
+
+
+def _check_finite(rows: dict, entry, manifest: str, settings: DumpSettings) -> None:
+    """Raise ``StoreError`` (nothing of the utterance written) when the teacher's values for ``entry`` hold
+    NaN or infinity: the audio passed screening (it is finite), so the teacher or its precision is at fault."""
+    for name in ("logp", "ctc_logp", "occupancy"):
+        values = rows.get(name)
+        if values is None:
+            continue
+        finite = np.isfinite(values)
+        if not finite.all():
+            raise StoreError(
+                f"{manifest}:{entry.line}: the teacher's {name} for {entry.audio_filepath} holds "
+                f"{int(finite.size - finite.sum())} NaN or infinite values of {finite.size} (precision "
+                f"{settings.precision}); nothing of it was written and committed utterances stay: check the teacher "
+                "(NaN weights?), try --precision fp32, or leave the line out")
 
 
 def _rows_in_order(model, items, todo, spec, settings, entries):

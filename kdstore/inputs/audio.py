@@ -18,7 +18,10 @@ from kdstore.inputs.manifest import ManifestEntry
 def read_samples(path: str | Path, sample_rate: int, *, offset: float = 0.0, duration: float | None = None,
                  where: str | None = None) -> np.ndarray:
     """Samples of ``path`` from ``offset`` seconds for ``duration`` seconds (None: to the end), channels
-    averaged, resampled to ``sample_rate``. Errors name ``where`` (e.g. ``manifest.json:3``) if given."""
+    averaged, resampled to ``sample_rate``. Errors name ``where`` (e.g. ``manifest.json:3``) if given.
+
+    Raises ``AudioError`` for unreadable audio, an empty span, or NaN/infinite samples (float WAVs can
+    hold them; every model turns them into NaN outputs)."""
     import soundfile
 
     where = f"{where}: " if where else ""
@@ -33,6 +36,10 @@ def read_samples(path: str | Path, sample_rate: int, *, offset: float = 0.0, dur
     samples = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if samples.size == 0:
         raise AudioError(f"{where}audio {path} has no samples" + (" in the requested range" if offset or duration else ""))
+    finite = np.isfinite(samples)
+    if not finite.all():
+        raise AudioError(f"{where}audio {path} has non-finite samples ({int(finite.size - finite.sum())} NaN or "
+                         "infinite values); re-encode it as PCM or replace those samples")
     if rate != sample_rate:
         try:
             import soxr

@@ -26,6 +26,7 @@ class ManifestEntry:
     line: int  # 1-based line number, for error messages
     manifest: Path
     raw: str | None = field(default=None, compare=False)  # the line as written (side files quote it)
+    segment: bool = field(default=False, compare=False)  # the line gives an "offset": a span of a longer file
 
     @property
     def key(self) -> str:
@@ -96,7 +97,7 @@ def _parse_line(raw: str, number: int, manifest: Path, require_text: bool, check
     if check_audio and not audio_path.is_file():
         raise _LineError(f"audio file {item['audio_filepath']} not found (looked at {audio_path})", "missing_audio")
     return ManifestEntry(str(item["audio_filepath"]), audio_path, duration, offset, text, number, manifest,
-                         raw.rstrip("\n"))
+                         raw.rstrip("\n"), segment=item.get("offset") is not None)
 
 
 def read_manifest(path: str | Path, *, require_text: bool = True, check_audio: bool = True,

@@ -21,8 +21,9 @@ fields of ``Skipped.to_json``:
   teacher labelled and ``dump-teacher`` left out (``low_confidence``, ``empty_label``): its label, how
   sure it was (``kdstore.dump.pseudo_labels``) and the store key (the store records these keys too).
 
-Filters are not errors: ``dump-teacher --min-confidence`` leaves weak teacher labels out and lists
-them (``BadInputPolicy.drop``) with or without ``--skip-bad``.
+Filters are not errors: ``dump-teacher --min-confidence`` leaves weak teacher labels out, and
+``train-student``'s ``min_duration``/``max_duration`` leave utterances out of a split; each is counted
+and listed (``BadInputPolicy.drop``, :func:`duration_filter`) with or without ``--skip-bad``.
 """
 
 from __future__ import annotations
@@ -41,15 +42,19 @@ from kdstore.inputs.manifest import BadLine, ManifestEntry, read_manifest
 DURATION_TOLERANCE_S = 0.1  # manifests round durations; more than this is a different file
 KINDS = (
     "malformed_line",  # a manifest or transcript line that cannot be parsed, or a duplicate id
+    "duplicate_utterance",  # the same audio span as an earlier line (the first is kept)
     "missing_audio",  # the audio file named does not exist
     "unreadable_audio",  # the audio header (or, at load time, the audio) cannot be decoded
-    "duration_mismatch",  # the manifest's duration is longer than the audio
+    "duration_mismatch",  # the manifest's duration is longer than the audio (or, without an offset, shorter)
+    "non_finite_audio",  # float audio holding NaN or infinite samples
     "bad_transcript",  # empty, no tokens, or characters the tokenizer cannot encode
     "too_short",  # the audio gives no encoder frame
     "too_many_tokens",  # more tokens than the frames can emit
     "missing_transcript",  # LibriSpeech: a FLAC without a transcript line (or file)
     "unreadable_transcript",  # LibriSpeech: a transcript file that cannot be read
     "empty_subset",  # LibriSpeech: a subset with no transcripts, or every entry skipped
+    "over_max_duration",  # train-student: longer than model.*_ds.max_duration (a filter, not an error)
+    "under_min_duration",  # train-student: shorter than model.*_ds.min_duration (a filter, not an error)
     "low_confidence",  # dump-teacher --min-confidence: the teacher's label is less sure than asked
     "empty_label",  # dump-teacher: the teacher heard no words in an untranscribed utterance
 )
@@ -131,6 +136,29 @@ class BadInputPolicy:
         self.add(Skipped(kind, str(entry.manifest), entry.line, entry.audio_filepath, reason, raw, hint))
 
 
+# Sample formats that can hold NaN or infinity; integer PCM (and FLAC, MP3...) cannot, so only these are read.
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
+
+
+def non_finite_samples(path: Path, offset: float = 0.0, duration: float | None = None) -> int:
+    """How many samples (over all channels) of ``path`` from ``offset`` for ``duration`` seconds are NaN or
+    infinite; reads the span in blocks of 1 M frames."""
+    import numpy as np
+    import soundfile
+
+    count = 0
+    with soundfile.SoundFile(str(path)) as handle:
+        start = round(offset * handle.samplerate)
+        stop = handle.frames if duration is None else min(handle.frames, start + round(duration * handle.samplerate))
+        handle.seek(min(start, handle.frames))
+        while handle.tell() < stop:
+            block = handle.read(min(1 << 20, stop - handle.tell()), dtype="float32", always_2d=True)
+            if not len(block):
+                break
+            count += int(block.size - np.isfinite(block).sum())
+    return count
+
+
 @dataclass(frozen=True)
 class ScreenRules:
     """What a model can use: its front end decides T (``kdstore.frames``), its tokenizer the unk id."""
@@ -162,6 +190,15 @@ def entry_problem(entry: ManifestEntry, tokens: Sequence[int] | None, rules: Scr
     if available + DURATION_TOLERANCE_S < entry.duration:
         return Problem("duration_mismatch", f"the manifest says {entry.duration:.3f} s from offset {entry.offset:.3f} "
                        f"s, but {entry.audio_filepath} has only {max(available, 0.0):.3f} s there", "fix the duration")
+    if not entry.segment and entry.duration + DURATION_TOLERANCE_S < available:
+        return Problem("duration_mismatch", f"the manifest says {entry.duration:.3f} s but {entry.audio_filepath} is "
+                       f"{available:.3f} s long and the line gives no offset, so the audio would be cut at "
+                       f"{entry.duration:.3f} s", "fix the duration (or give an \"offset\" to use a span of the file)")
+    if info.subtype in FLOAT_SUBTYPES:
+        bad = non_finite_samples(entry.audio_path, entry.offset, entry.duration)
+        if bad:
+            return Problem("non_finite_audio", f"audio {entry.audio_filepath} has non-finite samples ({bad} NaN or "
+                           "infinite values)", "re-encode it as PCM or replace those samples")
     frames = encoder_frames(round(min(entry.duration, available) * rules.front_end.sample_rate), rules.front_end)
     if frames is not None and frames < 1:
         return Problem("too_short", f"audio too short ({entry.duration:.3f} s): no encoder frame")
@@ -184,11 +221,32 @@ def entry_problem(entry: ManifestEntry, tokens: Sequence[int] | None, rules: Scr
     return None
 
 
+def same_utterance(entry: ManifestEntry) -> tuple[str, float, float]:
+    """What makes two manifest lines the same utterance: the audio file they resolve to (however the path is
+    spelled) and the span, offset and duration in seconds to the store key's 3 decimals."""
+    return str(entry.audio_path.resolve()), round(entry.offset, 3), round(entry.duration, 3)
+
+
+def duplicate_problem(entry: ManifestEntry, seen: dict[tuple[str, float, float], ManifestEntry]) -> Problem | None:
+    """``duplicate_utterance`` when a line kept earlier (``seen``: what :func:`same_utterance` gives -> its
+    entry) is the same utterance; the first one kept is the one that stays."""
+    first = seen.get(same_utterance(entry))
+    if first is None or first is entry:
+        return None
+    where = f"line {first.line}" if first.manifest == entry.manifest else first.where
+    return Problem("duplicate_utterance", f"same utterance as {where} (key {first.key})",
+                   "remove the repeated line (or give it its own offset/duration)")
+
+
 def screened_manifest(path: str | Path, tokenize: Callable[[str], Sequence[int]], rules: ScreenRules,
                       policy: BadInputPolicy, *, labels: Callable[[ManifestEntry], Sequence[int] | None] | None = None,
                       untranscribed: bool = False,
-                      leave_out: Callable[[ManifestEntry], str | None] | None = None) -> list[ManifestEntry]:
+                      leave_out: Callable[[ManifestEntry], str | None] | None = None,
+                      seen: dict[tuple[str, float, float], ManifestEntry] | None = None) -> list[ManifestEntry]:
     """Read and check a manifest under ``policy``; returns the usable entries in manifest order.
+
+    A line that is the same utterance as an earlier one (``duplicate_utterance``; pass one ``seen`` dict
+    to several calls to look across manifests) is bad input: the first is kept.
 
     ``untranscribed``: lines without ``text`` are kept (only their audio is checked; the teacher labels
     them). ``labels``: the token ids an entry will be trained on when they are not its transcript's
@@ -198,8 +256,13 @@ def screened_manifest(path: str | Path, tokenize: Callable[[str], Sequence[int]]
     (not skipping) or when no line is usable.
     """
     entries = read_manifest(path, on_bad_line=policy, require_text=not untranscribed and labels is None)
+    seen = {} if seen is None else seen
     good = []
     for entry in entries:
+        repeat = duplicate_problem(entry, seen)
+        if repeat is not None:
+            policy.reject(entry, repeat.kind, repeat.reason, repeat.hint)
+            continue
         why = leave_out(entry) if leave_out is not None else None
         if why is not None:
             policy.left_out.append((entry, why))
@@ -212,12 +275,37 @@ def screened_manifest(path: str | Path, tokenize: Callable[[str], Sequence[int]]
         problem = entry_problem(entry, tokens, rules, tokenize)
         if problem is None:
             good.append(entry)
+            seen[same_utterance(entry)] = entry
         else:
             policy.reject(entry, problem.kind, problem.reason, problem.hint)
     if not good:
         raise ManifestError(f"manifest {path}: no usable lines ({len(policy.skipped)} skipped, see "
                             f"{policy.side_file or policy.listed_in})")
     return good
+
+
+def duration_filter(entries: Sequence[ManifestEntry], policy: BadInputPolicy, *, min_duration: float | None,
+                    max_duration: float | None, setting: str) -> list[ManifestEntry]:
+    """The entries within [``min_duration``, ``max_duration``] seconds (None: no bound); each one outside is
+    dropped into ``policy`` (``under_min_duration``/``over_max_duration``, naming ``setting``, e.g.
+    ``model.train_ds``). Raises ``ManifestError`` when none is left, saying how many each bound removed."""
+    kept, removed = [], {"min_duration": 0, "max_duration": 0}
+    for entry in entries:
+        if max_duration is not None and entry.duration > max_duration:
+            kind, bound, reason = "over_max_duration", "max_duration", f"longer than {setting}.max_duration={max_duration} s"
+        elif min_duration is not None and entry.duration < min_duration:
+            kind, bound, reason = "under_min_duration", "min_duration", f"shorter than {setting}.min_duration={min_duration} s"
+        else:
+            kept.append(entry)
+            continue
+        removed[bound] += 1
+        policy.drop(Skipped(kind, str(entry.manifest), entry.line, entry.audio_filepath,
+                            f"{entry.duration:.3f} s is {reason}", entry.raw))
+    if entries and not kept:
+        counts = ", ".join(f"{n} by {setting}.{bound}" for bound, n in removed.items() if n)
+        raise ManifestError(f"{setting}: every one of the {len(entries)} usable utterances was left out ({counts}); "
+                            f"widen the bounds (e.g. {setting}.max_duration=null) or cut the audio into shorter utterances")
+    return kept
 
 
 def rules_for(model: Any, front_end: FrameSettings) -> ScreenRules:

@@ -41,6 +41,11 @@ def cases(demo_corpus, tmp_path_factory):
     short = root / "short.wav"
     sf.write(short, audio[: rate // 4], rate)
     base = good[1]
+    nan_audio = root / "nan.wav"  # float WAV: the one kind of file that can hold NaN (issue 14, fault 2)
+    poisoned = audio.copy()
+    poisoned[1000:1010] = np.nan
+    sf.write(nan_audio, poisoned, rate, subtype="FLOAT")
+    first = Path(good[0]["audio_filepath"])
     bad = [
         ("malformed JSON", "{not json", "not a JSON object"),
         ("missing key", json.dumps({"audio_filepath": base["audio_filepath"], "text": "hi"}), "missing field 'duration'"),
@@ -52,6 +57,14 @@ def cases(demo_corpus, tmp_path_factory):
         ("too many tokens", json.dumps({"audio_filepath": str(short), "duration": 0.25,
                                         "text": " ".join(["set a timer for fifty nine minutes"] * 12)}), "tokens but only"),
         ("duration mismatch", json.dumps({**base, "duration": base["duration"] + 5.0}), "has only"),
+        # issue 14: the same utterance twice (fault 5), under its own path or spelled another way
+        ("repeated line", json.dumps(good[0]), "same utterance as line 1 (key "),
+        ("repeated, other spelling", json.dumps({**good[0], "audio_filepath": str(first.parent / "." / first.name)}),
+         "same utterance as line 1 (key "),
+        ("non-finite audio", json.dumps({**base, "audio_filepath": str(nan_audio), "duration": len(audio) / rate}),
+         "has non-finite samples (10 NaN or infinite values)"),
+        # fault 10: shorter than the file and no offset would cut the audio
+        ("duration too short", json.dumps({**base, "duration": round(base["duration"] - 0.5, 3)}), "would be cut at"),
     ]
     return root, good, bad
 
@@ -67,7 +80,9 @@ def write_manifest(path: Path, good: list[dict], bad_line: str | None) -> int:
 
 KINDS = {"malformed JSON": "malformed_line", "missing key": "malformed_line", "missing file": "missing_audio",
          "corrupt audio": "unreadable_audio", "empty transcript": "bad_transcript", "unencodable": "bad_transcript",
-         "zero-length": "too_short", "too many tokens": "too_many_tokens", "duration mismatch": "duration_mismatch"}
+         "zero-length": "too_short", "too many tokens": "too_many_tokens", "duration mismatch": "duration_mismatch",
+         "repeated line": "duplicate_utterance", "repeated, other spelling": "duplicate_utterance",
+         "non-finite audio": "non_finite_audio", "duration too short": "duration_mismatch"}
 CASE_NAMES = list(KINDS)
 
 

@@ -62,8 +62,8 @@ def test_a_config_file_extends_a_named_config(tmp_path):
 @pytest.mark.parametrize(("yaml", "override", "named"), [
     ("model:\n  kd:\n    los: collapsed\n", "model.kd.los=collapsed", "model.kd.los is not a config key; did you mean model.kd.loss"),
     ("trainr:\n  max_steps: 4\n", "trainr.max_steps=4", "trainr is not a config key; did you mean trainer"),
-    ("model:\n  train_ds:\n    min_duration: 0.1\n", "model.train_ds.min_duration=0.1",
-     "model.train_ds.min_duration is not a config key"),
+    ("model:\n  train_ds:\n    min_duraton: 0.1\n", "model.train_ds.min_duraton=0.1",
+     "model.train_ds.min_duraton is not a config key; did you mean model.train_ds.min_duration"),
 ])
 def test_a_misspelt_key_fails_naming_its_path(tmp_path, yaml, override, named):
     from kdstore.distill.config import load_train_config

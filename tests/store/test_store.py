@@ -341,14 +341,22 @@ def test_store_order_batches_are_contiguous_reads_of_neighbours():
     from kdstore.store.reader import _coalesce
 
     positions = [(0, 5), (1, 0), (0, 0), (0, 1), (1, 1), (0, 2), (0, 3), (0, 4)]
+    store_order = sorted(range(len(positions)), key=lambda i: positions[i])
     sampler = StoreOrderBatchSampler(positions, batch_size=3, seed=1)
-    epochs = [list(sampler) for _ in range(3)]
+    epochs = [list(sampler) for _ in range(6)]
     for batches in epochs:
+        # every utterance once, in exactly len(sampler) batches: Lightning stops an epoch after len() batches,
+        # so a sampler yielding more would leave utterances out of every epoch without a word
         assert sorted(i for batch in batches for i in batch) == list(range(len(positions)))
-        for batch in batches:  # members are store neighbours, in store order
-            keys = [positions[i] for i in batch]
-            assert keys == sorted(keys)
+        assert len(batches) == len(sampler) == 3
+        for batch in batches:  # members are store neighbours, in store order (the last may wrap around)
+            ranks = [store_order.index(i) for i in batch]
+            assert sum(b != a + 1 for a, b in zip(ranks, ranks[1:])) <= 1
     assert len({tuple(map(tuple, batches)) for batches in epochs}) > 1  # cut points move between epochs
+    for size in range(1, 8):  # and for any number of utterances
+        sampler = StoreOrderBatchSampler([(0, i) for i in range(size)], batch_size=3, seed=size)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) and sorted(i for b in batches for i in b) == list(range(size))
     assert _coalesce([(10, 20), (0, 5), (5, 10), (30, 31)]) == [(0, 20), (30, 31)]
 
 
