@@ -7,6 +7,7 @@ memory; an error in the thread is re-raised in the caller on its next call.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from typing import Any
@@ -52,6 +53,11 @@ class BackgroundWriter:
         self.writer.close()
 
     def abandon(self) -> None:
-        """Stop the thread without completing the part (committed utterances stay resumable)."""
+        """Stop the thread without completing the part: committed utterances stay resumable, and what the
+        thread was given is committed too (unless writing is what failed), so ``--resume`` redoes little.
+        A failure of that last commit is left to the error being handled: the part stays resumable."""
         self._queue.put(_STOP)
         self._thread.join()
+        if self._error is None:
+            with contextlib.suppress(Exception):
+                self.writer.flush()

@@ -1,13 +1,17 @@
 """One writer's part of a store: append utterances, commit progress, resume after a crash.
 
-Rows are buffered and written in whole shards (no read-modify-write of sharded chunks). After each
-flush the utterances whose rows are fully on disk are *committed*: their index entries are appended
-and only then the part's progress attribute is advanced. A crash therefore loses at most the
-uncommitted tail, and ``resume=True`` truncates the arrays back to the committed prefix and carries on.
+Rows are buffered and written, with everything buffered so far, whenever a chunk's worth of rows or
+frames is waiting or ``commit_seconds`` have passed since the last commit; then the utterances whose
+rows are on disk are *committed*: their index entries are appended and only then the part's progress
+attribute is advanced (one write). A new part gets its progress record (0 utterances) as the last step
+of its creation. A crash therefore loses at most the uncommitted tail (a few seconds of work), and
+``resume=True`` truncates the arrays back to the committed prefix and carries on; a part that never
+got its progress record holds nothing committed and is created again. docs/store-format.md, "Writing".
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,14 +42,20 @@ class Label:
     confidence: float
 
 
+COMMIT_SECONDS = 10.0  # longest time buffered utterances wait for a commit (the work a crash can lose)
+
+
 class PartWriter:
     """Writes ``parts/<part>`` of the store rooted at ``root`` (an open, writable Zarr group)."""
 
     def __init__(self, root: zarr.Group, part: int, *, top_k: int, vocab_size: int, value_dtype: str,
                  with_occupancy: bool = False, ctc_top_k: int | None = None, resume: bool = False,
-                 chunk_rows: int | None = None, with_labels: bool = True) -> None:
+                 chunk_rows: int | None = None, with_labels: bool = True,
+                 commit_seconds: float = COMMIT_SECONDS) -> None:
         """``with_labels``: store each utterance's label (``kdstore/2``); False writes the ``kdstore/1``
-        arrays only (kept for tests and converters of old stores)."""
+        arrays only (kept for tests and converters of old stores). ``commit_seconds``: commit what is
+        buffered at the first utterance added this long (wall seconds) after the last commit; 0 commits
+        every utterance. Raises StoreError when the part to resume was written by another version."""
         self.part = part
         self.with_labels = with_labels
         self.top_k = top_k
@@ -54,20 +64,23 @@ class PartWriter:
         self.with_occupancy = with_occupancy
         self.ctc_top_k = ctc_top_k
         name = layout.part_name(part)
-        exists = name in root
-        if exists and resume:
+        progress: dict = {}
+        if resume and name in root:
             self.group = root[name]
             progress = dict(self.group.attrs.get(layout.PART_PROGRESS_ATTR, {}))
-            if not progress:
-                raise StoreError(f"part {name} has no progress record; dump again with --overwrite")
-            if (layout.LABEL_SOURCE in self.group) != with_labels:
+            # No progress record: the dump stopped before this part's creation finished, so nothing in it
+            # is committed and it is simply created again below.
+            if progress and (layout.LABEL_SOURCE in self.group) != with_labels:
                 raise StoreError(f"part {name} was written by another kdstore version; dump again with --overwrite")
-        else:
+        if not progress:
             self.group = root.create_group(name, overwrite=True)
             progress = {"utterances": 0, "nodes": 0, "frames": 0, "complete": False}
             self._create_arrays(chunk_rows or layout.node_chunk_rows(top_k, self.value_dtype))
+            self.group.attrs[layout.PART_PROGRESS_ATTR] = progress  # last: the part now exists
         self._chunk_rows = self.group[layout.LOGP].chunks[0]
-        self._shard_rows = self._chunk_rows * layout.CHUNKS_PER_SHARD
+        self.flush_rows = self._chunk_rows  # rows (or frames) buffered before a write + commit
+        self.commit_seconds = commit_seconds
+        self._last_commit = time.monotonic()
         self.committed_utterances = int(progress["utterances"])
         self.committed_nodes = int(progress["nodes"])
         self.committed_frames = int(progress["frames"])
@@ -193,33 +206,46 @@ class PartWriter:
         self._buffered_rows += rows
         self._buffered_frames += frames
         self._pending.append(_Pending(key, frames, labels, rows, label))
-        if self._buffered_rows >= self._shard_rows or self._buffered_frames >= self._shard_rows:
-            self.flush(final=False)
+        if (self._buffered_rows >= self.flush_rows or self._buffered_frames >= self.flush_rows
+                or time.monotonic() - self._last_commit >= self.commit_seconds):
+            self.flush()
 
-    def flush(self, final: bool) -> None:
-        """Write whole shards of rows/frames (everything when ``final``), then commit what is complete."""
-        self._write_buffer(self._row_arrays(), self._buffered_rows, final, rows=True)
-        self._write_buffer(self._frame_arrays(), self._buffered_frames, final, rows=False)
+    @property
+    def _shard_rows(self) -> int:
+        """Old name of :attr:`flush_rows` (tests set it to flush often)."""
+        return self.flush_rows
+
+    @_shard_rows.setter
+    def _shard_rows(self, rows: int) -> None:
+        self.flush_rows = rows
+
+    def flush(self, final: bool = True) -> None:
+        """Write every buffered row and frame, then commit the utterances they complete (all of them).
+
+        ``final`` is kept for callers of the old signature; every flush now writes everything."""
+        self._write_buffer(self._row_arrays(), rows=True)
+        self._write_buffer(self._frame_arrays(), rows=False)
         self._commit()
+        self._last_commit = time.monotonic()
 
-    def _write_buffer(self, names: tuple[str, ...], buffered: int, final: bool, rows: bool) -> None:
+    def _write_buffer(self, names: tuple[str, ...], rows: bool) -> None:
+        """Append the buffered rows (or frames) to their arrays. The first chunk written may already hold
+        committed rows: Zarr rewrites it, and its shard, whole, which the crash-safe store makes atomic."""
         start = self._written_rows if rows else self._written_frames
-        # Align writes to shard boundaries of the array (the first write after a resume may be partial).
-        boundary = ((start + buffered) // self._shard_rows) * self._shard_rows
-        stop = start + buffered if final else max(start, boundary)
-        count = stop - start
+        count = self._buffered_rows if rows else self._buffered_frames
         if count <= 0:
             return
+        stop = start + count
         for name in names:
             block = np.concatenate(self._buffers[name], axis=0)
             array = self.group[name]
             array.resize((stop, *array.shape[1:]))
-            array[start:stop] = block[:count]
-            self._buffers[name] = [block[count:]] if count < block.shape[0] else []
+            array[start:stop] = block
+            self._buffers[name] = []
         if rows:
-            self._written_rows, self._buffered_rows = stop, buffered - count
+            self._written_rows, self._buffered_rows = stop, 0
         else:
-            self._written_frames, self._buffered_frames = stop, buffered - count
+            self._written_frames, self._buffered_frames = stop, 0
 
     def _commit(self) -> None:
         """Append index entries of fully written utterances, then advance the progress attribute."""
@@ -270,7 +296,7 @@ class PartWriter:
 
     def close(self) -> None:
         """Flush everything and mark the part complete (only a complete part can be committed)."""
-        self.flush(final=True)
+        self.flush()
         if self._pending:
             raise StoreError(f"part {self.part}: {len(self._pending)} utterances could not be committed")
         self._save_progress(complete=True)

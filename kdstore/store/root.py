@@ -2,7 +2,10 @@
 
 A store is valid only once :func:`commit_store` has written the root attribute ``kdstore``, after
 merging the part indexes. While a dump runs (or after it crashed) the root carries
-``kdstore_pending`` instead: the dump settings that ``--resume`` must match.
+``kdstore_pending`` instead: the dump settings that ``--resume`` must match. The root's attributes
+change in single writes (created with ``kdstore_pending``; at commit ``kdstore_pending`` is replaced
+by ``kdstore`` in one write), and local folders are written through :class:`CrashSafeLocalStore`, so
+a crash at any point leaves a folder that ``--resume`` continues (docs/store-format.md, "Writing").
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import zarr
 
 from kdstore.errors import StoreError
 from kdstore.store import layout
+from kdstore.store.local_store import CrashSafeLocalStore, remove_temporaries
 from kdstore.store.meta_v2 import ATTRS_KEY, Counts, StoreMetadata
 
 
@@ -34,9 +38,9 @@ def open_for_writing(path: str | Path, pending: dict[str, Any], *, overwrite: bo
     """
     path_str = str(path)
     if _is_local(path_str) and Path(path_str).exists() and create:
-        existing = zarr.open_group(path_str, mode="r+", zarr_format=3) if _has_group(path_str) else None
+        existing = zarr.open_group(_store(path_str), mode="r+", zarr_format=3) if _has_group(path_str) else None
         if overwrite or existing is None:
-            shutil.rmtree(path_str)
+            _remove(path_str)
         elif ATTRS_KEY in existing.attrs:
             raise StoreError(f"{path_str} is already a complete store; pass --overwrite to replace it")
         elif not resume:
@@ -44,19 +48,35 @@ def open_for_writing(path: str | Path, pending: dict[str, Any], *, overwrite: bo
                              "--overwrite to start again")
         else:
             _check_same_settings(existing, pending, path_str)
+            remove_temporaries(path_str)  # what a crash left mid-write; never part of the store
+            if layout.PARTS_GROUP not in existing:  # crashed right after creating the root
+                existing.create_group(layout.PARTS_GROUP)
             return existing
     if not create:
-        group = zarr.open_group(path_str, mode="r+", zarr_format=3)
+        group = zarr.open_group(_store(path_str), mode="r+", zarr_format=3)
         _check_same_settings(group, pending, path_str)
         return group
-    group = zarr.open_group(path_str, mode="w", zarr_format=3)
-    group.attrs[layout.PENDING_ATTR] = json.loads(json.dumps(pending))
+    # One write creates the root with its pending settings: no crash leaves a root without them.
+    group = zarr.create_group(_store(path_str), zarr_format=3, overwrite=True,
+                              attributes={layout.PENDING_ATTR: json.loads(json.dumps(pending))})
     group.create_group(layout.PARTS_GROUP)
     return group
 
 
+def _store(path: str) -> Any:
+    """What zarr opens for writing: a crash-safe local store for a folder, the URL as it is otherwise."""
+    return CrashSafeLocalStore(path) if _is_local(path) else path
+
+
 def _has_group(path: str) -> bool:
     return (Path(path) / "zarr.json").is_file()
+
+
+def _remove(path: str) -> None:
+    """Delete a folder so that a crash midway never leaves something that reads as a store: the root's
+    ``zarr.json`` (which holds the ``kdstore`` attribute) goes first."""
+    Path(path, "zarr.json").unlink(missing_ok=True)
+    shutil.rmtree(path)
 
 
 def _check_same_settings(group: zarr.Group, pending: dict[str, Any], path: str) -> None:
@@ -135,8 +155,8 @@ def commit_store(group: zarr.Group, metadata: StoreMetadata, tokenizer_files: di
     write_tokenizer(group, tokenizer_files)
     counts = Counts(utterances=utterances, nodes=nodes, frames=frames, hours=metadata.counts.hours)
     final = dataclasses.replace(metadata, counts=counts)
-    # Written last: from this moment on the folder reads as a store.
-    group.attrs[ATTRS_KEY] = json.loads(json.dumps(final.to_json()))
-    if layout.PENDING_ATTR in group.attrs:
-        del group.attrs[layout.PENDING_ATTR]
+    # Written last, in one write that also drops the pending settings: from this moment on the folder
+    # reads as a store; a crash before it leaves an unfinished dump that --resume commits again.
+    attributes = {k: v for k, v in group.attrs.asdict().items() if k != layout.PENDING_ATTR}
+    group.attrs.put({**attributes, ATTRS_KEY: json.loads(json.dumps(final.to_json()))})
     return final

@@ -196,8 +196,16 @@ def verify_store(path: str | os.PathLike) -> bool:
 def verify_unfinished(path: str | os.PathLike) -> dict[str, int]:
     """An interrupted dump: check every part's committed prefix (what ``--resume`` keeps).
 
-    Returns {"parts": ..., "utterances": ..., "nodes": ...} committed so far.
+    Every crash point of the commit protocol (docs/store-format.md, "Writing") leaves a folder this
+    accepts: a part without a progress record stopped while being created (nothing in it is committed;
+    ``--resume`` creates it again), rows and index entries past a part's progress record are the
+    uncommitted tail (``--resume`` overwrites them), and an empty folder is a dump stopped before it
+    wrote anything. Returns {"parts": ..., "utterances": ..., "nodes": ...} committed so far. Raises
+    StoreError when the folder is not a dump, or when a committed prefix breaks a rule (damage, which no
+    interruption causes).
     """
+    if _is_empty_folder(path):
+        return {"parts": 0, "utterances": 0, "nodes": 0}
     source = Source(path, allow_unfinished=True)
     attrs = source.attrs()
     pending = attrs.get(layout.PENDING_ATTR)
@@ -209,25 +217,44 @@ def verify_unfinished(path: str | os.PathLike) -> dict[str, int]:
                       ctc_top_k=int(pending["top_k"]) if pending.get("ctc") else None, check_ctc="ctc" in pending,
                       exact_shapes=False, labels="pseudo_label" in pending)
     totals = {"parts": 0, "utterances": 0, "nodes": 0}
-    for name in source.children(layout.PARTS_GROUP):
+    parts = source.children(layout.PARTS_GROUP) if source.has(layout.PARTS_GROUP) else []
+    for name in parts:
         part = int(name)
         base = layout.part_name(part)
         progress = dict(source.handle()[base].attrs.get(layout.PART_PROGRESS_ATTR, {}))
-        n = int(progress.get("utterances", 0))
+        totals["parts"] += 1
+        if not progress:  # stopped while the part was being created: nothing committed
+            continue
+        n = int(progress["utterances"])
         index = _PartIndex(*(np.asarray(source.array(f"{base}/{array}")[:size]) for array, size in
                              ((layout.FRAMES, n), (layout.LABELS, n), (layout.NODE_OFFSET, n + 1),
                               (layout.FRAME_OFFSET, n + 1))))
-        if int(index.node_offset[-1]) != int(progress.get("nodes", -1)):
-            raise StoreError(f"{base}: committed index and progress record disagree; dump again with --overwrite")
+        committed = (int(index.node_offset[-1]), int(index.frame_offset[-1])) if len(index.node_offset) == n + 1 else None
+        if committed != (int(progress["nodes"]), int(progress["frames"])):
+            raise StoreError(f"{base}: the committed index ({n} utterances) and the progress record "
+                             f"({progress['nodes']} nodes, {progress['frames']} frames) disagree; an interrupted "
+                             "dump never leaves this, so the part was damaged: dump again with --overwrite")
         _check_part(source, index, part, rules)
-        totals["parts"] += 1
         totals["utterances"] += n
-        totals["nodes"] += int(progress.get("nodes", 0))
+        totals["nodes"] += int(progress["nodes"])
     return totals
 
 
+def _is_empty_folder(path: str | os.PathLike) -> bool:
+    """A local folder holding nothing (temporary files of an interrupted write aside): a dump stopped before
+    it wrote its root."""
+    from kdstore.store.local_store import TEMPORARY_SUFFIX
+
+    folder = str(path)
+    if "://" in folder or not os.path.isdir(folder):
+        return False
+    return all(name.endswith(TEMPORARY_SUFFIX) for name in os.listdir(folder))
+
+
 def is_unfinished(path: str | os.PathLike) -> bool:
-    """True for a folder holding an interrupted (uncommitted) dump."""
+    """True for a folder holding an interrupted (uncommitted) dump, an empty one included."""
+    if _is_empty_folder(path):
+        return True
     try:
         attrs = Source(path, allow_unfinished=True).attrs()
     except StoreError:
