@@ -21,11 +21,15 @@ from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo, set
               help="Also write dynamically int8-quantised *.int8.onnx files.")
 @click.option("--preprocessor/--no-preprocessor", default=True, show_default=True,
               help="Also write NeMo's preprocessor as TorchScript (preprocessor.ts).")
+@click.option("--max-audio-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Longest input the exported encoder takes (its position buffer; recorded in the metadata and "
+                   "checked by kdstore transcribe). Default: the model's own (400 s for NeMo's pos_emb_max_len 5000 "
+                   "at 80 ms per frame).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="Torch CPU threads.")
 @progress_option
 @friendly_errors
-def command(model_path: Path, out_dir: Path, layout: str, int8: bool, preprocessor: bool, threads: int,
-            progress: bool) -> None:
+def command(model_path: Path, out_dir: Path, layout: str, int8: bool, preprocessor: bool, max_audio_seconds: float | None,
+            threads: int, progress: bool) -> None:
     """Export a NeMo transducer to ONNX, then decode generated audio with onnxruntime to prove it loads.
 
     \b
@@ -39,7 +43,7 @@ def command(model_path: Path, out_dir: Path, layout: str, int8: bool, preprocess
     from kdstore.export.run import export_onnx
 
     result = export_onnx(model_path, out_dir, int8=int8, layout=layout, preprocessor=preprocessor, check=True,
-                         progress=progress)
+                         progress=progress, max_audio_seconds=max_audio_seconds)
     for path in result.files:
         click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     if result.preprocessor:
@@ -49,3 +53,6 @@ def command(model_path: Path, out_dir: Path, layout: str, int8: bool, preprocess
     variants = ", ".join(f"{v}: {result.check[f'{v}_frames']} frames, {result.check[f'{v}_tokens']} tokens"
                          for v in ("fp32", "int8") if f"{v}_frames" in result.check)
     click.echo(f"checked with onnxruntime on generated audio ({variants})")
+    if "max_audio_seconds" in result.metadata:
+        click.echo(f"longest input: {float(result.metadata['max_audio_seconds']):.1f} s "
+                   f"({result.metadata['max_encoder_frames']} encoder frames; --max-audio-seconds changes it)")

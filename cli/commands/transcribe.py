@@ -44,8 +44,15 @@ def command(onnx_dir: Path, audio: tuple[Path, ...], int8: bool, batch_size: int
     """
     from kdstore.runtime.transcribe import transcribe_files
 
-    result = transcribe_files(onnx_dir, audio, runtime=runtime, int8=int8, batch_size=batch_size, provider=provider,
-                              frontend=frontend, num_threads=threads, sherpa_align=sherpa_align, progress=progress)
+    decoded: dict[int, str] = {}
+    try:
+        result = transcribe_files(onnx_dir, audio, runtime=runtime, int8=int8, batch_size=batch_size,
+                                  provider=provider, frontend=frontend, num_threads=threads, sherpa_align=sherpa_align,
+                                  progress=progress, on_text=decoded.__setitem__)
+    except BaseException:
+        for index in sorted(decoded):  # what was decoded before the failure is never lost
+            click.echo(f"{audio[index]}\t{decoded[index]}")
+        raise
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return

@@ -26,6 +26,7 @@ import numpy as np
 
 from kdstore.errors import ExportError
 from kdstore.export.checks import check_exportable
+from kdstore.export.length_limit import limit_metadata, set_encoder_frame_limit
 from kdstore.export.metadata import PROVENANCE_KEYS, export_metadata
 from kdstore.export.nemo_layout import write_nemo_layout
 from kdstore.export.onnx_edit import quantize_int8
@@ -64,12 +65,15 @@ class ExportResult:
 
 
 def export_onnx(model_path: Path, out_dir: Path, int8: bool = False, layout: str = "sherpa",
-                preprocessor: bool = True, check: bool = False, progress: bool = False) -> ExportResult:
+                preprocessor: bool = True, check: bool = False, progress: bool = False,
+                max_audio_seconds: float | None = None) -> ExportResult:
     """Export ``model_path`` (.nemo RNN-T or hybrid RNN-T/CTC) into ``out_dir`` (created); returns the paths.
 
     ``layout`` is ``sherpa`` or ``nemo``; ``int8`` adds quantised copies (and removes stale ones
     otherwise); ``preprocessor`` writes ``preprocessor.ts``; ``check`` runs :func:`smoke_test` on the
-    result; ``progress`` shows a tqdm bar over the steps on stderr. Raises ExportError, before
+    result; ``progress`` shows a tqdm bar over the steps on stderr; ``max_audio_seconds`` sizes the
+    encoder's position buffer, the longest input the export takes (None: the model's own, 400 s for
+    NeMo's defaults; :mod:`kdstore.export.length_limit`). Raises ExportError, before
     writing anything, for a missing file, a folder holding the other layout, or a model the runtimes
     cannot serve.
     """
@@ -89,6 +93,7 @@ def export_onnx(model_path: Path, out_dir: Path, int8: bool = False, layout: str
         frontend = frontend_config_from_nemo(model.preprocessor)  # restore_model already made its buffers exact
         check_frontend(model.preprocessor, frontend)
         metadata = export_metadata(model, frontend, sha256_file(model_path))
+        metadata.update(limit_metadata(model, set_encoder_frame_limit(model, max_audio_seconds)))
         provenance = {k: metadata[k] for k in PROVENANCE_KEYS}
         bar.update()
 

@@ -21,6 +21,7 @@ import numpy as np
 from kdstore.errors import DependencyError, ExportError
 from kdstore.runtime.frontend import AudioInput, FrontEndConfig, LogMelFrontEnd, TorchScriptFrontEnd, load_waveform
 from kdstore.runtime.layout import PREPROCESSOR_TS, detect_layout, read_metadata, read_tokens
+from kdstore.runtime.limits import check_lengths, input_name
 
 WORD_BOUNDARY = "\u2581"  # SentencePiece's '▁'
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -123,20 +124,32 @@ class OnnxTransducer:
 
     # --- decoding --------------------------------------------------------------------------------
 
-    def transcribe(self, audio: Sequence[AudioInput], batch_size: int = 8, progress: bool = False) -> list[str]:
+    def transcribe(self, audio: Sequence[AudioInput], batch_size: int = 8, progress: bool = False,
+                   on_text: Callable[[int, str], None] | None = None, names: Sequence[str] | None = None) -> list[str]:
         """Greedy transcripts of audio files (any rate/channels soundfile reads) or 1-D float arrays at
-        ``sample_rate``, in input order; ``progress`` shows a tqdm bar over batches on stderr."""
+        ``sample_rate``, in input order; ``progress`` shows a tqdm bar over batches on stderr; ``on_text``
+        receives (input index, transcript) as each is decoded; ``names`` name the inputs in errors (default:
+        their paths).
+
+        Every input is read and checked first (:func:`kdstore.runtime.limits.check_lengths`): ``AudioError``
+        for one that cannot be read or is longer than the export takes, before anything is decoded.
+        Audio shorter than one feature frame is "" (as NeMo answers), without running the graphs."""
         from tqdm import tqdm
 
         waves = [self.load(a) for a in audio]
+        frames = check_lengths(names or [input_name(a, i) for i, a in enumerate(audio)], waves, self.frontend_config, self.metadata)
         texts = [""] * len(waves)
-        order = sorted(range(len(waves)), key=lambda i: len(waves[i]))  # similar lengths share a batch
+        for i in (i for i, count in enumerate(frames) if count == 0 and on_text is not None):
+            on_text(i, "")
+        order = sorted((i for i, count in enumerate(frames) if count), key=lambda i: len(waves[i]))  # similar lengths share a batch
         batch_size = max(1, batch_size)
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc="transcribe", unit="batch", disable=not progress):
             chunk = order[start : start + batch_size]
             for i, enc in zip(chunk, self.encode_batch([waves[i] for i in chunk])):
                 texts[i] = self.decode_ids_to_text(self.greedy(enc))
+                if on_text is not None:
+                    on_text(i, texts[i])
         return texts
 
     def load(self, audio: AudioInput) -> np.ndarray:

@@ -28,7 +28,7 @@ numpy only at import (no torch, no NeMo); ``sherpa_onnx`` is imported when a rec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ import numpy as np
 from kdstore.errors import DependencyError, ExportError
 from kdstore.runtime.frontend import AudioInput, FrontEndConfig, LogMelFrontEnd, load_waveform
 from kdstore.runtime.layout import NEMO, SHERPA, read_metadata
+from kdstore.runtime.limits import check_lengths, input_name
 
 # Encoder metadata sherpa-onnx's NeMo transducer reads with no default (it exits without them).
 SHERPA_REQUIRED_METADATA = ("vocab_size", "normalize_type", "pred_rnn_layers", "pred_hidden", "subsampling_factor")
@@ -115,6 +116,7 @@ class SherpaTransducer:
         if absent:
             raise ExportError(f"{self.onnx_dir / graphs[0]}: encoder metadata lacks {', '.join(absent)}, which "
                               "sherpa-onnx needs; export again with kdstore export-onnx")
+        self.metadata = metadata
         self.frontend = FrontEndConfig.from_metadata(metadata)
         self.sample_rate = self.frontend.sample_rate
         self.align = align
@@ -130,19 +132,32 @@ class SherpaTransducer:
         """Mono float32 at the model's rate (the alignment is applied in :meth:`transcribe`)."""
         return load_waveform(audio, self.sample_rate)
 
-    def transcribe(self, audio: Sequence[AudioInput], batch_size: int = 8, progress: bool = False) -> list[str]:
-        """sherpa-onnx's greedy transcripts, in input order; ``progress`` shows a tqdm bar over batches."""
+    def transcribe(self, audio: Sequence[AudioInput], batch_size: int = 8, progress: bool = False,
+                   on_text: Callable[[int, str], None] | None = None, names: Sequence[str] | None = None) -> list[str]:
+        """sherpa-onnx's greedy transcripts, in input order; ``progress`` shows a tqdm bar over batches;
+        ``on_text`` receives (input index, transcript) as each is decoded; ``names`` name the inputs in errors (default:
+        their paths). Inputs are checked first as in
+        :meth:`kdstore.runtime.decoder.OnnxTransducer.transcribe` (too long: ``AudioError``; shorter than
+        one feature frame: "")."""
         from tqdm import tqdm
 
         waves = [self.load(a) for a in audio]
-        texts: list[str] = []
+        frames = check_lengths(names or [input_name(a, i) for i, a in enumerate(audio)], waves, self.frontend, self.metadata)
+        texts = [""] * len(waves)
+        for i in (i for i, count in enumerate(frames) if count == 0 and on_text is not None):
+            on_text(i, "")
+        todo = [i for i, count in enumerate(frames) if count]
         batch_size = max(1, batch_size)
-        for start in tqdm(range(0, len(waves), batch_size), desc="transcribe", unit="batch", disable=not progress):
-            streams = []
-            for wave in waves[start : start + batch_size]:
+        for start in tqdm(range(0, len(todo), batch_size), desc="transcribe", unit="batch", disable=not progress):
+            chunk, streams = todo[start : start + batch_size], []
+            for i in chunk:
                 stream = self._recognizer.create_stream()
+                wave = waves[i]
                 stream.accept_waveform(self.sample_rate, align_for_sherpa(wave, self.frontend) if self.align else wave)
                 streams.append(stream)
             self._recognizer.decode_streams(streams)
-            texts.extend(s.result.text.strip() for s in streams)
+            for i, stream in zip(chunk, streams, strict=True):
+                texts[i] = stream.result.text.strip()
+                if on_text is not None:
+                    on_text(i, texts[i])
         return texts

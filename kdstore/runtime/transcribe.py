@@ -10,7 +10,7 @@ it; the result knows its real-time factor and its JSON form.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,18 +80,23 @@ def open_transducer(onnx_dir: Path | str, runtime: str = "onnxruntime", *, int8:
 
 def transcribe_files(onnx_dir: Path | str, paths: Sequence[str | Path], *, runtime: str = "onnxruntime",
                      int8: bool = False, batch_size: int = 8, provider: str = "cpu", frontend: str = "auto",
-                     num_threads: int = 1, sherpa_align: bool = True, progress: bool = False) -> Transcription:
+                     num_threads: int = 1, sherpa_align: bool = True, progress: bool = False,
+                     on_text: Callable[[int, str], None] | None = None) -> Transcription:
     """Greedy transcripts of audio files (any rate/channels soundfile reads) with the export in ``onnx_dir``.
 
     Options as :func:`open_transducer`; ``batch_size`` files are encoded together (padded);
-    ``progress`` shows a tqdm bar over batches on stderr. The time counted starts after the model is
-    loaded. Raises AudioError for an unreadable file, and what :func:`open_transducer` raises.
+    ``progress`` shows a tqdm bar over batches on stderr; ``on_text`` receives (index in ``paths``,
+    transcript) as each is decoded, so a caller keeps what was decoded if a later file fails. The time
+    counted starts after the model is loaded. Raises AudioError, before decoding anything, for an
+    unreadable file or one longer than the export takes (:mod:`kdstore.runtime.limits`), and what
+    :func:`open_transducer` raises.
     """
     model = open_transducer(onnx_dir, runtime, int8=int8, num_threads=num_threads, provider=provider,
                             frontend=frontend, sherpa_align=sherpa_align)
     start = time.perf_counter()
     waves = [model.load(p) for p in paths]
-    texts = model.transcribe(waves, batch_size=batch_size, progress=progress)
+    texts = model.transcribe(waves, batch_size=batch_size, progress=progress, on_text=on_text,
+                             names=[str(p) for p in paths])
     seconds = time.perf_counter() - start
     transcripts = tuple(Transcript(str(p), t, len(w) / model.sample_rate) for p, t, w in zip(paths, texts, waves))
     return Transcription(onnx_dir=Path(onnx_dir), runtime=runtime, layout=model.layout, frontend=model.frontend_name,

@@ -616,3 +616,97 @@ def test_sherpa_runtime_refuses_folder_without_metadata(exported, tmp_path):
     onnx.save(encoder, str(tmp_path / "encoder.onnx"))
     with pytest.raises(ExportError, match="lacks pred_hidden"):
         SherpaTransducer(tmp_path)
+
+
+# --- issue 14: inputs too long for the export's position buffer, or shorter than one hop -----------------------
+
+
+def test_the_export_records_the_longest_input_it_takes(exported, exported_nemo):
+    import onnx
+
+    for encoder in (exported.encoder, exported_nemo[0] / "encoder-model.onnx"):
+        meta = {p.key: p.value for p in onnx.load(str(encoder), load_external_data=False).metadata_props}
+        assert meta["max_encoder_frames"] == "5000"  # NeMo's pos_emb_max_len
+        assert meta["max_audio_seconds"] == "400.00"  # 5000 frames x 10 ms hop x 8
+    assert "longest input: 400.0 s (5000 encoder frames" in exported_nemo[1]
+
+
+@pytest.fixture(scope="module")
+def short_export(emitting_model, tmp_path_factory):
+    """The emitting model exported for inputs of at most 3 s (a position buffer of 38 encoder frames)."""
+    from click.testing import CliRunner
+
+    from kdstore.cli.main import cli
+
+    out = tmp_path_factory.mktemp("onnx_3s") / "model"
+    result = CliRunner().invoke(cli, ["export-onnx", "--model", str(emitting_model), "--out", str(out),
+                                      "--max-audio-seconds", "3", "--no-preprocessor"])
+    assert result.exit_code == 0, result.output
+    assert "longest input: 3.0 s (38 encoder frames" in result.output
+    return out
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "sherpa-onnx"])
+def test_a_file_longer_than_the_export_takes_is_refused_up_front_in_one_line(short_export, exported, emitting_manifest,
+                                                                              runtime, tmp_path):
+    from click.testing import CliRunner
+
+    from kdstore.cli.main import cli
+
+    short = _audio_paths(emitting_manifest)[0]
+    wave, rate = soundfile.read(short, dtype="float32")
+    long = tmp_path / "long.wav"
+    tiled = np.tile(wave, int(np.ceil(4.0 * rate / len(wave))))  # over 4 s: too long
+    soundfile.write(long, tiled, rate)
+    args = ["transcribe", "--runtime", runtime, short]
+    result = CliRunner().invoke(cli, [*args[:1], "--onnx", str(short_export), *args[1:], str(long)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: {long}: ")
+    assert "is longer than this export takes (3.0 s, its position buffer of 38 encoder frames); nothing was " \
+           "decoded" in result.output and f"--max-audio-seconds {len(tiled) // rate + 1}" in result.output
+    # within the limit, a smaller buffer decodes exactly as the default export
+    ours = CliRunner().invoke(cli, [*args[:1], "--onnx", str(short_export), *args[1:]])
+    default = CliRunner().invoke(cli, [*args[:1], "--onnx", str(exported.out_dir), *args[1:]])
+    assert ours.exit_code == default.exit_code == 0 and ours.stdout == default.stdout
+    assert ours.stdout.split("\t")[1].strip()  # and says something
+
+
+def test_the_cli_prints_what_was_decoded_before_a_failure(exported, emitting_manifest, monkeypatch):
+    from click.testing import CliRunner
+
+    from kdstore.cli.main import cli
+    from kdstore.runtime.decoder import OnnxTransducer
+
+    paths = _audio_paths(emitting_manifest)[:3]
+    greedy, calls = OnnxTransducer.greedy, []
+
+    def fails_on_the_third(self, enc):  # an onnxruntime failure on the third utterance decoded
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("onnxruntime failed")
+        return greedy(self, enc)
+
+    monkeypatch.setattr(OnnxTransducer, "greedy", fails_on_the_third)
+    result = CliRunner().invoke(cli, ["transcribe", "--onnx", str(exported.out_dir), "--batch-size", "1", *paths])
+    assert result.exit_code == 1
+    printed = [line.split("\t")[0] for line in result.stdout.splitlines()]
+    assert len(printed) == 2 and set(printed) < set(paths)
+
+
+@pytest.mark.parametrize("samples", [1, 80, 159, 160, 161, 320, 1000])
+def test_audio_shorter_than_one_hop_is_what_nemo_says(emitting_model, exported, samples, tmp_path):
+    """Below one 10 ms hop there is no feature frame: NeMo returns "", the exported encoder used to report
+    one frame of padding and emit words from it."""
+    from nemo.collections.asr.models import ASRModel
+
+    from kdstore.runtime.decoder import OnnxTransducer
+    from kdstore.runtime.sherpa import SherpaTransducer
+
+    rng = np.random.default_rng(samples)
+    path = tmp_path / f"{samples}.wav"
+    soundfile.write(path, (0.3 * rng.standard_normal(samples)).astype(np.float32), 16000)
+    model = ASRModel.restore_from(str(emitting_model), map_location="cpu").eval()
+    nemo = model.transcribe([str(path)], batch_size=1, verbose=False)[0].text
+    assert OnnxTransducer(exported.out_dir).transcribe([path]) == [nemo]
+    if samples < 160:
+        assert nemo == "" and SherpaTransducer(exported.out_dir).transcribe([path]) == [""]
