@@ -192,3 +192,139 @@ def test_write_failure_mid_dump_keeps_a_valid_committed_prefix_and_resumes(teach
     assert result.returncode == 0, result.stderr[-2000:]
     assert verify_store(out)
     assert len(StoreReader(out)) == sum(1 for line in Path(manifest).read_text().splitlines() if line.strip())
+
+
+# -- fault 11: every crash point of the commit protocol, through the real CLI (issue 14) ---------------
+# A dump-teacher process killed (os._exit, no cleanup) right before the k-th write of a named file of the
+# store: the write that would have made the next step of the commit protocol visible.
+CRASH_DRIVER = """
+import os, sys, threading
+from kdstore.store import local_store
+
+store, name, k = os.environ["KDSTORE_TEST_STORE"], os.environ.get("KDSTORE_TEST_CRASH_FILE"), int(os.environ.get("KDSTORE_TEST_CRASH_K", "0"))
+rank = os.environ.get("RANK", "0")
+crash_here = rank == os.environ.get("KDSTORE_TEST_CRASH_RANK", "0")
+log = os.environ.get("KDSTORE_TEST_WRITE_LOG")
+seen, lock, replace = {}, threading.Lock(), local_store._replace
+
+def counted(temporary, path):
+    rel = os.path.relpath(path, store)
+    with lock:
+        seen[rel] = seen.get(rel, 0) + 1
+        if crash_here and rel == name and seen[rel] == k:
+            os._exit(77)
+        if log:
+            with open(log + "." + rank, "a") as handle:
+                handle.write(rel + "\\n")
+    replace(temporary, path)
+
+local_store._replace = counted
+from kdstore.cli.main import cli
+cli()
+"""
+
+
+def run_crashing(tmp_path: Path, args: list[str], out: Path, *, crash_file: str | None = None, k: int = 0,
+                 log: Path | None = None, world: int = 1, crash_rank: int = 0, port: int = 29531):
+    """``kdstore ARGS`` (a dump into ``out``), killed right before the ``k``-th write of ``crash_file`` (a path
+    relative to ``out``) in rank ``crash_rank``; ``log``: each rank appends the files it writes to LOG.<rank>."""
+    driver = tmp_path / "crashing_kdstore.py"
+    driver.write_text(CRASH_DRIVER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KDSTORE_TEST_STORE": str(out), "KDSTORE_TEST_CRASH_K": str(k),
+           "KDSTORE_TEST_CRASH_FILE": crash_file or "", "KDSTORE_TEST_CRASH_RANK": str(crash_rank)}
+    if log is not None:
+        env["KDSTORE_TEST_WRITE_LOG"] = str(log)
+    command = [sys.executable, str(driver), *args] if world == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--master-port", str(port),
+        str(driver), *args]
+    return subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def reference_dump(teacher, demo_corpus, tmp_path_factory):
+    """An uninterrupted one-rank dump (chunks of 64 rows: a commit every utterance or so) and the files it
+    wrote, in order."""
+    folder = tmp_path_factory.mktemp("reference_dump")
+    out, log = folder / "ref.zarr", folder / "writes"
+    result = run_crashing(folder, dump_args(teacher, demo_corpus.train_manifest, out), out, log=log)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out, (folder / "writes.0").read_text().splitlines()
+
+
+def assert_resumes_to(reference: Path, out: Path, args: list[str], world: int = 1, port: int = 29533) -> None:
+    """The crashed folder is an unfinished dump (not a store, not corrupt), and --resume finishes it with the
+    reference's arrays."""
+    result = run_cli(["inspect", str(out), "--verify"])
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert "unfinished dump:" in result.stdout and "dump-teacher --resume" in result.stdout, result.stdout
+    with pytest.raises(Exception, match="did not finish|not a Zarr"):
+        StoreReader(out)
+    if world == 1:
+        result = run_cli([*args, "--resume"])
+    else:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
+                                 "--master-port", str(port), "-m", "kdstore.cli.main", *args, "--resume"],
+                                check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert verify_store(out)
+    if world == 1:
+        a, b = all_arrays(reference), all_arrays(out)
+        assert a.keys() == b.keys()
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    else:  # parts differ from a one-rank dump; every utterance's rows are the same
+        a, b = store_content(reference), store_content(out)
+        assert a.keys() == b.keys()
+        for key in a:
+            for x, y in zip(a[key], b[key], strict=True):
+                if x is not None:
+                    np.testing.assert_array_equal(x, y, err_msg=key)
+
+
+def test_dump_killed_before_its_first_commit_resumes(teacher, demo_corpus, reference_dump, tmp_path):
+    """The issue's case: killed after the part's arrays exist, before any utterance is committed. Before the fix
+    --resume said `part parts/00000 has no progress record; dump again with --overwrite`."""
+    reference, writes = reference_dump
+    out = tmp_path / "out.zarr"
+    args = dump_args(teacher, demo_corpus.train_manifest, out)
+    assert "parts/00000/node/logp/c/0/0" in writes
+    result = run_crashing(tmp_path, args, out, crash_file="parts/00000/node/logp/c/0/0", k=1)
+    assert result.returncode == 77, result.stderr[-2000:]
+    assert part_progress(out) == 0
+    refused = run_cli(args)
+    assert refused.returncode != 0 and "--resume" in refused.stderr
+    assert_resumes_to(reference, out, args)
+
+
+@pytest.mark.parametrize("crash_file, which", [
+    ("parts/00000/zarr.json", 5),  # the 3rd commit's progress record: its index entries are already appended
+    ("parts/00000/zarr.json", -1),  # the part's close: marking it complete
+    ("utt/part/zarr.json", 1),  # the root commit, midway: merging the part indexes
+    ("zarr.json", 2),  # the root commit's last write: the metadata that makes the folder a store
+], ids=["index-appended-progress-not-moved", "part-close", "root-commit-midway", "root-commit-last-write"])
+def test_dump_killed_at_each_step_of_the_commit_protocol_resumes(teacher, demo_corpus, reference_dump, tmp_path,
+                                                                  crash_file, which):
+    reference, writes = reference_dump
+    count = writes.count(crash_file)
+    k = count if which == -1 else which
+    assert 1 <= k <= count, (crash_file, count)
+    out = tmp_path / "out.zarr"
+    args = dump_args(teacher, demo_corpus.train_manifest, out)
+    result = run_crashing(tmp_path, args, out, crash_file=crash_file, k=k)
+    assert result.returncode == 77, result.stderr[-2000:]
+    assert_resumes_to(reference, out, args)
+
+
+def test_two_rank_dump_with_a_rank_killed_before_its_first_commit_resumes(teacher, demo_corpus, reference_dump,
+                                                                          tmp_path):
+    """Rank 1 dies right before its first data write (its part exists, nothing committed); torchrun stops rank 0
+    wherever it is. --resume under torchrun finishes both parts; every utterance equals the one-rank dump's."""
+    reference, _ = reference_dump
+    out = tmp_path / "two.zarr"
+    args = dump_args(teacher, demo_corpus.train_manifest, out)
+    result = run_crashing(tmp_path, args, out, crash_file="parts/00001/node/logp/c/0/0", k=1, world=2,
+                          crash_rank=1, port=29535)
+    assert result.returncode != 0, "the injected kill of rank 1 must fail the torchrun job"
+    assert (out / "parts" / "00001").is_dir() and not (out / "parts" / "00001" / "node" / "logp" / "c" / "0" / "0").exists()
+    assert_resumes_to(reference, out, args, world=2, port=29537)
