@@ -8,7 +8,9 @@ from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo, req
 
 
 @click.command("dump-teacher")
-@required_path("teacher", "Teacher .nemo (RNNT or hybrid RNNT-CTC).", exists=True, dir_okay=False)
+@required_path("teacher", "Teacher .nemo: a NeMo RNN-T or hybrid RNN-T/CTC model with a SentencePiece tokenizer "
+               "(EncDecRNNTBPEModel, EncDecHybridRNNTCTCBPEModel); character-vocabulary and TDT models are refused.",
+               exists=True, dir_okay=False)
 @required_path("manifest", "NeMo JSON-lines manifest; lines without 'text' are labelled by the teacher.",
                exists=True, dir_okay=False)
 @required_path("out", "Output store (a .zarr folder).")

@@ -12,7 +12,8 @@ from kdstore.evaluate.normalize import NORMALIZERS
 
 
 @click.command("eval")
-@required_path("model", "Model .nemo to score.", exists=True, dir_okay=False)
+@required_path("model", "Model .nemo to score: any NeMo transducer (RNN-T, hybrid RNN-T/CTC or TDT; SentencePiece or "
+               "character vocabulary), decoded greedily by NeMo.", exists=True, dir_okay=False)
 @required_path("manifest", "NeMo JSON-lines manifest (the test set).", exists=True, dir_okay=False)
 @click.option("--teacher", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Also score this model and compare: accuracy retention, bootstrap CI of the WER difference.")

@@ -11,7 +11,8 @@ from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo, set
 
 @click.command("export-onnx")
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="NeMo RNN-T or hybrid RNN-T/CTC model (.nemo).")
+              help="NeMo RNN-T or hybrid RNN-T/CTC model (.nemo) with a SentencePiece tokenizer (EncDecRNNTBPEModel, "
+                   "EncDecHybridRNNTCTCBPEModel); character-vocabulary and TDT models are refused.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the ONNX files (created).")
 @click.option("--layout", type=click.Choice(["sherpa", "nemo"]), default="sherpa", show_default=True,

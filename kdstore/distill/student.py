@@ -190,7 +190,11 @@ class KDMixin:
             from kdstore.nemo.checkpoint import restore_model
 
             rng = torch.get_rng_state()  # restore_from draws random numbers: keep runs comparable by seed
+            from kdstore.nemo.model_kind import check_model_for
+
             teacher = restore_model(self.kd_settings.teacher_model_path, map_location=str(self.device))
+            check_model_for("train-student (online KD, model.teacher_model_path)", teacher,
+                            self.kd_settings.teacher_model_path, subword=True)
             torch.set_rng_state(rng)
             object.__setattr__(self, "_online_teacher", teacher)  # not a submodule: not saved, not optimised
         return online_rows(teacher, batch, top_k=self.kd_settings.top_k or 0)

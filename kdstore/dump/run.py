@@ -30,6 +30,7 @@ from kdstore.inputs.batches import TranscribedAudioDataset, collate, duration_so
 from kdstore.inputs.screening import BadInputPolicy, Skipped, rules_for, screened_manifest
 from kdstore.nemo.checkpoint import read_tokenizer_files, restore_model
 from kdstore.nemo.frontend import front_end_from_config
+from kdstore.nemo.model_kind import check_model_for
 from kdstore.store import PartWriter, commit_store, open_for_writing
 from kdstore.store.background import BackgroundWriter
 from kdstore.store.layout import label_slot_fill
@@ -71,6 +72,7 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
     ranks = discover()
     try:
         model = restore_model(teacher_path, map_location=settings.device)
+        check_model_for("dump-teacher", model, teacher_path, subword=True)
         vocab, blank = int(model.decoder.vocab_size), int(model.decoder.blank_idx)
         top_k = min(settings.top_k, vocab + 1)
         has_ctc = getattr(model, "ctc_decoder", None) is not None

@@ -66,7 +66,7 @@ def transcribe_manifest(model: Any, manifest_path: str | Path, batch_size: int =
     from kdstore.nemo.frontend import sample_rate_of
 
     entries = read_manifest(manifest_path)
-    dataset = TranscribedAudioDataset(entries, model.tokenizer.text_to_ids, sample_rate_of(model))
+    dataset = TranscribedAudioDataset(entries, None, sample_rate_of(model))  # audio only: NeMo's decoding gives text
     hypotheses: dict[int, str] = {}
     model.eval()
     with torch.inference_mode():
@@ -92,8 +92,11 @@ def evaluate_model(model_path: str | Path, manifest_path: str | Path, batch_size
     from kdstore.inputs.manifest import read_manifest
     from kdstore.nemo.checkpoint import restore_model
 
+    from kdstore.nemo.model_kind import check_model_for
+
     start = time.perf_counter()
     model = restore_model(model_path)
+    check_model_for("eval", model, model_path, subword=False, tdt=True)
     audio_seconds = sum(e.duration for e in read_manifest(manifest_path))
     decode_start = time.perf_counter()
     keys, references, hypotheses = transcribe_manifest(model, manifest_path, batch_size, progress)

@@ -8,24 +8,22 @@ numpy front end reproduces the model's preprocessor is checked by
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from kdstore.errors import ExportError
 from kdstore.nemo.frontend import MEL_PREPROCESSOR
+from kdstore.nemo.model_kind import check_model_for
 
 
-def check_exportable(model: Any) -> None:
+def check_exportable(model: Any, path: str | Path = "model") -> None:
     """Refuse, in one sentence each, the models sherpa-onnx's NeMo transducer path cannot run.
 
-    ``model`` is a restored NeMo ASR model. Raises ExportError naming what the model lacks.
+    ``model`` is a restored NeMo ASR model (from ``path``). Raises ExportError naming what the model lacks
+    (:func:`kdstore.nemo.model_kind.check_model_for`, then the prediction net and front end).
     """
     name = type(model).__name__
-    if not hasattr(model, "joint") or not hasattr(model, "decoder"):
-        raise ExportError(f"{name} has no transducer joint: only RNN-T and hybrid RNN-T/CTC models are supported")
-    if getattr(model.joint, "num_extra_outputs", 0):
-        raise ExportError(f"{name} is a TDT model (duration outputs): TDT export is out of scope for kdstore/1")
-    if getattr(model, "tokenizer", None) is None:
-        raise ExportError(f"{name} has no subword tokenizer: only BPE (SentencePiece) models are supported")
+    check_model_for("export-onnx", model, path, subword=True, error=ExportError)
     decoder = model.decoder
     if not hasattr(decoder, "pred_rnn_layers") or not hasattr(decoder, "pred_hidden"):
         raise ExportError(f"{name}'s prediction net ({type(decoder).__name__}) is not an LSTM RNNTDecoder")

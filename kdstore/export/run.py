@@ -89,7 +89,7 @@ def export_onnx(model_path: Path, out_dir: Path, int8: bool = False, layout: str
     with bar:
         bar.set_postfix_str("restore and check the model")
         model = restore_model(model_path, error=ExportError)
-        check_exportable(model)
+        check_exportable(model, model_path)
         frontend = frontend_config_from_nemo(model.preprocessor)  # restore_model already made its buffers exact
         check_frontend(model.preprocessor, frontend)
         metadata = export_metadata(model, frontend, sha256_file(model_path))

@@ -47,10 +47,11 @@ class TranscribedAudioDataset(torch.utils.data.Dataset):
 
     ``labels`` maps a key to the token ids to use instead of its transcript's (a store's labels: the
     path the teacher's lattice was forced on). ``untranscribed``: an entry without text gets no tokens
-    (``dump-teacher`` labels it with the teacher) instead of an error.
+    (``dump-teacher`` labels it with the teacher) instead of an error. ``tokenize`` None: audio only
+    (``eval``: the model's own decoding gives the text), every item has no tokens.
     """
 
-    def __init__(self, entries: Sequence[ManifestEntry], tokenize: Tokenize, sample_rate: int,
+    def __init__(self, entries: Sequence[ManifestEntry], tokenize: Tokenize | None, sample_rate: int,
                  augment: Callable[[np.ndarray], np.ndarray] | None = None,
                  labels: Mapping[str, Sequence[int]] | None = None, untranscribed: bool = False) -> None:
         self.entries = list(entries)
@@ -65,13 +66,16 @@ class TranscribedAudioDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         entry = self.entries[index]
-        if self.labels is not None and entry.key in self.labels:
+        if self.tokenize is None:
+            tokens: list[int] = []
+        elif self.labels is not None and entry.key in self.labels:
             tokens = list(self.labels[entry.key])
         elif self.untranscribed and not entry.text:
             tokens = []
         else:
             tokens = list(self.tokenize(entry.text))
-        if not tokens and not (self.untranscribed and not entry.text) and (self.labels is None or entry.key not in self.labels):
+        if (not tokens and self.tokenize is not None and not (self.untranscribed and not entry.text)
+                and (self.labels is None or entry.key not in self.labels)):
             raise ManifestError(f"{entry.where}: transcript {entry.text!r} has no tokens")
         audio = load_audio(entry, self.sample_rate)
         if self.augment is not None:
