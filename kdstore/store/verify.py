@@ -53,10 +53,22 @@ class PartRules:
     labels: bool = False  # kdstore/2: the label arrays must be there and agree with utt/U
 
 
+def _check_finite(block: np.ndarray, start: int, name: str, offsets: np.ndarray | None) -> None:
+    """Every value finite (no NaN, no infinity: a teacher fed bad audio, or a damaged store); the error
+    names the first bad row and, with the part's row ``offsets`` (N+1), its utterance."""
+    finite = np.isfinite(block.reshape(len(block), -1)).all(-1)
+    if finite.all():
+        return
+    row = start + int(np.argmin(finite))
+    where = f" (utterance {int(np.searchsorted(offsets, row, side='right')) - 1} of the part)" if offsets is not None else ""
+    raise StoreError(f"{name}: NaN or infinite value at row {row}{where}; the store was written from bad input or "
+                     "is damaged: dump it again (screening now refuses non-finite audio)")
+
+
 def _check_top_k(source: Source, base: str, logp_name: str, ids_name: str, total: int, k: int,
-                 rules: PartRules) -> None:
-    """A top-k pair (``node/logp``+``node/ids`` or ``frame/ctc_*``): shapes, ids <= V, log-probs <= eps,
-    probabilities summing to <= 1 + eps (section 5, rule 3)."""
+                 rules: PartRules, offsets: np.ndarray | None = None) -> None:
+    """A top-k pair (``node/logp``+``node/ids`` or ``frame/ctc_*``): shapes, ids <= V, finite log-probs
+    <= eps, probabilities summing to <= 1 + eps (section 5, rule 3); ``offsets`` map rows to utterances."""
     for name in (logp_name, ids_name):
         shape = tuple(source.array(f"{base}/{name}").shape)
         if shape[1:] != (k,) or (shape[0] != total if rules.exact_shapes else shape[0] < total):
@@ -67,6 +79,7 @@ def _check_top_k(source: Source, base: str, logp_name: str, ids_name: str, total
             raise StoreError(f"{base}/{ids_name}: id above blank ({vocab}) at row {start + int(np.argmax(ids.max(-1) > vocab))}")
     for start, logp in row_blocks(source.array(f"{base}/{logp_name}"), total, f"{base}/{logp_name}"):
         logp = logp.astype(np.float64)
+        _check_finite(logp, start, f"{base}/{logp_name}", offsets)
         if np.any(logp > eps):
             raise StoreError(f"{base}/{logp_name}: positive log-prob at row {start + int(np.argmax((logp > eps).any(-1)))}")
         mass = np.exp(logp).sum(-1)
@@ -104,14 +117,14 @@ def _check_part(source: Source, p: _PartIndex, part: int, rules: PartRules) -> N
         except ValueError as err:
             raise StoreError(f"{base}/{layout.BAND_START} utterance {j}: {err}") from None
     total = int(p.node_offset[-1])
-    _check_top_k(source, base, layout.LOGP, layout.IDS, total, rules.top_k, rules)
+    _check_top_k(source, base, layout.LOGP, layout.IDS, total, rules.top_k, rules, p.node_offset)
     shape = tuple(source.array(f"{base}/{layout.BLANK_LABEL}").shape)
     if shape[1:] != (2,) or (shape[0] != total if rules.exact_shapes else shape[0] < total):
         raise StoreError(f"{base}/{layout.BLANK_LABEL}: shape {shape}, expected {(total, 2)}")
     for name in (layout.BLANK_LABEL, layout.OCCUPANCY):
         if source.has(f"{base}/{name}"):
-            for _ in row_blocks(source.array(f"{base}/{name}"), total, f"{base}/{name}"):
-                pass
+            for start, block in row_blocks(source.array(f"{base}/{name}"), total, f"{base}/{name}"):
+                _check_finite(block, start, f"{base}/{name}", p.node_offset)
     if rules.labels:
         _check_labels(source, base, labels, rules)
     if rules.check_ctc:
@@ -120,7 +133,8 @@ def _check_part(source: Source, p: _PartIndex, part: int, rules: PartRules) -> N
             raise StoreError(f"{base}/{layout.CTC_LOGP}: {'present' if present else 'missing'} but ctc_top_k is "
                              f"{rules.ctc_top_k}")
         if rules.ctc_top_k is not None:
-            _check_top_k(source, base, layout.CTC_LOGP, layout.CTC_IDS, total_frames, rules.ctc_top_k, rules)
+            _check_top_k(source, base, layout.CTC_LOGP, layout.CTC_IDS, total_frames, rules.ctc_top_k, rules,
+                         p.frame_offset)
 
 
 def _check_labels(source: Source, base: str, labels: np.ndarray, rules: PartRules) -> None:

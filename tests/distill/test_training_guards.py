@@ -60,6 +60,11 @@ def test_non_finite_store_values_stop_training_naming_the_utterance(six, tmp_pat
     values[:5] = np.nan  # the first stored utterance's first nodes (the KD term used to skip them silently)
     logp[:] = values
     first = StoreReader(poisoned).keys[0]
+    from kdstore.store.verify import verify_store
+
+    assert verify_store(store)
+    with pytest.raises(StoreError, match=r"parts/00000/node/logp: NaN or infinite value at row 0 \(utterance 0 of "):
+        verify_store(poisoned)  # inspect --verify used to say "verified" (mean_topk_mass nan)
     with pytest.raises(StoreError, match=f"utterance {first} holds NaN or infinite teacher values in logp"):
         train_student(config(tmp_path, manifest, "model.train_ds.batch_size=6", store=poisoned))
     assert not (tmp_path / "s.nemo").exists()
