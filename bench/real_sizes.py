@@ -120,12 +120,14 @@ def _num(value: float | None, fmt: str) -> str:
 
 def table_rows(results: list[dict]) -> list[str]:
     """The Markdown table of the results (one dict per teacher, as ``run_teacher`` writes them)."""
-    head = ("| teacher | params | utterances (s) | restore s | dump s per audio s: full / band (excl. restore) "
+    head = ("| teacher | params | utterances (s) | restore s | dump s per audio s: full / band "
+            "| long utterance, full: CPU s per audio s after restore / peak RSS GB "
             "| peak RSS GB: restore / dump full / band / train | store MB per audio h: full / band "
             "| verify | student steps | export + sherpa-onnx |")
-    rows = [head, "|---|---:|---|---:|---|---|---|---|---|---|"]
+    rows = [head, "|---|---:|---|---:|---|---|---|---|---|---|---|"]
     for r in results:
         steps = r["steps"]
+        restore = steps.get("restore") or {}
 
         def rss(name: str) -> str:
             step = steps.get(name)
@@ -135,11 +137,14 @@ def table_rows(results: list[dict]) -> list[str]:
             step = steps.get(name) or {}
             if not step.get("ok"):
                 return "failed" if step else "-"
-            restore = (steps.get("restore") or {}).get("seconds") or 0.0
-            whole = per_audio_second(step["seconds"], r["audio_seconds"])
-            net = per_audio_second(step["seconds"] - restore, r["audio_seconds"])
-            return f"{whole:.2f} ({net:.2f})"
+            return f"{per_audio_second(step['seconds'], r['audio_seconds']):.2f}"
 
+        long = steps.get("dump_long") or {}
+        if long.get("ok") and long.get("cpu_seconds") is not None and restore.get("cpu_seconds") is not None:
+            net = per_audio_second(long["cpu_seconds"] - restore["cpu_seconds"], r["long_seconds"])
+            long_text = f"{r['long_seconds']:.0f} s: {net:.2f} / {rss('dump_long')}"
+        else:
+            long_text = "failed" if long else "-"
         verify = "ok" if all((steps.get(n) or {}).get("ok") for n in ("verify_full", "verify_band")) else "FAILED"
         train = steps.get("train") or {}
         student = f"{r.get('student_steps', 0)} ok" if train.get("ok") else "failed"
@@ -149,7 +154,7 @@ def table_rows(results: list[dict]) -> list[str]:
                     "export failed" if not export.get("ok") else "sherpa-onnx failed")
         rows.append(
             f"| {r['label']} | {r['params'] / 1e6:.1f}M | {', '.join(f'{s:.1f}' for s in r['utterance_seconds'])} "
-            f"| {_num((steps.get('restore') or {}).get('seconds'), '.1f')} | {rate('dump_full')} / {rate('dump_band')} "
+            f"| {_num(restore.get('seconds'), '.1f')} | {rate('dump_full')} / {rate('dump_band')} | {long_text} "
             f"| {rss('restore')} / {rss('dump_full')} / {rss('dump_band')} / {rss('train')} "
             f"| {_num(r.get('mb_per_hour_full'), ',.0f')} / {_num(r.get('mb_per_hour_band'), ',.0f')} "
             f"| {verify} | {student} | {exported} |")
@@ -165,6 +170,7 @@ class Step:
     returncode: int | None
     command: str
     tail: str = ""
+    cpu_seconds: float | None = None  # user + system CPU of the process and its waited-for children
 
 
 def run_step(argv: list[str], log: Path, timeout: float, env: dict[str, str] | None = None) -> Step:
@@ -192,7 +198,8 @@ def run_step(argv: list[str], log: Path, timeout: float, env: dict[str, str] | N
     code = None if status is None else os.waitstatus_to_exitcode(status)
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
     return Step(ok=code == 0, seconds=round(seconds, 2), peak_rss_mb=round(rusage.ru_maxrss / 1024, 1),
-                returncode=code, command=shlex.join(argv), tail=tail)
+                returncode=code, cpu_seconds=round(rusage.ru_utime + rusage.ru_stime, 2), command=shlex.join(argv),
+                tail=tail)
 
 
 def kdstore(*args: str) -> list[str]:
@@ -245,6 +252,25 @@ def prepare_inputs(workdir: Path) -> dict:
             "short_wav": lines[0]["audio_filepath"], "long_wav": str(long_wav)}
     info_file.write_text(json.dumps(info, indent=1) + "\n")
     return info
+
+
+def tiled_manifest(inputs: dict, workdir: Path, seconds: float) -> tuple[Path, float]:
+    """A one-line manifest: the long utterance repeated (GAP_SECONDS apart) to at least ``seconds``."""
+    import numpy as np
+    import soundfile
+
+    line = json.loads(Path(inputs["manifest"]).read_text().splitlines()[-1])
+    audio, rate = soundfile.read(line["audio_filepath"], dtype="float32")
+    times = len(long_plan([line["duration"]], target=seconds))
+    gap = np.zeros(int(GAP_SECONDS * rate), dtype=np.float32)
+    tiled = np.concatenate([piece for _ in range(times) for piece in (audio, gap)][:-1])
+    wav = workdir / f"long{int(seconds)}.wav"
+    soundfile.write(wav, tiled, rate, subtype="PCM_16")
+    duration = round(len(tiled) / rate, 4)
+    manifest = workdir / f"long{int(seconds)}.json"
+    manifest.write_text(json.dumps({"audio_filepath": str(wav), "duration": duration,
+                                    "text": " ".join([line["text"]] * times)}) + "\n")
+    return manifest, duration
 
 
 def build_teacher(shape_name: str, tokenizer: str, out: str) -> None:
@@ -320,6 +346,12 @@ def run_teacher(name: str, inputs: dict, workdir: Path, args: argparse.Namespace
             hours = float(summary.get("hours") or result["audio_seconds"] / 3600)
             result[f"mb_per_hour_{band}"] = round(mb_per_hour(folder_bytes(store), hours), 1)
             result[f"summary_{band}"] = summary
+    if args.long_seconds:
+        long_manifest, long_duration = tiled_manifest(inputs, workdir, args.long_seconds)
+        result["long_seconds"] = long_duration
+        step("dump_long", kdstore("dump-teacher", "--teacher", str(teacher), "--manifest", str(long_manifest),
+                                  "--out", str(folder / "long.zarr"), "--band", "full", "--top-k", "8",
+                                  "--batch-size", "1", "--threads", str(args.threads), "--overwrite", "--no-progress"))
     if not (steps.get("dump_band") or {}).get("ok"):
         return result
     student = folder / "student.nemo"
@@ -354,8 +386,10 @@ def report(results: list[dict], args: argparse.Namespace, inputs: dict, started:
         f"({inputs['tokenizer_sentences']:,} sentences), each run as a teacher with the `kdstore` commands a user "
         "runs, one torch thread. Utterances: TTS audio of the `open` demo corpus, the last one several utterances "
         "joined (>= 30 s). Dumps: k = 8, float16, batch 2; `full` = the whole lattice, `band` = `--band 6`; "
-        "each dump's time includes restoring the teacher (its own column), the net rate in brackets. Peak RSS "
-        "per subprocess (`os.wait4`). Student: `medium` (80 mel) from the band store, "
+        "each dump's wall time includes restoring the teacher (the restore alone: its own column, Python and "
+        "NeMo imports included). The long utterance (the 31 s one repeated) gives the teacher's own rate: CPU "
+        "seconds of that dump minus those of the restore alone, per audio second (CPU time, because the "
+        "machine is shared). Peak RSS per subprocess (`os.wait4`: the process and the children it waited for). Student: `medium` (80 mel) from the band store, "
         f"{args.steps} steps, batch 2; export: `export-onnx` (sherpa layout) and `transcribe --runtime "
         "sherpa-onnx` of a short utterance and the long one.",
         "",
@@ -396,6 +430,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="student training steps")
     parser.add_argument("--step-timeout", type=float, default=1800, help="seconds before a step is stopped")
+    parser.add_argument("--long-seconds", type=float, default=0.0,
+                        help="also dump one utterance of at least this many seconds (the long one tiled), full lattice")
     parser.add_argument("--redo", action="store_true", help="measure teachers with results again")
     parser.add_argument("--keep-models", action="store_true", help="keep each teacher .nemo (GBs) after its run")
     parser.add_argument("--out", type=Path, help="Markdown file to write the section into (docs/benchmarks.md)")

@@ -49,13 +49,17 @@ def test_rates_and_sizes():
 
 
 def test_table_shows_each_teachers_numbers_and_failures():
-    step = {"ok": True, "seconds": 30.0, "peak_rss_mb": 2048.0, "returncode": 0, "command": "", "tail": ""}
+    step = {"ok": True, "seconds": 30.0, "peak_rss_mb": 2048.0, "returncode": 0, "cpu_seconds": 28.0,
+            "command": "", "tail": ""}
     result = {"label": "L", "params": 114_000_000, "utterance_seconds": [3.0, 31.0], "audio_seconds": 40.0,
-              "mb_per_hour_full": 1234.5, "mb_per_hour_band": 99.0, "student_steps": 3,
-              "steps": {"restore": {**step, "seconds": 10.0}, "dump_full": step, "dump_band": {**step, "seconds": 50.0},
+              "long_seconds": 120.0, "mb_per_hour_full": 1234.4, "mb_per_hour_band": 99.0, "student_steps": 3,
+              "steps": {"restore": {**step, "seconds": 10.0, "cpu_seconds": 9.0}, "dump_full": step,
+                        "dump_band": {**step, "seconds": 50.0}, "dump_long": {**step, "cpu_seconds": 69.0},
                         "verify_full": step, "verify_band": step, "train": {**step, "peak_rss_mb": 5120.0},
                         "export": step, "sherpa": {**step, "ok": False, "returncode": 1}}}
     rows = real_sizes.table_rows([result])
-    assert rows[2] == ("| L | 114.0M | 3.0, 31.0 | 10.0 | 0.75 (0.50) / 1.25 (1.00) | 2.0 / 2.0 / 2.0 / 5.0 "
+    assert rows[2] == ("| L | 114.0M | 3.0, 31.0 | 10.0 | 0.75 / 1.25 | 120 s: 0.50 / 2.0 | 2.0 / 2.0 / 2.0 / 5.0 "
                        "| 1,234 / 99 | ok | 3 ok | sherpa-onnx failed |")
     assert len(rows[0].split("|")) == len(rows[1].split("|")) == len(rows[2].split("|"))
+    result["steps"]["dump_long"]["ok"] = False
+    assert "| failed |" in real_sizes.table_rows([result])[2]
