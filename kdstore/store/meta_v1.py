@@ -50,7 +50,9 @@ class Fingerprint:
 
 @dataclass(frozen=True, kw_only=True)
 class FrontEnd:
-    """Settings that decide the number of encoder frames T; student and teacher must agree."""
+    """The teacher's front end. A student must agree on what decides the number of encoder frames T
+    (sample rate, hop, padding, subsampling: ``kdstore.frames.frame_count_difference``), not on ``features``
+    or ``normalize``."""
 
     sample_rate: int  # Hz
     window_size: float  # seconds
