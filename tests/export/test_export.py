@@ -114,15 +114,19 @@ def exported(emitting_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported_nemo(emitting_model, tmp_path_factory):
     """NeMo's layout, written by the CLI (which also smoke-tests the files); returns (folder, CLI output)."""
+    out = tmp_path_factory.mktemp("onnx_nemo") / "model"
+    return out, cli_export(emitting_model, out, "--layout", "nemo", "--int8")
+
+
+def cli_export(model: Path, out: Path, *options: str) -> str:
+    """``kdstore export-onnx --model MODEL --out OUT OPTIONS``, which must succeed; returns its output."""
     from click.testing import CliRunner
 
     from kdstore.cli.main import cli
 
-    out = tmp_path_factory.mktemp("onnx_nemo") / "model"
-    result = CliRunner().invoke(cli, ["export-onnx", "--model", str(emitting_model), "--out", str(out),
-                                      "--layout", "nemo", "--int8"])
+    result = CliRunner().invoke(cli, ["export-onnx", "--model", str(model), "--out", str(out), *options])
     assert result.exit_code == 0, result.output
-    return out, result.output
+    return result.output
 
 
 def test_export_writes_sherpa_layout(exported, emitting_model):
@@ -634,15 +638,9 @@ def test_the_export_records_the_longest_input_it_takes(exported, exported_nemo):
 @pytest.fixture(scope="module")
 def short_export(emitting_model, tmp_path_factory):
     """The emitting model exported for inputs of at most 3 s (a position buffer of 38 encoder frames)."""
-    from click.testing import CliRunner
-
-    from kdstore.cli.main import cli
-
     out = tmp_path_factory.mktemp("onnx_3s") / "model"
-    result = CliRunner().invoke(cli, ["export-onnx", "--model", str(emitting_model), "--out", str(out),
-                                      "--max-audio-seconds", "3", "--no-preprocessor"])
-    assert result.exit_code == 0, result.output
-    assert "longest input: 3.0 s (38 encoder frames" in result.output
+    assert "longest input: 3.0 s (38 encoder frames" in cli_export(emitting_model, out, "--max-audio-seconds", "3",
+                                                                   "--no-preprocessor")
     return out
 
 
