@@ -30,7 +30,7 @@ from kdstore.store.part_writer import Label
 from kdstore.store.verify import is_unfinished, verify_store, verify_unfinished
 
 K, VOCAB, BAND = 4, 30, 2
-CHUNK_ROWS = 8  # rows per chunk: a flush + commit every chunk's worth of rows or frames (~every 2 utterances)
+CHUNK_ROWS = 8  # rows per chunk, and a flush + commit every 8 rows or frames (~every 2 utterances)
 BATCH = 2  # utterances per planned batch; batch b belongs to rank b % world (kdstore/dump/ranks.py)
 PENDING = {"top_k": K, "value_dtype": "float16", "band": BAND, "ctc": True, "vocab_size": VOCAB,
            "pseudo_label": False, "chunk_rows": CHUNK_ROWS}
@@ -90,7 +90,7 @@ def dump(path: Path, items: dict[str, dict], world: int, *, resume: bool = False
         mark("part creation")
         writers.append(PartWriter(groups[rank], rank, top_k=K, vocab_size=VOCAB, value_dtype="float16",
                                   with_occupancy=True, ctc_top_k=K, resume=resume, chunk_rows=CHUNK_ROWS,
-                                  commit_seconds=float("inf")))
+                                  commit_seconds=float("inf"), flush_rows=CHUNK_ROWS))
     mark("appending")
     committed = [set(w.committed_keys) for w in writers]
     keys = list(items)
