@@ -271,3 +271,41 @@ def test_a_dump_killed_at_every_write_resumes_to_the_uninterrupted_store(referen
     for n in range(1, reference.writes.count + 1):
         reference.check_crash_at(n, tmp_path)
         shutil.rmtree(tmp_path / f"crash{n}.zarr")
+
+
+def test_commits_come_every_commit_seconds_not_only_at_whole_shards(tmp_path):
+    """The window a crash can lose is bounded in time: with a shard far away, buffered utterances are
+    committed at the first one added ``commit_seconds`` after the last commit."""
+    import time
+
+    items = utterances(3, seed=5)
+    group = open_for_writing(tmp_path / "s.zarr", PENDING)
+    writer = PartWriter(group, 0, top_k=K, vocab_size=VOCAB, value_dtype="float16", with_occupancy=True,
+                        ctc_top_k=K, chunk_rows=1024, commit_seconds=0.3)
+    keys = list(items)
+    writer.add_utterance(keys[0], **items[keys[0]])
+    assert writer.committed_utterances == 0  # 1,024 x 16 rows to a shard: nothing would commit before close
+    time.sleep(0.35)
+    writer.add_utterance(keys[1], **items[keys[1]])
+    assert writer.committed_utterances == 2
+    assert verify_unfinished(tmp_path / "s.zarr")["utterances"] == 2
+
+
+def test_an_abandoned_background_writer_commits_what_it_was_given(tmp_path):
+    """An error in the dump's own thread (a teacher failure, Ctrl-C) abandons the writer: the utterances
+    already handed to it are committed, not lost, and the part stays resumable (not complete)."""
+    from kdstore.store.background import BackgroundWriter
+
+    items = utterances(5, seed=6)
+    path = tmp_path / "s.zarr"
+    writer = PartWriter(open_for_writing(path, PENDING), 0, top_k=K, vocab_size=VOCAB, value_dtype="float16",
+                        with_occupancy=True, ctc_top_k=K, chunk_rows=1024, commit_seconds=float("inf"))
+    background = BackgroundWriter(writer)
+    for key, rows in items.items():
+        background.add_utterance(key, **rows)
+    background.abandon()
+    assert verify_unfinished(path)["utterances"] == len(items)
+    assert not json.loads((path / "parts/00000/zarr.json").read_text())["attributes"]["kdstore_part"]["complete"]
+    resumed = PartWriter(open_for_writing(path, PENDING, resume=True), 0, top_k=K, vocab_size=VOCAB,
+                         value_dtype="float16", with_occupancy=True, ctc_top_k=K, resume=True)
+    assert resumed.committed_keys == list(items)
