@@ -221,10 +221,8 @@ class PartWriter:
     def _shard_rows(self, rows: int) -> None:
         self.flush_rows = rows
 
-    def flush(self, final: bool = True) -> None:
-        """Write every buffered row and frame, then commit the utterances they complete (all of them).
-
-        ``final`` is kept for callers of the old signature; every flush now writes everything."""
+    def flush(self) -> None:
+        """Write every buffered row and frame, then commit the utterances they complete (all of them)."""
         self._write_buffer(self._row_arrays(), rows=True)
         self._write_buffer(self._frame_arrays(), rows=False)
         self._commit()

@@ -171,7 +171,7 @@ class Mutations:
         return out
 
 
-def crashed_dump(path: Path, items: dict[str, dict], world: int, crash_at: int) -> bool:
+def crashed_dump(path: Path, items: dict[str, dict], world: int, crash_at: int, *, resume: bool = False) -> bool:
     """Run ``dump`` in a forked child killed at its ``crash_at``-th write; True if the kill happened."""
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
@@ -179,7 +179,7 @@ def crashed_dump(path: Path, items: dict[str, dict], world: int, crash_at: int) 
         try:
             with pytest.MonkeyPatch.context() as monkeypatch:
                 Mutations(crash_at).install(monkeypatch, path)
-                dump(path, items, world)
+                dump(path, items, world, resume=resume)
             code = 0
         finally:
             os._exit(code)
@@ -215,12 +215,14 @@ class Reference:
         self.arrays = all_arrays(path)
         self.attributes = json.loads((path / "zarr.json").read_text())["attributes"]
 
-    def check_crash_at(self, n: int, folder: Path) -> None:
-        """Kill a dump at write n; the folder is an unfinished dump (not a store, not corrupt); resuming it
-        gives this store."""
+    def check_crash_at(self, n: int, folder: Path, *, resuming: Path | None = None, what: str | None = None) -> None:
+        """Kill a dump at write n (with ``resuming``: a resume of a copy of that crashed folder); the folder is
+        an unfinished dump (not a store, not corrupt); resuming it gives this store."""
         path = folder / f"crash{n}.zarr"
-        what = "{} ({})".format(*self.writes.log[n - 1])
-        assert crashed_dump(path, self.items, self.world, n), f"write {n} never happened"
+        what = what or "{} ({})".format(*self.writes.log[n - 1])
+        if resuming is not None:
+            shutil.copytree(resuming, path)
+        assert crashed_dump(path, self.items, self.world, n, resume=resuming is not None), f"write {n} never happened"
         with pytest.raises(StoreError) as refused:
             StoreReader(path)  # a crashed dump never reads as a store
         if (path / "zarr.json").exists():  # else the folder is empty: nothing was written yet
@@ -263,6 +265,26 @@ def test_a_dump_killed_in_every_step_of_the_protocol_resumes(reference, tmp_path
     for numbers in reference.writes.phases().values():
         for n in sorted({numbers[0], numbers[-1]}):
             reference.check_crash_at(n, tmp_path)
+
+
+def test_a_resume_killed_at_its_own_writes_resumes_again(reference, tmp_path):
+    """A crash during --resume (truncating the tail, rewriting the last shard, committing) is one more
+    interruption: killed at every 12th of its writes, the resume of the resume still gives the store."""
+    phases = reference.writes.phases()
+    mid = phases["after a commit"][len(phases["after a commit"]) // 2]  # committed utterances and a tail
+    first = tmp_path / "first"
+    first.mkdir()
+    assert crashed_dump(first / "s.zarr", reference.items, reference.world, mid)
+    counted = tmp_path / "counted.zarr"
+    shutil.copytree(first / "s.zarr", counted)
+    writes = Mutations(None)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        writes.install(monkeypatch, counted)
+        dump(counted, reference.items, reference.world, resume=True)
+    assert writes.count > 50
+    for n in [*range(1, writes.count + 1, 12), writes.count]:
+        reference.check_crash_at(n, tmp_path, resuming=first / "s.zarr",
+                                 what=f"write {mid} of the dump, then write {n} of its resume ({writes.log[n - 1][1]})")
 
 
 @pytest.mark.slow
