@@ -114,6 +114,30 @@ def mb_per_hour(folder_bytes: int, hours: float) -> float:
     return folder_bytes / 1e6 / hours if hours > 0 else float("nan")
 
 
+def long_lines(results: list[dict]) -> list[str]:
+    """One line per long-utterance dump: wall and CPU seconds, CPU s per audio s after the restore, peak RSS,
+    and the encoder alone on the same audio when it was measured (``--encoder-peak``)."""
+    out = []
+    for r in results:
+        steps = r["steps"]
+        restore_cpu = (steps.get("restore") or {}).get("cpu_seconds") or 0.0
+        lengths = r.get("long") or ({"": r["long_seconds"]} if "long_seconds" in r else {})
+        for suffix, seconds in lengths.items():
+            dump = steps.get(f"dump_long{suffix}")
+            if not dump or not dump["ok"]:
+                continue
+            text = (f"- {r['label']}, one {seconds:.0f} s utterance, full lattice (k = 8, batch 1): {dump['seconds']:.0f} s "
+                    f"wall, {dump['cpu_seconds']:.0f} CPU s, {(dump['cpu_seconds'] - restore_cpu) / seconds:.2f} CPU s per "
+                    f"audio s after the restore, peak RSS {dump['peak_rss_mb'] / 1024:.1f} GB")
+            encoder = steps.get(f"encoder_long{suffix}")
+            if encoder and encoder["ok"]:
+                info = json.loads(encoder["tail"].strip().splitlines()[-1])
+                text += (f"; the teacher's encoder alone on it (T = {info['frames']}): {info['encoder_cpu_seconds']:.0f} "
+                         f"CPU s, peak RSS {encoder['peak_rss_mb'] / 1024:.1f} GB")
+            out.append(text)
+    return out
+
+
 def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -299,6 +323,27 @@ def build_teacher(shape_name: str, tokenizer: str, out: str) -> None:
     print(json.dumps({"params": params, "class": cls.__name__, "vocab": int(model.decoder.vocab_size)}))
 
 
+def encode_only(teacher: str, audio_path: str) -> None:
+    """(subprocess) Restore ``teacher`` and run its preprocessor + encoder alone on ``audio_path`` (no joint,
+    no store): what the teacher's own forward costs in memory and time. Prints JSON."""
+    import resource
+
+    import soundfile
+    import torch
+
+    from kdstore.nemo.checkpoint import restore_model
+
+    model = restore_model(teacher)
+    restored = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    audio, _ = soundfile.read(audio_path, dtype="float32")
+    start = time.process_time()
+    with torch.inference_mode():
+        _, length = model.forward(input_signal=torch.from_numpy(audio)[None],
+                                  input_signal_length=torch.tensor([len(audio)]))
+    print(json.dumps({"restore_peak_mb": round(restored, 1), "frames": int(length[0]),
+                      "encoder_cpu_seconds": round(time.process_time() - start, 2)}))
+
+
 # -- one teacher --------------------------------------------------------------------------------------
 def run_teacher(name: str, inputs: dict, workdir: Path, args: argparse.Namespace) -> dict:
     shape = SHAPES[name]
@@ -307,7 +352,7 @@ def run_teacher(name: str, inputs: dict, workdir: Path, args: argparse.Namespace
     logs = folder / "logs"
     threads = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     steps: dict[str, dict] = {}
-    result = {"shape": name, "label": shape.label, "params": 0, "utterance_seconds": inputs["utterance_seconds"],
+    result = {"shape": name, "label": shape.label, "command": "python bench/real_sizes.py " + shlex.join(args.argv), "params": 0, "utterance_seconds": inputs["utterance_seconds"],
               "audio_seconds": sum(inputs["utterance_seconds"]), "steps": steps, "machine": machine(),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     teacher = folder / "teacher.nemo"
@@ -346,12 +391,21 @@ def run_teacher(name: str, inputs: dict, workdir: Path, args: argparse.Namespace
             hours = float(summary.get("hours") or result["audio_seconds"] / 3600)
             result[f"mb_per_hour_{band}"] = round(mb_per_hour(folder_bytes(store), hours), 1)
             result[f"summary_{band}"] = summary
-    if args.long_seconds:
-        long_manifest, long_duration = tiled_manifest(inputs, workdir, args.long_seconds)
-        result["long_seconds"] = long_duration
-        step("dump_long", kdstore("dump-teacher", "--teacher", str(teacher), "--manifest", str(long_manifest),
-                                  "--out", str(folder / "long.zarr"), "--band", "full", "--top-k", "8",
-                                  "--batch-size", "1", "--threads", str(args.threads), "--overwrite", "--no-progress"))
+    lengths = result.setdefault("long", {})
+    for n, target in enumerate(args.long_seconds or []):
+        suffix = "" if n == 0 else str(int(target))  # the first one is the table's column
+        long_manifest, long_duration = tiled_manifest(inputs, workdir, target)
+        lengths[suffix] = long_duration
+        if n == 0:
+            result["long_seconds"] = long_duration
+        step(f"dump_long{suffix}", kdstore("dump-teacher", "--teacher", str(teacher), "--manifest", str(long_manifest),
+                                           "--out", str(folder / f"long{suffix}.zarr"), "--band", "full", "--top-k", "8",
+                                           "--batch-size", "1", "--threads", str(args.threads), "--overwrite",
+                                           "--no-progress"))
+        if args.encoder_peak:
+            wav = json.loads(long_manifest.read_text())["audio_filepath"]
+            step(f"encoder_long{suffix}", [sys.executable, str(Path(__file__).resolve()), "_encode", "--teacher",
+                                           str(teacher), "--audio", wav])
     if not (steps.get("dump_band") or {}).get("ok"):
         return result
     student = folder / "student.nemo"
@@ -393,7 +447,9 @@ def report(results: list[dict], args: argparse.Namespace, inputs: dict, started:
         f"{args.steps} steps, batch 2; export: `export-onnx` (sherpa layout) and `transcribe --runtime "
         "sherpa-onnx` of a short utterance and the long one.",
         "",
-        f"- Command: `python bench/real_sizes.py {' '.join(args.argv)}`",
+        "- Command: " + "; ".join(f"`{c}`" for c in dict.fromkeys(
+            [r.get("command", "") for r in results if r.get("command")] or
+            ["python bench/real_sizes.py " + shlex.join(args.argv)])),
         f"- Machine: {load}",
         f"- Date: {started}" + ("" if len(results) < 2 else
                                 "; per teacher " + ", ".join(f"{r['shape']} {r.get('date', '?')}" for r in results)),
@@ -404,6 +460,7 @@ def report(results: list[dict], args: argparse.Namespace, inputs: dict, started:
         *table_rows(results),
         "",
     ]
+    lines.extend(long_lines(results))
     failures = [(r["label"], k, s) for r in results for k, s in r["steps"].items() if not s["ok"]]
     for label, key, s in failures:
         why = "timed out" if s["returncode"] is None else f"exit {s['returncode']}"
@@ -414,6 +471,14 @@ def report(results: list[dict], args: argparse.Namespace, inputs: dict, started:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_encode":
+        parser = argparse.ArgumentParser()
+        parser.add_argument("_encode")
+        parser.add_argument("--teacher", required=True)
+        parser.add_argument("--audio", required=True)
+        a = parser.parse_args(argv)
+        encode_only(a.teacher, a.audio)
+        return
     if argv and argv[0] == "_build":
         parser = argparse.ArgumentParser()
         parser.add_argument("_build")
@@ -430,8 +495,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="student training steps")
     parser.add_argument("--step-timeout", type=float, default=1800, help="seconds before a step is stopped")
-    parser.add_argument("--long-seconds", type=float, default=0.0,
-                        help="also dump one utterance of at least this many seconds (the long one tiled), full lattice")
+    parser.add_argument("--long-seconds", type=float, nargs="*", default=[],
+                        help="also dump one utterance of at least each of these many seconds (the long one tiled), "
+                             "full lattice; the first is the table's column, all are listed under it")
+    parser.add_argument("--encoder-peak", action="store_true",
+                        help="with --long-seconds: also run the teacher's encoder alone on each long utterance")
     parser.add_argument("--redo", action="store_true", help="measure teachers with results again")
     parser.add_argument("--keep-models", action="store_true", help="keep each teacher .nemo (GBs) after its run")
     parser.add_argument("--out", type=Path, help="Markdown file to write the section into (docs/benchmarks.md)")

@@ -63,3 +63,20 @@ def test_table_shows_each_teachers_numbers_and_failures():
     assert len(rows[0].split("|")) == len(rows[1].split("|")) == len(rows[2].split("|"))
     result["steps"]["dump_long"]["ok"] = False
     assert "| failed |" in real_sizes.table_rows([result])[2]
+
+
+def test_long_lines_list_every_long_dump_and_the_encoder_alone():
+    ok = {"ok": True, "returncode": 0, "command": "", "tail": ""}
+    result = {"label": "L", "long_seconds": 126.0, "long": {"": 126.0, "410": 411.0}, "steps": {
+        "restore": {**ok, "seconds": 20.0, "cpu_seconds": 12.0, "peak_rss_mb": 1600.0},
+        "dump_long": {**ok, "seconds": 87.0, "cpu_seconds": 60.0, "peak_rss_mb": 2150.4},
+        "dump_long410": {**ok, "seconds": 515.0, "cpu_seconds": 498.0, "peak_rss_mb": 7413.0},
+        "encoder_long410": {**ok, "seconds": 220.0, "cpu_seconds": 215.0, "peak_rss_mb": 7300.0,
+                            "tail": 'noise\n{"restore_peak_mb": 1632.0, "frames": 5139, "encoder_cpu_seconds": 202.0}'}}}
+    assert real_sizes.long_lines([result]) == [
+        "- L, one 126 s utterance, full lattice (k = 8, batch 1): 87 s wall, 60 CPU s, 0.38 CPU s per audio s after "
+        "the restore, peak RSS 2.1 GB",
+        "- L, one 411 s utterance, full lattice (k = 8, batch 1): 515 s wall, 498 CPU s, 1.18 CPU s per audio s after "
+        "the restore, peak RSS 7.2 GB; the teacher's encoder alone on it (T = 5139): 202 CPU s, peak RSS 7.1 GB"]
+    del result["long"]  # results written before several lengths were measured
+    assert len(real_sizes.long_lines([result])) == 1
