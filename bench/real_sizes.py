@@ -138,6 +138,27 @@ def long_lines(results: list[dict]) -> list[str]:
     return out
 
 
+def reading(results: list[dict]) -> list[str]:
+    """What the numbers say, computed from them: restore memory against the fp32 weights, and where a long
+    utterance's dump spends its memory (the encoder alone, when measured)."""
+    out = []
+    for r in results:
+        restore = (r["steps"].get("restore") or {}).get("peak_rss_mb")
+        if restore and r.get("params"):
+            weights = r["params"] * 4 / 2**20
+            out.append(f"- {r['label']}: restoring peaks at {restore / 1024:.1f} GB, {restore / weights:.1f}x its fp32 "
+                       f"weights ({weights / 1024:.1f} GB; NeMo's `restore_from` builds the model, then loads the state "
+                       "dict beside it).")
+        for suffix, seconds in (r.get("long") or {}).items():
+            dump, encoder = r["steps"].get(f"dump_long{suffix}"), r["steps"].get(f"encoder_long{suffix}")
+            if dump and dump["ok"] and encoder and encoder["ok"]:
+                out.append(f"- {r['label']}, {seconds:.0f} s: the dump's peak RSS ({dump['peak_rss_mb'] / 1024:.1f} GB) "
+                           f"is {dump['peak_rss_mb'] / encoder['peak_rss_mb']:.2f}x the encoder's alone "
+                           f"({encoder['peak_rss_mb'] / 1024:.1f} GB): the joint's (T, U+1, V+1) log-probs are reduced "
+                           "to k per node in time slices, so the lattice is not what bounds the length.")
+    return out
+
+
 def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -461,6 +482,7 @@ def report(results: list[dict], args: argparse.Namespace, inputs: dict, started:
         "",
     ]
     lines.extend(long_lines(results))
+    lines.extend(reading(results))
     failures = [(r["label"], k, s) for r in results for k, s in r["steps"].items() if not s["ok"]]
     for label, key, s in failures:
         why = "timed out" if s["returncode"] is None else f"exit {s['returncode']}"

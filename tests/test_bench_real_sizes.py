@@ -80,3 +80,10 @@ def test_long_lines_list_every_long_dump_and_the_encoder_alone():
         "the restore, peak RSS 7.2 GB; the teacher's encoder alone on it (T = 5139): 202 CPU s, peak RSS 7.1 GB"]
     del result["long"]  # results written before several lengths were measured
     assert len(real_sizes.long_lines([result])) == 1
+
+
+def test_reading_compares_restore_memory_with_the_weights():
+    result = {"label": "L", "params": 2**28, "steps": {"restore": {"ok": True, "peak_rss_mb": 2048.0}}}
+    assert real_sizes.reading([result]) == [
+        "- L: restoring peaks at 2.0 GB, 2.0x its fp32 weights (1.0 GB; NeMo's `restore_from` builds the model, "
+        "then loads the state dict beside it)."]
