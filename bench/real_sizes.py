@@ -138,24 +138,36 @@ def long_lines(results: list[dict]) -> list[str]:
     return out
 
 
-def reading(results: list[dict]) -> list[str]:
-    """What the numbers say, computed from them: restore memory against the fp32 weights, and where a long
-    utterance's dump spends its memory (the encoder alone, when measured)."""
+def reading(results: list[dict], baseline_mb: float | None = None) -> list[str]:
+    """What the numbers say, computed from them: restore memory against the fp32 weights (above
+    ``baseline_mb``, the peak RSS of a process that imports NeMo and loads nothing), where a long utterance's
+    dump spends its memory (the encoder alone, when measured), and how its rate grows with the length."""
     out = []
     for r in results:
         restore = (r["steps"].get("restore") or {}).get("peak_rss_mb")
         if restore and r.get("params"):
             weights = r["params"] * 4 / 2**20
-            out.append(f"- {r['label']}: restoring peaks at {restore / 1024:.1f} GB, {restore / weights:.1f}x its fp32 "
-                       f"weights ({weights / 1024:.1f} GB; NeMo's `restore_from` builds the model, then loads the state "
-                       "dict beside it).")
+            above = restore - (baseline_mb or 0.0)
+            base = f", {baseline_mb / 1024:.1f} GB of it the imports alone" if baseline_mb else ""
+            out.append(f"- {r['label']}: restoring peaks at {restore / 1024:.1f} GB{base}; the rest is {above / weights:.1f}x "
+                       f"its fp32 weights ({weights / 1024:.1f} GB: NeMo's `restore_from` builds the model, then loads "
+                       "the state dict beside it).")
+        rates = []
+        restore_cpu = (r["steps"].get("restore") or {}).get("cpu_seconds") or 0.0
         for suffix, seconds in (r.get("long") or {}).items():
             dump, encoder = r["steps"].get(f"dump_long{suffix}"), r["steps"].get(f"encoder_long{suffix}")
+            if dump and dump["ok"]:
+                rates.append((seconds, (dump["cpu_seconds"] - restore_cpu) / seconds))
             if dump and dump["ok"] and encoder and encoder["ok"]:
                 out.append(f"- {r['label']}, {seconds:.0f} s: the dump's peak RSS ({dump['peak_rss_mb'] / 1024:.1f} GB) "
                            f"is {dump['peak_rss_mb'] / encoder['peak_rss_mb']:.2f}x the encoder's alone "
                            f"({encoder['peak_rss_mb'] / 1024:.1f} GB): the joint's (T, U+1, V+1) log-probs are reduced "
                            "to k per node in time slices, so the lattice is not what bounds the length.")
+        if len(rates) > 1:
+            (s0, r0), (s1, r1) = rates[0], rates[-1]
+            out.append(f"- {r['label']}: {r0:.2f} CPU s per audio s at {s0:.0f} s, {r1:.2f} at {s1:.0f} s: a full "
+                       "lattice has T x (U+1) nodes, both growing with the audio, and every node goes through the "
+                       "joint's V+1 outputs; with band 6 the store shrinks, not that forward.")
     return out
 
 
@@ -452,7 +464,8 @@ def run_teacher(name: str, inputs: dict, workdir: Path, args: argparse.Namespace
     return result
 
 
-def report(results: list[dict], args: argparse.Namespace, inputs: dict, started: str, load: str) -> str:
+def report(results: list[dict], args: argparse.Namespace, inputs: dict, started: str, load: str,
+           baseline_mb: float | None = None) -> str:
     lines = [
         SECTION, "",
         "NeMo teachers at their published shapes with random weights (`bench/real_sizes.py`: shapes from NeMo's "
@@ -482,7 +495,7 @@ def report(results: list[dict], args: argparse.Namespace, inputs: dict, started:
         "",
     ]
     lines.extend(long_lines(results))
-    lines.extend(reading(results))
+    lines.extend(reading(results, baseline_mb))
     failures = [(r["label"], k, s) for r in results for k, s in r["steps"].items() if not s["ok"]]
     for label, key, s in failures:
         why = "timed out" if s["returncode"] is None else f"exit {s['returncode']}"
@@ -554,7 +567,14 @@ def main(argv: list[str] | None = None) -> None:
     first = min(results, key=lambda r: r.get("date", started), default=None)
     if first is not None and "date" in first:  # results reused from an earlier run: when that one started
         started, load = first["date"], first["machine"]
-    text = report(results, args, inputs, started, load)
+    baseline_file = workdir / "results" / "_baseline.json"
+    if not baseline_file.exists():
+        base = run_step([sys.executable, "-c", "import kdstore.nemo.checkpoint, nemo.collections.asr.models"],
+                        workdir / "baseline.log", 600)
+        baseline_file.parent.mkdir(parents=True, exist_ok=True)
+        baseline_file.write_text(json.dumps(asdict(base), indent=1) + "\n")
+    baseline = json.loads(baseline_file.read_text())
+    text = report(results, args, inputs, started, load, baseline["peak_rss_mb"] if baseline["ok"] else None)
     print(text)
     if args.out:
         write_section(args.out, SECTION, text)

@@ -82,8 +82,13 @@ def test_long_lines_list_every_long_dump_and_the_encoder_alone():
     assert len(real_sizes.long_lines([result])) == 1
 
 
-def test_reading_compares_restore_memory_with_the_weights():
-    result = {"label": "L", "params": 2**28, "steps": {"restore": {"ok": True, "peak_rss_mb": 2048.0}}}
-    assert real_sizes.reading([result]) == [
-        "- L: restoring peaks at 2.0 GB, 2.0x its fp32 weights (1.0 GB; NeMo's `restore_from` builds the model, "
-        "then loads the state dict beside it)."]
+def test_reading_compares_restore_memory_with_the_weights_and_rates_with_length():
+    result = {"label": "L", "params": 2**28, "long": {"": 126.0, "410": 411.0}, "steps": {
+        "restore": {"ok": True, "peak_rss_mb": 3072.0, "cpu_seconds": 10.0},
+        "dump_long": {"ok": True, "cpu_seconds": 73.0, "peak_rss_mb": 2000.0},
+        "dump_long410": {"ok": True, "cpu_seconds": 421.0, "peak_rss_mb": 7000.0}}}
+    assert real_sizes.reading([result], baseline_mb=1024.0) == [
+        "- L: restoring peaks at 3.0 GB, 1.0 GB of it the imports alone; the rest is 2.0x its fp32 weights (1.0 GB: "
+        "NeMo's `restore_from` builds the model, then loads the state dict beside it).",
+        "- L: 0.50 CPU s per audio s at 126 s, 1.00 at 411 s: a full lattice has T x (U+1) nodes, both growing with "
+        "the audio, and every node goes through the joint's V+1 outputs; with band 6 the store shrinks, not that forward."]
