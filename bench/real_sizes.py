@@ -470,14 +470,16 @@ def report(results: list[dict], args: argparse.Namespace, inputs: dict, started:
         SECTION, "",
         "NeMo teachers at their published shapes with random weights (`bench/real_sizes.py`: shapes from NeMo's "
         "fast-conformer_transducer_bpe.yaml size table and the hybrid config; Parakeet 0.6B/1.1B = FastConformer "
-        "XL/XXL with 128 mel), a 1,024-piece SentencePiece BPE trained on the Debian text packages "
+        "XL/XXL, with 128 mel as Parakeet-TDT 0.6B v2 has; vocabulary 1,024 + blank), a 1,024-piece SentencePiece BPE trained on the Debian text packages "
         f"({inputs['tokenizer_sentences']:,} sentences), each run as a teacher with the `kdstore` commands a user "
         "runs, one torch thread. Utterances: TTS audio of the `open` demo corpus, the last one several utterances "
         "joined (>= 30 s). Dumps: k = 8, float16, batch 2; `full` = the whole lattice, `band` = `--band 6`; "
         "each dump's wall time includes restoring the teacher (the restore alone: its own column, Python and "
         "NeMo imports included). The long utterance (the 31 s one repeated) gives the teacher's own rate: CPU "
         "seconds of that dump minus those of the restore alone, per audio second (CPU time, because the "
-        "machine is shared). Peak RSS per subprocess (`os.wait4`: the process and the children it waited for). Student: `medium` (80 mel) from the band store, "
+        "machine is shared). Peak RSS per subprocess (`os.wait4`: the process and the children it waited for). "
+        "Student: `medium` (80 mel: the 128-mel teachers' stores train it because the alignment rule asks only "
+        "for the same T, docs/training.md) from the band store, "
         f"{args.steps} steps, batch 2; export: `export-onnx` (sherpa layout) and `transcribe --runtime "
         "sherpa-onnx` of a short utterance and the long one.",
         "",
