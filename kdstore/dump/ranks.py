@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -47,3 +51,17 @@ def shutdown(ranks: Ranks) -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def local_forwards(model: torch.nn.Module) -> None:
+    """Stop NeMo's encoders from synchronising ranks inside ``forward``.
+
+    A Conformer (or Transformer) encoder with ``sync_max_audio_length`` (NeMo's default) all-reduces
+    the batch length across ranks in every forward once ``torch.distributed`` is initialised. Dump
+    ranks run different numbers of batches (always after ``--resume``, which skips committed ones), so
+    one rank's all-reduce meets another's final barrier and both wait forever. Each rank only needs its
+    own position buffer, whose values do not depend on its length, so the rows are unchanged.
+    """
+    for module in model.modules():
+        if hasattr(module, "sync_max_audio_length"):
+            module.sync_max_audio_length = False

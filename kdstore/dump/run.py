@@ -22,7 +22,7 @@ import torch
 
 from kdstore import __version__
 from kdstore.dump.pseudo_labels import configure_search, search_name
-from kdstore.dump.ranks import Ranks, discover, shutdown
+from kdstore.dump.ranks import Ranks, discover, local_forwards, shutdown
 from kdstore.dump.rows import RowSpec, batch_rows
 from kdstore.errors import AudioError, KdstoreError, StoreError
 from kdstore.files import sha256_bytes, sha256_file
@@ -72,6 +72,7 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
     ranks = discover()
     try:
         model = restore_model(teacher_path, map_location=settings.device)
+        local_forwards(model)  # NeMo's per-forward all-reduce would deadlock ranks with different batch counts
         check_model_for("dump-teacher", model, teacher_path, subword=True)
         vocab, blank = int(model.decoder.vocab_size), int(model.decoder.blank_idx)
         top_k = min(settings.top_k, vocab + 1)

@@ -224,8 +224,50 @@ cli()
 """
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (torchrun starts each rank in a session of its own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def run_in_session(command: list[str], env: dict[str, str], timeout: int = 400) -> subprocess.CompletedProcess:
+    """Run ``command``; on a timeout kill it and every process below it (torchrun's ranks, which would
+    otherwise outlive it holding its output pipes) and fail with what it printed."""
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in [*descendants(proc.pid), proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        stdout, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"{' '.join(command[:6])} ... did not end in {timeout} s:\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
 def run_crashing(tmp_path: Path, args: list[str], out: Path, *, crash_file: str | None = None, k: int = 0,
-                 log: Path | None = None, world: int = 1, crash_rank: int = 0, port: int = 29531):
+                 log: Path | None = None, world: int = 1, crash_rank: int = 0):
     """``kdstore ARGS`` (a dump into ``out``), killed right before the ``k``-th write of ``crash_file`` (a path
     relative to ``out``) in rank ``crash_rank``; ``log``: each rank appends the files it writes to LOG.<rank>."""
     driver = tmp_path / "crashing_kdstore.py"
@@ -235,9 +277,9 @@ def run_crashing(tmp_path: Path, args: list[str], out: Path, *, crash_file: str 
     if log is not None:
         env["KDSTORE_TEST_WRITE_LOG"] = str(log)
     command = [sys.executable, str(driver), *args] if world == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--master-port", str(port),
-        str(driver), *args]
-    return subprocess.run(command, check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--master-port",
+        str(free_port()), str(driver), *args]
+    return run_in_session(command, env)
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +293,7 @@ def reference_dump(teacher, demo_corpus, tmp_path_factory):
     return out, (folder / "writes.0").read_text().splitlines()
 
 
-def assert_resumes_to(reference: Path, out: Path, args: list[str], world: int = 1, port: int = 29533) -> None:
+def assert_resumes_to(reference: Path, out: Path, args: list[str], world: int = 1) -> None:
     """The crashed folder is an unfinished dump (not a store, not corrupt), and --resume finishes it with the
     reference's arrays."""
     result = run_cli(["inspect", str(out), "--verify"])
@@ -263,9 +305,8 @@ def assert_resumes_to(reference: Path, out: Path, args: list[str], world: int = 
         result = run_cli([*args, "--resume"])
     else:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
-                                 "--master-port", str(port), "-m", "kdstore.cli.main", *args, "--resume"],
-                                check=False, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+        result = run_in_session([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
+                                 "--master-port", str(free_port()), "-m", "kdstore.cli.main", *args, "--resume"], env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert verify_store(out)
     if world == 1:
@@ -324,7 +365,35 @@ def test_two_rank_dump_with_a_rank_killed_before_its_first_commit_resumes(teache
     out = tmp_path / "two.zarr"
     args = dump_args(teacher, demo_corpus.train_manifest, out)
     result = run_crashing(tmp_path, args, out, crash_file="parts/00001/node/logp/c/0/0", k=1, world=2,
-                          crash_rank=1, port=29535)
+                          crash_rank=1)
     assert result.returncode != 0, "the injected kill of rank 1 must fail the torchrun job"
     assert (out / "parts" / "00001").is_dir() and not (out / "parts" / "00001" / "node" / "logp" / "c" / "0" / "0").exists()
-    assert_resumes_to(reference, out, args, world=2, port=29537)
+    assert_resumes_to(reference, out, args, world=2)
+
+
+def test_two_ranks_with_different_numbers_of_batches_finish(teacher, demo_corpus, tmp_path):
+    """Three batches on two ranks: rank 0 runs two forwards, rank 1 one, as after any --resume (which skips
+    committed batches). NeMo's encoders all-reduce the batch length in every forward once torch.distributed
+    is up, so rank 0's second forward waited forever for rank 1, which sat in the final barrier."""
+    lines = [line for line in Path(demo_corpus.train_manifest).read_text().splitlines() if line.strip()][:3]
+    manifest = tmp_path / "three.json"
+    manifest.write_text("\n".join(lines) + "\n")
+    one, two = tmp_path / "one.zarr", tmp_path / "two.zarr"
+
+    def args(out: Path) -> list[str]:  # batches of one utterance
+        command = dump_args(teacher, manifest, out)
+        command[command.index("--batch-size") + 1] = "1"
+        return command
+
+    assert run_cli(args(one)).returncode == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = run_in_session([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                             str(free_port()), "-m", "kdstore.cli.main", *args(two)], env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(StoreReader(two).parts) == 2
+    a, b = store_content(one), store_content(two)
+    assert a.keys() == b.keys() and len(a) == 3
+    for key in a:
+        for x, y in zip(a[key], b[key], strict=True):
+            if x is not None:
+                np.testing.assert_array_equal(x, y, err_msg=key)
