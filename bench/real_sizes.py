@@ -37,7 +37,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 
@@ -186,15 +186,15 @@ def table_rows(results: list[dict]) -> list[str]:
         steps = r["steps"]
         restore = steps.get("restore") or {}
 
-        def rss(name: str) -> str:
+        def rss(name: str, steps: dict = steps) -> str:
             step = steps.get(name)
             return "-" if not step or step.get("peak_rss_mb") is None else f"{step['peak_rss_mb'] / 1024:.1f}"
 
-        def rate(name: str) -> str:
+        def rate(name: str, steps: dict = steps, audio: float = r["audio_seconds"]) -> str:
             step = steps.get(name) or {}
             if not step.get("ok"):
                 return "failed" if step else "-"
-            return f"{per_audio_second(step['seconds'], r['audio_seconds']):.2f}"
+            return f"{per_audio_second(step['seconds'], audio):.2f}"
 
         long = steps.get("dump_long") or {}
         if long.get("ok") and long.get("cpu_seconds") is not None and restore.get("cpu_seconds") is not None:
@@ -404,8 +404,8 @@ def run_teacher(name: str, inputs: dict, workdir: Path, args: argparse.Namespace
     if not build.ok:
         return result
     result.update(json.loads(build.tail.strip().splitlines()[-1]))
-    step("restore", [sys.executable, "-c", "import sys; from kdstore.nemo.checkpoint import restore_model; "
-                     "restore_model(sys.argv[1])", str(teacher)])
+    step("restore", [sys.executable, "-c", ("import sys; from kdstore.nemo.checkpoint import restore_model; "
+                     "restore_model(sys.argv[1])"), str(teacher)])
     manifest = inputs["manifest"]
     stores = {}
     for band in ("full", "band"):
@@ -468,7 +468,7 @@ def report(results: list[dict], args: argparse.Namespace, inputs: dict, started:
            baseline_mb: float | None = None) -> str:
     lines = [
         SECTION, "",
-        "NeMo teachers at their published shapes with random weights (`bench/real_sizes.py`: shapes from NeMo's "
+        ("NeMo teachers at their published shapes with random weights (`bench/real_sizes.py`: shapes from NeMo's "
         "fast-conformer_transducer_bpe.yaml size table and the hybrid config; Parakeet 0.6B/1.1B = FastConformer "
         "XL/XXL, with 128 mel as Parakeet-TDT 0.6B v2 has; vocabulary 1,024 + blank), a 1,024-piece SentencePiece BPE trained on the Debian text packages "
         f"({inputs['tokenizer_sentences']:,} sentences), each run as a teacher with the `kdstore` commands a user "
@@ -481,7 +481,7 @@ def report(results: list[dict], args: argparse.Namespace, inputs: dict, started:
         "Student: `medium` (80 mel: the 128-mel teachers' stores train it because the alignment rule asks only "
         "for the same T, docs/training.md) from the band store, "
         f"{args.steps} steps, batch 2; export: `export-onnx` (sherpa layout) and `transcribe --runtime "
-        "sherpa-onnx` of a short utterance and the long one.",
+        "sherpa-onnx` of a short utterance and the long one."),
         "",
         "- Command: " + "; ".join(f"`{c}`" for c in dict.fromkeys(
             [r.get("command", "") for r in results if r.get("command")] or
@@ -489,8 +489,8 @@ def report(results: list[dict], args: argparse.Namespace, inputs: dict, started:
         f"- Machine: {load}",
         f"- Date: {started}" + ("" if len(results) < 2 else
                                 "; per teacher " + ", ".join(f"{r['shape']} {r.get('date', '?')}" for r in results)),
-        f"- Versions: Python {sys.version.split()[0]}, torch {version('torch')}, nemo_toolkit {version('nemo_toolkit')}, "
-        f"sherpa-onnx {version('sherpa-onnx')}, onnxruntime {version('onnxruntime')}",
+        (f"- Versions: Python {sys.version.split()[0]}, torch {version('torch')}, nemo_toolkit {version('nemo_toolkit')}, "
+        f"sherpa-onnx {version('sherpa-onnx')}, onnxruntime {version('onnxruntime')}"),
         f"- Work folder (teachers, stores, students, logs, per-teacher JSON): `{args.workdir}`",
         "",
         *table_rows(results),

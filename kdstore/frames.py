@@ -127,7 +127,7 @@ def frame_count_difference(stored: FrameSettings, other: FrameSettings) -> Frame
     if stored.sample_rate != other.sample_rate:
         return FrameDifference("sample_rate", "preprocessor", stored.sample_rate, other.sample_rate)
     rate = stored.sample_rate
-    counts = [*range(0, _EXHAUSTIVE_S * rate), *range(_EXHAUSTIVE_S * rate, _SPARSE_S * rate, _SPARSE_STEP)]
+    counts = [*range(_EXHAUSTIVE_S * rate), *range(_EXHAUSTIVE_S * rate, _SPARSE_S * rate, _SPARSE_STEP)]
     try:
         for n in counts:
             ts, to = encoder_frames(n, stored), encoder_frames(n, other)

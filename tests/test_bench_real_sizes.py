@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import real_sizes  # noqa: E402
+import real_sizes
 
 
 @pytest.mark.parametrize(("name", "d_model", "layers", "kernel", "xscaling", "mels", "pred_layers", "hybrid"), [
@@ -74,10 +74,10 @@ def test_long_lines_list_every_long_dump_and_the_encoder_alone():
         "encoder_long410": {**ok, "seconds": 220.0, "cpu_seconds": 215.0, "peak_rss_mb": 7300.0,
                             "tail": 'noise\n{"restore_peak_mb": 1632.0, "frames": 5139, "encoder_cpu_seconds": 202.0}'}}}
     assert real_sizes.long_lines([result]) == [
-        "- L, one 126 s utterance, full lattice (k = 8, batch 1): 87 s wall, 60 CPU s, 0.38 CPU s per audio s after "
-        "the restore, peak RSS 2.1 GB",
-        "- L, one 411 s utterance, full lattice (k = 8, batch 1): 515 s wall, 498 CPU s, 1.18 CPU s per audio s after "
-        "the restore, peak RSS 7.2 GB; the teacher's encoder alone on it (T = 5139): 202 CPU s, peak RSS 7.1 GB"]
+        ("- L, one 126 s utterance, full lattice (k = 8, batch 1): 87 s wall, 60 CPU s, 0.38 CPU s per audio s after "
+        "the restore, peak RSS 2.1 GB"),
+        ("- L, one 411 s utterance, full lattice (k = 8, batch 1): 515 s wall, 498 CPU s, 1.18 CPU s per audio s after "
+        "the restore, peak RSS 7.2 GB; the teacher's encoder alone on it (T = 5139): 202 CPU s, peak RSS 7.1 GB")]
     del result["long"]  # results written before several lengths were measured
     assert len(real_sizes.long_lines([result])) == 1
 
@@ -88,7 +88,7 @@ def test_reading_compares_restore_memory_with_the_weights_and_rates_with_length(
         "dump_long": {"ok": True, "cpu_seconds": 73.0, "peak_rss_mb": 2000.0},
         "dump_long410": {"ok": True, "cpu_seconds": 421.0, "peak_rss_mb": 7000.0}}}
     assert real_sizes.reading([result], baseline_mb=1024.0) == [
-        "- L: restoring peaks at 3.0 GB, 1.0 GB of it the imports alone; the rest is 2.0x its fp32 weights (1.0 GB: "
-        "NeMo's `restore_from` builds the model, then loads the state dict beside it).",
-        "- L: 0.50 CPU s per audio s at 126 s, 1.00 at 411 s: a full lattice has T x (U+1) nodes, both growing with "
-        "the audio, and every node goes through the joint's V+1 outputs; with band 6 the store shrinks, not that forward."]
+        ("- L: restoring peaks at 3.0 GB, 1.0 GB of it the imports alone; the rest is 2.0x its fp32 weights (1.0 GB: "
+        "NeMo's `restore_from` builds the model, then loads the state dict beside it)."),
+        ("- L: 0.50 CPU s per audio s at 126 s, 1.00 at 411 s: a full lattice has T x (U+1) nodes, both growing with "
+        "the audio, and every node goes through the joint's V+1 outputs; with band 6 the store shrinks, not that forward.")]

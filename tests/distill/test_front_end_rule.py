@@ -36,10 +36,10 @@ def test_settings_that_leave_t_alone_are_accepted(change):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"window_stride": 0.02}, "window_stride=0.01 but the student has 0.02: the frame count T differs "
-                              r"\(160 samples: T=1 in the store, 0 for the student\); set model.preprocessor.window_stride=0.01"),
-    ({"subsampling_factor": 4}, "subsampling_factor=8 but the student has 4: the frame count T differs "
-                                r"\(800 samples: T=1 in the store, 2 for the student\); set model.encoder.subsampling_factor=8"),
+    ({"window_stride": 0.02}, ("window_stride=0.01 but the student has 0.02: the frame count T differs "
+                              r"\(160 samples: T=1 in the store, 0 for the student\); set model.preprocessor.window_stride=0.01")),
+    ({"subsampling_factor": 4}, ("subsampling_factor=8 but the student has 4: the frame count T differs "
+                                r"\(800 samples: T=1 in the store, 2 for the student\); set model.encoder.subsampling_factor=8")),
     ({"exact_pad": True}, "exact_pad=False but the student has True: .*set model.preprocessor.exact_pad=False"),
     ({"sample_rate": 8000}, r"sample_rate=16000 but the student has 8000: .*set model.sample_rate \(model.preprocessor"),
     ({"subsampling_factor": 6}, "subsampling_factor=8 but the student has 6: .*set model.encoder.subsampling_factor=8"),
@@ -177,8 +177,8 @@ def test_stores_from_128_and_80_mel_teachers_train_together(demo_corpus, mel128_
     result = _train(Path(f"{mel128_store},{store80}"), Path(manifests), tmp_path / "s.nemo")
     assert result.steps == 2 and np.isfinite(result.final_losses["train_kd_loss"])
 
-    from kdstore.store.store_set import _check_same_student_view  # the rule between stores
     from kdstore.store import StoreReader
+    from kdstore.store.store_set import _check_same_student_view  # the rule between stores
 
     a, b = StoreReader(mel128_store), StoreReader(store80)
     hop = dataclasses.replace(b.metadata, front_end=dataclasses.replace(b.metadata.front_end, window_stride=0.02))
