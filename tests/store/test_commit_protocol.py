@@ -287,10 +287,19 @@ def test_a_resume_killed_at_its_own_writes_resumes_again(reference, tmp_path):
                                  what=f"write {mid} of the dump, then write {n} of its resume ({writes.log[n - 1][1]})")
 
 
+EXHAUSTIVE = "KDSTORE_EXHAUSTIVE"  # set to 1 to kill at every write (~200 + ~300 crashes: 5-15 min on 2 cores)
+
+
 @pytest.mark.slow
-def test_a_dump_killed_at_every_write_resumes_to_the_uninterrupted_store(reference, tmp_path):
-    """Every n, 1 .. all writes of the dump (~200 for one rank, ~300 for three: minutes)."""
-    for n in range(1, reference.writes.count + 1):
+@pytest.mark.parametrize("stride", [
+    9,  # every 9th write (and the last) in the default suite
+    pytest.param(1, marks=pytest.mark.skipif(not os.environ.get(EXHAUSTIVE), reason=(
+        f"every write, minutes on 2 cores: {EXHAUSTIVE}=1 pytest tests/store/test_commit_protocol.py -k every_write"))),
+], ids=["every-9th", "every"])
+def test_a_dump_killed_at_every_write_resumes_to_the_uninterrupted_store(reference, tmp_path, stride):
+    """Every ``stride``-th n, 1 .. all writes of the dump (~200 for one rank, ~300 for three), and the last."""
+    count = reference.writes.count
+    for n in sorted({*range(1, count + 1, stride), count}):
         reference.check_crash_at(n, tmp_path)
         shutil.rmtree(tmp_path / f"crash{n}.zarr")
 
