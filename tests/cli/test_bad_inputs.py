@@ -46,14 +46,19 @@ def cases(demo_corpus, tmp_path_factory):
     poisoned[1000:1010] = np.nan
     sf.write(nan_audio, poisoned, rate, subtype="FLOAT")
     first = Path(good[0]["audio_filepath"])
+    copy = root / "copy.wav"  # the base line's audio under another name: not a repeat of that line
+    sf.write(copy, *sf.read(base["audio_filepath"], dtype="float32"))
+    tiny = root / "tiny.wav"  # 5 samples: no feature frame, so no encoder frame
+    sf.write(tiny, audio[:5], rate)
     bad = [
         ("malformed JSON", "{not json", "not a JSON object"),
         ("missing key", json.dumps({"audio_filepath": base["audio_filepath"], "text": "hi"}), "missing field 'duration'"),
         ("missing file", json.dumps({**base, "audio_filepath": str(root / "nowhere.wav")}), "not found"),
         ("corrupt audio", json.dumps({**base, "audio_filepath": str(corrupt), "duration": 1.0}), "unreadable or corrupt audio"),
         ("empty transcript", json.dumps({**base, "text": "   "}), "no transcript ('text' missing or empty)"),
-        ("unencodable", json.dumps({**base, "text": base["text"] + " \u2603\u00e9"}), "cannot encode"),
-        ("zero-length", json.dumps({**base, "duration": 0.001}), "no encoder frame"),
+        ("unencodable", json.dumps({**base, "audio_filepath": str(copy), "text": base["text"] + " \u2603\u00e9"}),
+         "cannot encode"),
+        ("zero-length", json.dumps({**base, "audio_filepath": str(tiny), "duration": 5 / rate}), "no encoder frame"),
         ("too many tokens", json.dumps({"audio_filepath": str(short), "duration": 0.25,
                                         "text": " ".join(["set a timer for fifty nine minutes"] * 12)}), "tokens but only"),
         ("duration mismatch", json.dumps({**base, "duration": base["duration"] + 5.0}), "has only"),
