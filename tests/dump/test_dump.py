@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
 from kdstore.store import StoreReader
 from kdstore.store.verify import verify_store
+from tests.stores import all_arrays
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -47,17 +47,6 @@ def store_content(path) -> dict[str, tuple]:
             for key, r in ((k, reader.read_key(k, dense=False)) for k in reader.keys)}
 
 
-def all_arrays(path) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-
-    def walk(group, prefix=""):
-        for name, array in group.arrays():
-            out[prefix + name] = np.asarray(array[:])
-        for name, sub in group.groups():
-            walk(sub, prefix + name + "/")
-
-    walk(zarr.open_group(str(path), mode="r"))
-    return out
 
 
 def part_progress(path: Path) -> int:

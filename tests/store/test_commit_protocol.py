@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
 from kdstore.errors import StoreError
 from kdstore.store import PartWriter, StoreReader, commit_store, local_store, open_for_writing
@@ -28,6 +27,7 @@ from kdstore.store.local_store import TEMPORARY_SUFFIX, CrashSafeLocalStore
 from kdstore.store.meta_v2 import Counts, Fingerprint, FrontEnd, LabelInfo, StoreMetadata
 from kdstore.store.part_writer import Label
 from kdstore.store.verify import is_unfinished, verify_store, verify_unfinished
+from tests.stores import all_arrays
 
 K, VOCAB, BAND = 4, 30, 2
 CHUNK_ROWS = 8  # rows per chunk, and a flush + commit every 8 rows or frames (~every 2 utterances)
@@ -189,17 +189,6 @@ def crashed_dump(path: Path, items: dict[str, dict], world: int, crash_at: int, 
     return code == CRASH_EXIT
 
 
-def all_arrays(path: Path) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-
-    def walk(group: zarr.Group, prefix: str = "") -> None:
-        for name, array in group.arrays():
-            out[prefix + name] = np.asarray(array[:])
-        for name, sub in group.groups():
-            walk(sub, prefix + name + "/")
-
-    walk(zarr.open_group(str(path), mode="r"))
-    return out
 
 
 class Reference:
