@@ -188,7 +188,9 @@ def train_student(cfg: Any, progress: bool = False, echo: Callable[[str], None] 
         return TrainResult(output, steps, seconds, params, curve_csv, {}, log_dir, None)
     student.save_to(str(output))
     OmegaConf.save(cfg, workdir / "train_config.yaml", resolve=True)
-    best = next(iter(sorted(Path(log_dir).rglob(f"{settings.name}.nemo"))), None) if log_dir else None
+    # the newest: a log folder may also hold earlier runs' dated folders
+    best = max(Path(log_dir).rglob(f"{settings.name}.nemo"), key=lambda p: p.stat().st_mtime, default=None) \
+        if log_dir else None
     return TrainResult(output, steps, seconds, params, curve_csv, dict(getattr(student, "last_step_logs", {})),
                        log_dir, best, int(getattr(student, "skipped_lines", 0)), init_report,
                        int(getattr(student, "teacher_labelled", 0)), int(getattr(student, "left_out_by_dump", 0)),

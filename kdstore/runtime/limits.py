@@ -45,7 +45,7 @@ def check_lengths(names: Sequence[str], waves: Sequence[np.ndarray], config: Fro
         if limit is not None and count > limit:
             seconds = len(wave) / config.sample_rate
             allowed = float(metadata.get("max_audio_seconds", limit))
-            raise AudioError(f"{names[index]}: {seconds:.1f} s is longer than this export takes "
-                             f"({allowed:.1f} s, its position buffer of {limit} encoder frames); nothing was decoded: "
+            raise AudioError(f"{names[index]}: {seconds:.2f} s is longer than this export takes "
+                             f"({allowed:.2f} s, its position buffer of {limit} encoder frames); nothing was decoded: "
                              f"cut the file into parts, or export again with --max-audio-seconds {int(seconds) + 1}")
     return frames
