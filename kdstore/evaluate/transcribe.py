@@ -91,7 +91,6 @@ def evaluate_model(model_path: str | Path, manifest_path: str | Path, batch_size
     """
     from kdstore.inputs.manifest import read_manifest
     from kdstore.nemo.checkpoint import restore_model
-
     from kdstore.nemo.model_kind import check_model_for
 
     start = time.perf_counter()

@@ -22,19 +22,19 @@ def read_only(folder: Path):
     """``folder`` read-only for this process: a read-only bind mount as root (root ignores permissions),
     else no write permission. Skips the test where neither can be had."""
     if os.geteuid() == 0:
-        mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode == 0
+        mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, check=False).returncode == 0
         if not mounted:
             pytest.skip("root without mount: cannot make a folder read-only")
         try:
-            if subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True).returncode:
+            if subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True, check=False).returncode:
                 pytest.skip("cannot remount read-only")
             yield
         finally:
             subprocess.run(["umount", str(folder)], check=True)
     else:
         modes = {p: p.stat().st_mode for p in [folder, *folder.rglob("*")]}
-        for path in modes:
-            path.chmod(modes[path] & ~0o222)
+        for path, mode in modes.items():
+            path.chmod(mode & ~0o222)
         try:
             yield
         finally:

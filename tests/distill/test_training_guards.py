@@ -100,7 +100,7 @@ def test_duration_bounds_are_counted_listed_and_an_emptied_split_fails(six, demo
     assert [row["kind"] for row in side] == ["over_max_duration"] * 2
     assert all(row["reason"].endswith(f"is longer than model.train_ds.max_duration={bound} s") for row in side)
     summary = next(line for line in lines if line.startswith("training data:"))
-    assert f"4 utterances" in summary and f"2 left out by model.train_ds.max_duration={bound} s" in summary
+    assert "4 utterances" in summary and f"2 left out by model.train_ds.max_duration={bound} s" in summary
     result.model_path.unlink()
     with pytest.raises(ManifestError, match=r"every one of the 6 usable utterances was left out \(6 by "
                                             r"model.train_ds.max_duration\)"):

@@ -4,6 +4,7 @@ crash + resume, multi-part commit, corruption detection."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 
 import numpy as np
@@ -351,7 +352,7 @@ def test_store_order_batches_are_contiguous_reads_of_neighbours():
         assert len(batches) == len(sampler) == 3
         for batch in batches:  # members are store neighbours, in store order (the last may wrap around)
             ranks = [store_order.index(i) for i in batch]
-            assert sum(b != a + 1 for a, b in zip(ranks, ranks[1:])) <= 1
+            assert sum(b != a + 1 for a, b in itertools.pairwise(ranks)) <= 1
     assert len({tuple(map(tuple, batches)) for batches in epochs}) > 1  # cut points move between epochs
     for size in range(1, 8):  # and for any number of utterances
         sampler = StoreOrderBatchSampler([(0, i) for i in range(size)], batch_size=3, seed=size)
