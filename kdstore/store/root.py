@@ -22,7 +22,7 @@ import zarr
 
 from kdstore.errors import StoreError
 from kdstore.store import layout
-from kdstore.store.local_store import CrashSafeLocalStore, remove_temporaries
+from kdstore.store.local_store import TEMPORARY_SUFFIX, CrashSafeLocalStore, remove_temporaries
 from kdstore.store.meta_v2 import ATTRS_KEY, Counts, StoreMetadata
 
 
@@ -39,6 +39,9 @@ def open_for_writing(path: str | Path, pending: dict[str, Any], *, overwrite: bo
     path_str = str(path)
     if _is_local(path_str) and Path(path_str).exists() and create:
         existing = zarr.open_group(_store(path_str), mode="r+", zarr_format=3) if _has_group(path_str) else None
+        if existing is None and not _only_crash_leftovers(Path(path_str)):
+            raise StoreError(f"{path_str} exists and is not a store (no zarr.json); kdstore deletes nothing it did not "
+                             "write: choose another --out, or empty that folder yourself")
         if overwrite or existing is None:
             _remove(path_str)
         elif ATTRS_KEY in existing.attrs:
@@ -66,6 +69,17 @@ def open_for_writing(path: str | Path, pending: dict[str, Any], *, overwrite: bo
 def _store(path: str) -> Any:
     """What zarr opens for writing: a crash-safe local store for a folder, the URL as it is otherwise."""
     return CrashSafeLocalStore(path) if _is_local(path) else path
+
+
+def _only_crash_leftovers(folder: Path) -> bool:
+    """A folder a dump left: empty, or holding only what a dump killed before its root was written leaves
+    (temporary files, empty folders), or a store whose root ``zarr.json`` an interrupted ``--overwrite``
+    already deleted (it keeps its ``parts/`` group): safe to reuse. A file, or any other content, is the user's."""
+    if folder.is_file():
+        return False
+    if (folder / layout.PARTS_GROUP / "zarr.json").is_file():
+        return True
+    return all(p.is_dir() or p.name.endswith(TEMPORARY_SUFFIX) for p in folder.rglob("*"))
 
 
 def _has_group(path: str) -> bool:

@@ -520,3 +520,31 @@ def test_unfinished_dump_verifies_its_committed_prefix(tmp_path):
     write_part(open_for_writing(other, {**pending, "band": 2}), 0, items, 4, stop_after=30)
     with pytest.raises(StoreError, match="expected W' = 2"):
         verify_unfinished(other)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_out_naming_a_folder_that_is_not_a_store_deletes_nothing(tmp_path, overwrite):
+    from kdstore.store import open_for_writing
+    from kdstore.store.local_store import TEMPORARY_SUFFIX
+
+    mine = tmp_path / "my_data"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "sub" / "notes.txt").write_text("keep me")
+    with pytest.raises(StoreError, match="exists and is not a store .no zarr.json.; kdstore deletes nothing"):
+        open_for_writing(mine, {"top_k": 4}, overwrite=overwrite)
+    assert (mine / "sub" / "notes.txt").read_text() == "keep me"
+    a_file = tmp_path / "file.zarr"
+    a_file.write_text("x")
+    with pytest.raises(StoreError, match="is not a store"):
+        open_for_writing(a_file, {"top_k": 4}, overwrite=overwrite)
+    leftovers = tmp_path / "crashed.zarr"  # killed before its root was written: reused
+    (leftovers / "parts").mkdir(parents=True)
+    (leftovers / f".zarr.json.0123456789ab{TEMPORARY_SUFFIX}").write_text("{")
+    assert "parts" in open_for_writing(leftovers, {"top_k": 4}, overwrite=overwrite, resume=not overwrite)
+    empty = tmp_path / "empty.zarr"
+    empty.mkdir()
+    assert "parts" in open_for_writing(empty, {"top_k": 4}, overwrite=overwrite)
+    half_deleted = tmp_path / "half.zarr"  # --overwrite killed after deleting the root's zarr.json
+    open_for_writing(half_deleted, {"top_k": 4})
+    (half_deleted / "zarr.json").unlink()
+    assert "parts" in open_for_writing(half_deleted, {"top_k": 4}, overwrite=True)
