@@ -24,10 +24,10 @@ import pytest
 from kdstore.errors import StoreError
 from kdstore.store import PartWriter, StoreReader, commit_store, local_store, open_for_writing
 from kdstore.store.local_store import TEMPORARY_SUFFIX, CrashSafeLocalStore
-from kdstore.store.meta_v2 import Counts, Fingerprint, FrontEnd, LabelInfo, StoreMetadata
+from kdstore.store.meta_v2 import StoreMetadata
 from kdstore.store.part_writer import Label
 from kdstore.store.verify import is_unfinished, verify_store, verify_unfinished
-from tests.stores import all_arrays
+from tests.stores import all_arrays, toy_metadata
 
 K, VOCAB, BAND = 4, 30, 2
 CHUNK_ROWS = 8  # rows per chunk, and a flush + commit every 8 rows or frames (~every 2 utterances)
@@ -65,17 +65,7 @@ def utterances(count: int, seed: int = 0) -> dict[str, dict]:
 
 
 def metadata() -> StoreMetadata:
-    return StoreMetadata(
-        top_k=K, value_dtype="float16", id_dtype="uint16", blank_id=VOCAB, vocab_size=VOCAB,
-        lattice="band", band_width=BAND, ctc_top_k=K,
-        fingerprint=Fingerprint(teacher_sha256="t", teacher_class="C", teacher_params=1,
-                                tokenizer_sha256="tok", manifest_sha256="m"),
-        front_end=FrontEnd(sample_rate=16000, window_size=0.025, window_stride=0.01, features=80,
-                           normalize="per_feature", subsampling_factor=8),
-        counts=Counts(utterances=0, nodes=0, frames=0, hours=0.0), kdstore_version="test", created="fixed",
-        labels=LabelInfo(pseudo_label="missing", decoding="greedy_batch", beam_size=None, min_confidence=None,
-                         teacher_labelled=0),
-    )
+    return toy_metadata(top_k=K, vocab=VOCAB, lattice="band", band_width=BAND, ctc_top_k=K, created="fixed")
 
 
 def dump(path: Path, items: dict[str, dict], world: int, *, resume: bool = False, mark=lambda step: None) -> None:

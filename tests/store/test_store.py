@@ -13,25 +13,16 @@ import zarr
 
 from kdstore.errors import StoreError, StoreNotFoundError
 from kdstore.store import PartWriter, StoreReader, commit_store, open_for_writing
-from kdstore.store.meta_v2 import Counts, Fingerprint, FrontEnd, LabelInfo, StoreMetadata
+from kdstore.store.meta_v2 import StoreMetadata
 from kdstore.store.part_writer import Label
 from kdstore.store.verify import verify_store
+from tests.stores import toy_metadata
 
 K, VOCAB = 4, 30
 
 
 def make_metadata(value_dtype: str = "float16", lattice: str = "full", width=None) -> StoreMetadata:
-    return StoreMetadata(
-        top_k=K, value_dtype=value_dtype, id_dtype="uint16", blank_id=VOCAB, vocab_size=VOCAB,
-        lattice=lattice, band_width=width,
-        fingerprint=Fingerprint(teacher_sha256="t", teacher_class="C", teacher_params=1,
-                                tokenizer_sha256="tok", manifest_sha256="m"),
-        front_end=FrontEnd(sample_rate=16000, window_size=0.025, window_stride=0.01, features=80,
-                           normalize="per_feature", subsampling_factor=8),
-        counts=Counts(utterances=0, nodes=0, frames=0, hours=0.0), kdstore_version="test", created="now",
-        labels=LabelInfo(pseudo_label="missing", decoding="greedy_batch", beam_size=None, min_confidence=None,
-                         teacher_labelled=0),
-    )
+    return toy_metadata(top_k=K, vocab=VOCAB, value_dtype=value_dtype, lattice=lattice, band_width=width)
 
 
 def person_label(labels: int) -> Label:
