@@ -13,7 +13,12 @@ Two steps, as NeMo computes them:
    that is ``n // hop`` by default and ``n // hop - 1`` with ``exact_pad`` (even n_fft and hop);
 2. encoder frames, NeMo's ``calc_length`` for the ``striding``/``dw_striding`` subsampling stack:
    each of the ``log2(factor)`` stages (kernel 3, stride 2, padding 1 each side) maps
-   ``L -> (L + 2 - 3) // 2 + 1``.
+   ``L -> (L + 2 - 3) // 2 + 1``; with ``causal_downsampling`` (cache-aware streaming encoders: padding
+   2 on the left, 1 on the right, NeMo's ``ConvSubsampling(is_causal=True)``) ``L -> (L + 3 - 3) // 2 + 1``.
+   A causal stack gives the symmetric one's T or one frame more, never another difference
+   (:func:`causal_extra_frames`; tests/test_frames.py checks every mel count up to an hour), and its frame
+   t covers the audio of the symmetric stack's frame t (ending up to one mel frame earlier), so a streaming
+   student lines up with an offline teacher's lattice node for node, plus a last frame of padding.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class FrameSettings(Protocol):
     @property
     def subsampling_factor(self) -> int: ...
 
+    # optional: ``causal_downsampling`` (bool; read with getattr, False when absent: older stores)
+
 
 def mel_frames(num_samples: int, hop: int, n_fft: int | None = None, exact_pad: bool = False) -> int:
     """Valid log-mel frames NeMo's preprocessor gives for ``num_samples`` samples (never negative).
@@ -60,22 +67,32 @@ def mel_frames(num_samples: int, hop: int, n_fft: int | None = None, exact_pad: 
     return max(0, (num_samples + 2 * pad - n_fft) // hop)
 
 
-def subsampled_frames(frames: int, factor: int) -> int | None:
+def subsampled_frames(frames: int, factor: int, causal: bool = False) -> int | None:
     """Frames after a ``striding``/``dw_striding`` stack of ``log2(factor)`` 2x stages (None if
-    ``factor`` is not a power of 2: kdstore does not predict T for such encoders)."""
+    ``factor`` is not a power of 2: kdstore does not predict T for such encoders). ``causal``: NeMo's
+    ``causal_downsampling`` (left padding 2, right 1 per stage) instead of symmetric padding 1."""
     if factor < 1 or factor & (factor - 1):
         return None
+    padding = 3 if causal else 2
     while factor > 1:
-        frames = (frames + 2 - 3) // 2 + 1
+        frames = (frames + padding - 3) // 2 + 1
         factor //= 2
     return frames
+
+
+def causal_extra_frames(mel: int, factor: int) -> int | None:
+    """How many more encoder frames a causal subsampling stack makes of ``mel`` frames than the symmetric
+    one (0 or 1; None when T is not predicted). A cache-aware student distilled from an offline teacher
+    (or the other way round) has this many frames more (fewer) than the store."""
+    causal, symmetric = subsampled_frames(mel, factor, causal=True), subsampled_frames(mel, factor)
+    return None if causal is None or symmetric is None else causal - symmetric
 
 
 def encoder_frames(num_samples: int, front_end: FrameSettings) -> int | None:
     """Encoder frames T for ``num_samples`` samples at ``front_end.sample_rate`` (None: unknown)."""
     hop = round(front_end.window_stride * front_end.sample_rate)
     mel = mel_frames(num_samples, hop, front_end.n_fft, front_end.exact_pad)
-    return subsampled_frames(mel, front_end.subsampling_factor)
+    return subsampled_frames(mel, front_end.subsampling_factor, bool(getattr(front_end, "causal_downsampling", False)))
 
 
 # The settings that decide T, in the order a difference is named, each with the NeMo config section it
@@ -83,7 +100,8 @@ def encoder_frames(num_samples: int, front_end: FrameSettings) -> int | None:
 # pads the feature tensor but computes the valid length before padding) leaves T alone.
 T_SETTINGS: tuple[tuple[str, str], ...] = (
     ("sample_rate", "preprocessor"), ("window_stride", "preprocessor"), ("subsampling_factor", "encoder"),
-    ("exact_pad", "preprocessor"), ("n_fft", "preprocessor"), ("window_size", "preprocessor"))
+    ("exact_pad", "preprocessor"), ("n_fft", "preprocessor"), ("causal_downsampling", "encoder"),
+    ("window_size", "preprocessor"))
 
 # Sample counts at which two front ends' frame counts are compared: every count up to 1 s (all phases of
 # the hop and of the subsampling stack), then every 7919th up to an hour (a hop that differs by a rounding

@@ -8,6 +8,7 @@ front, with the file and line, beats a shape error (or silent garbage) a thousan
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from kdstore.errors import IncompatibleStoreError
 from kdstore.frames import encoder_frames, frame_count_difference
@@ -22,8 +23,10 @@ def store_front_end_problem(store_path: object, stored: FrontEnd, student: Front
     (``window_stride``), padding rules (``exact_pad``, ``n_fft`` with it) and the subsampling factor,
     decided by computing both front ends' T (:func:`kdstore.frames.frame_count_difference`). Mel features,
     normalisation, window function and ``pad_to`` may differ: the student reads its own features from the
-    same audio, and the store's rows are addressed by (t, u) only."""
-    diff = frame_count_difference(stored, student)
+    same audio, and the store's rows are addressed by (t, u) only. A causal (cache-aware) subsampling stack
+    on one side only is allowed: it adds one last frame at most (:func:`kdstore.frames.causal_extra_frames`),
+    which the KD term pads (:mod:`kdstore.distill.delay`)."""
+    diff = frame_count_difference(stored, replace(student, causal_downsampling=stored.causal_downsampling))
     if diff is None:
         return None
     where = ("model.sample_rate (model.preprocessor.sample_rate)" if diff.setting == "sample_rate"

@@ -49,8 +49,13 @@ class KDSection:
     # kd_alpha for utterances whose label is the teacher's own (pseudo-labels); null: model.kd_alpha.
     # 1.0: those utterances learn from the teacher's lattice only, no RNN-T/CTC term on the hard label.
     pseudo_label_alpha: float | None = None
+    # Streaming students: the teacher's targets move this many encoder frames later for the student
+    # (student node (t, u) learns teacher node (t - d, u); kdstore.distill.delay, docs/training.md).
+    delay_frames: int = 0
 
     def __post_init__(self) -> None:
+        if self.delay_frames < 0:
+            raise ConfigError(f"model.kd.delay_frames: expected 0 or more encoder frames, got {self.delay_frames}")
         if self.pseudo_label_alpha is not None and not 0.0 <= self.pseudo_label_alpha <= 1.0:
             raise ConfigError(f"model.kd.pseudo_label_alpha: expected a value in [0, 1] or null, got "
                               f"{self.pseudo_label_alpha}")
@@ -199,6 +204,7 @@ class KDSettings:
     ctc: bool = True
     teacher_model_path: str | None = None
     pseudo_label_alpha: float | None = None  # model.kd.pseudo_label_alpha
+    delay_frames: int = 0  # model.kd.delay_frames
 
     @property
     def active(self) -> bool:
@@ -209,7 +215,7 @@ class KDSettings:
         return cls(enabled=keys.enable_kd, alpha=keys.kd_alpha, temperature=keys.kd_temperature,
                    store=keys.kd.store or None, loss=keys.kd.loss, weights=keys.kd.weights, top_k=keys.kd.top_k,
                    ctc=keys.kd.ctc, teacher_model_path=keys.teacher_model_path or None,
-                   pseudo_label_alpha=keys.kd.pseudo_label_alpha)
+                   pseudo_label_alpha=keys.kd.pseudo_label_alpha, delay_frames=keys.kd.delay_frames)
 
 
 # -- typed views -----------------------------------------------------------------------------------

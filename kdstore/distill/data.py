@@ -29,6 +29,7 @@ class KDRows:
     occupancy: torch.Tensor | None = None  # float32 (B, T, U+1): the teacher's node posterior (band stores)
     ctc_logp: torch.Tensor | None = None  # float32 (B, T, k_ctc): hybrid teacher's CTC top-k per frame
     ctc_ids: torch.Tensor | None = None  # int64 (B, T, k_ctc)
+    ctc_valid: torch.Tensor | None = None  # bool (B, T): CTC frames that count (None: t < frames); kdstore.distill.delay
     teacher_label: torch.Tensor | None = None  # bool (B,): the utterance's label is the teacher's (kdstore/2 stores)
 
 

@@ -61,14 +61,19 @@ def ctc_kd_loss(ctc_log_probs: torch.Tensor, rows: KDRows, settings: KDSettings,
     if settings.top_k:
         teacher_logp, teacher_ids = losses.truncate_topk(teacher_logp, teacher_ids, settings.top_k)
     mask = torch.arange(frames, device=student.device)[None, :] < rows.frames.to(student.device)[:, None]
+    if rows.ctc_valid is not None:
+        mask = mask & rows.ctc_valid.to(student.device)
     return losses.reduce_nodes(losses.topk_rest_kl(student, teacher_logp, teacher_ids, settings.temperature), mask,
                                per_utterance)
 
 
-def check_alignment(batch: AudioBatch, rows: KDRows, encoded_len: torch.Tensor) -> None:
-    """The student's T and U must equal the store's for every utterance (design section 6)."""
+def check_alignment(batch: AudioBatch, rows: KDRows, encoded_len: torch.Tensor,
+                    extra_frames: tuple[int, ...] = (0,)) -> None:
+    """The student's T and U must equal the store's for every utterance (design section 6); ``extra_frames``
+    lists the allowed differences T_student - T_store ((0, 1) for a causal student of a symmetric teacher:
+    :func:`kdstore.frames.causal_extra_frames`)."""
     for b, key in enumerate(batch.keys):
-        if int(encoded_len[b]) != int(rows.frames[b]):
+        if int(encoded_len[b]) - int(rows.frames[b]) not in extra_frames:
             raise IncompatibleStoreError(
                 f"utterance {key!r}: student has {int(encoded_len[b])} encoder frames, store has "
                 f"{int(rows.frames[b])}; use the teacher's preprocessor and subsampling factor, no speed perturbation"

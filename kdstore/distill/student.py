@@ -19,6 +19,7 @@ from kdstore.distill.augment import nemo_augment
 from kdstore.distill.checks import check_alignment_upfront, stored_label_ids
 from kdstore.distill.config import DataSection, KDSettings, StepKeys, TrainDataSection, step_keys, typed
 from kdstore.distill.data import KDBatch, KDRows, StoreCollate
+from kdstore.distill.delay import align_rows
 from kdstore.distill.kd_term import check_alignment, ctc_kd_loss, kd_node_loss, online_rows
 from kdstore.distill.samplers import DurationBucketSampler, StoreOrderBatchSampler
 from kdstore.inputs.batches import TranscribedAudioDataset, collate_nemo_tuple
@@ -100,6 +101,7 @@ class KDMixin:
         labels = None
         if store is not None:
             labels = check_alignment_upfront(entries, self.tokenizer.text_to_ids, store, store.metadata.front_end)
+            self._teacher_causal = bool(store.metadata.front_end.causal_downsampling)
             self.teacher_labelled = sum(1 for e in entries if (lab := store.label(e.key)) is not None
                                         and lab.source == "teacher")
         if train:
@@ -199,11 +201,30 @@ class KDMixin:
             object.__setattr__(self, "_online_teacher", teacher)  # not a submodule: not saved, not optimised
         return online_rows(teacher, batch, top_k=self.kd_settings.top_k or 0)
 
-    def kd_term(self, log_probs: torch.Tensor, batch: KDBatch, encoded_len: torch.Tensor,
-                per_utterance: bool = False) -> torch.Tensor:
-        """KD term (without tau^2) for student log-probs (B, T, U+1, V+1): stored rows, else live ones."""
+    def _extra_frames(self) -> tuple[int, ...]:
+        """Allowed T_student - T_teacher: (0,), or one frame either way when exactly one of them has a causal
+        subsampling stack (:func:`kdstore.frames.causal_extra_frames`)."""
+        student = bool(self.cfg.encoder.get("causal_downsampling", False))
+        teacher = getattr(self, "_teacher_causal", None)
+        if teacher is None and self.kd_settings.teacher_model_path and hasattr(self, "_online_teacher"):
+            teacher = bool(self._online_teacher.cfg.encoder.get("causal_downsampling", False))
+        if teacher is None or teacher == student:
+            return (0,)
+        return (0, 1) if student else (0, -1)
+
+    def step_rows(self, batch: KDBatch, encoded_len: torch.Tensor, frames_out: int) -> KDRows:
+        """The teacher's rows for this batch (stored, else live) checked against the student's T and U and put
+        on its frame grid (B, frames_out, U+1, k), ``model.kd.delay_frames`` later (:mod:`kdstore.distill.delay`)."""
         rows = batch.kd if batch.kd is not None else self._online_rows(batch)
-        check_alignment(batch, rows, encoded_len)
+        check_alignment(batch, rows, encoded_len, self._extra_frames())
+        return align_rows(rows, encoded_len, frames_out, self.kd_settings.delay_frames)
+
+    def kd_term(self, log_probs: torch.Tensor, batch: KDBatch, encoded_len: torch.Tensor,
+                per_utterance: bool = False, rows: KDRows | None = None) -> torch.Tensor:
+        """KD term (without tau^2) for student log-probs (B, T, U+1, V+1): ``rows`` (:meth:`step_rows`), else
+        the batch's stored rows, else live ones."""
+        if rows is None:
+            rows = self.step_rows(batch, encoded_len, log_probs.shape[1])
         return kd_node_loss(log_probs, rows, batch.tokens, int(self.decoder.blank_idx), self.kd_settings,
                             per_utterance)
 
@@ -225,13 +246,14 @@ class KDMixin:
             rnnt_utt = self._transducer_loss(logits, batch.tokens, encoded_len, batch.tokens_len, per_utterance=True)
             rnnt = losses.weighted_reduce(rnnt_utt, torch.ones_like(alphas), batch.tokens_len, reduction)
         logs = {"train_rnnt_loss": rnnt.detach()}
+        rows = self.step_rows(batch, encoded_len, logits.shape[1]) if settings.active else None
         if settings.active:
             log_probs = logits.float().log_softmax(-1)
             if alphas is None:
-                kd = self.kd_term(log_probs, batch, encoded_len)
+                kd = self.kd_term(log_probs, batch, encoded_len, rows=rows)
                 loss = (1 - settings.alpha) * rnnt + settings.alpha * settings.temperature**2 * kd
             else:
-                kd_utt = self.kd_term(log_probs, batch, encoded_len, per_utterance=True)
+                kd_utt = self.kd_term(log_probs, batch, encoded_len, per_utterance=True, rows=rows)
                 kd = kd_utt.mean()
                 loss = losses.mix_per_utterance(rnnt_utt, kd_utt, alphas, batch.tokens_len, reduction,
                                                 settings.temperature)
@@ -239,7 +261,6 @@ class KDMixin:
         ctc_weight = float(getattr(self, "ctc_loss_weight", 0.0) or 0.0)
         if ctc_weight > 0:
             ctc_log_probs = self.ctc_decoder(encoder_output=encoded)  # (B, T, V+1)
-            rows = batch.kd
             ctc_kd_on = settings.active and settings.ctc and rows is not None and rows.ctc_logp is not None
             ctc_utt = self._ctc_per_utterance(ctc_log_probs, batch.tokens, encoded_len, batch.tokens_len) \
                 if alphas is not None and ctc_kd_on else None

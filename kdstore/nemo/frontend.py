@@ -51,6 +51,7 @@ def front_end_from_config(model_cfg: Any) -> FrontEnd:
         subsampling_factor=_subsampling_factor(model_cfg.encoder),
         n_fft=int(fz.n_fft),
         exact_pad=bool(fz.exact_pad),
+        causal_downsampling=bool(model_cfg.encoder.get("causal_downsampling", False)),
     )
 
 

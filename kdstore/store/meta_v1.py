@@ -62,6 +62,7 @@ class FrontEnd:
     subsampling_factor: int
     n_fft: int | None = None  # STFT size in samples; None in stores written before it was recorded
     exact_pad: bool = False  # NeMo's exact_pad (one mel frame fewer); absent in older stores: False
+    causal_downsampling: bool = False  # the encoder's causal subsampling stack (cache-aware teachers); absent: False
 
     @property
     def frame_shift_s(self) -> float:
@@ -133,6 +134,7 @@ def parse_front_end(data: Any, field: str = f"{ATTRS_KEY}.front_end") -> FrontEn
         subsampling_factor=parse_member(obj, field, "subsampling_factor", parse_int, minimum=1),
         n_fft=parse_member(obj, field, "n_fft", parse_optional_int, minimum=1),
         exact_pad=parse_member(obj, field, "exact_pad", parse_bool, default=False),
+        causal_downsampling=parse_member(obj, field, "causal_downsampling", parse_bool, default=False),
     )
 
 
