@@ -56,10 +56,21 @@ def comparison_lines(c: Comparison, markdown: bool = True) -> list[str]:
 
 def console_summary(results: Mapping[str, EvalResult], comparison: Comparison | None) -> str:
     """What ``kdstore eval`` prints: the summary table, then the comparison as plain text."""
-    lines = [summary_table(results)]
+    lines = [summary_table(results), *streaming_report_lines(results, markdown=False)]
     if comparison is not None:
         lines += comparison_lines(comparison, markdown=False)
     return "\n".join(lines)
+
+
+def streaming_report_lines(results: Mapping[str, EvalResult], markdown: bool = True) -> list[str]:
+    """How each streamed model (``eval --streaming``) streamed and its word latency; [] if none streamed."""
+    from kdstore.evaluate.streaming import StreamingEvalResult, streaming_lines
+
+    lines = []
+    for role, result in results.items():
+        if isinstance(result, StreamingEvalResult):
+            lines += [line.replace("- ", f"- {role}: ", 1) for line in streaming_lines(result, markdown)]
+    return lines
 
 
 def _pct(value: float | None) -> str:
@@ -74,6 +85,10 @@ def write_report(results: Mapping[str, EvalResult], comparison: Comparison | Non
     for role, result in results.items():
         write_transcripts(result, out / f"{role}.jsonl")
         write_trn(out / f"{role}.trn", result.keys, result.scored.hypotheses)
+        if hasattr(result, "streaming"):  # eval --streaming: token emission times and word latencies
+            from kdstore.evaluate.streaming import write_latency_rows
+
+            write_latency_rows(result, out / f"{role}.latency.jsonl")
     write_trn(out / "ref.trn", first.keys, first.scored.references)
     png = plot_eval(results, out / "eval.png")
     lines = [
@@ -88,6 +103,11 @@ def write_report(results: Mapping[str, EvalResult], comparison: Comparison | Non
         ("WER = (sub + del + ins) / ref words over the whole set. RTF = decoding seconds / audio seconds "
          "(audio loading, features, encoder and greedy search; model loading excluded)."),
     ]
+    if any(hasattr(r, "streaming") for r in results.values()):
+        lines += ["", "## Streaming", "", *streaming_report_lines(results), "",
+                  ("Latency = when the word's last token appeared (the audio that had arrived when its chunk was "
+                   "complete) minus the word's end in the latency reference's NeMo word timestamps, over words "
+                   "both got right; per utterance in `<model>.latency.jsonl`.")]
     if comparison is not None:
         lines += ["", "## Student vs teacher", "", *comparison_lines(comparison)]
     lines += ["", f"![per-utterance errors]({png.name})", "",

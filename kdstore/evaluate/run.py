@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdstore.errors import ConfigError
 from kdstore.evaluate.compare import Comparison, compare
 from kdstore.evaluate.report import write_report
 from kdstore.evaluate.transcribe import EvalResult, evaluate_model
@@ -33,16 +34,31 @@ class EvalRun:
 
 def run_eval(model: str | Path, manifest: str | Path, teacher: str | Path | None = None,
              out_dir: str | Path | None = None, *, normalizer: str = "basic", batch_size: int = 16,
-             bootstrap_samples: int = 2000, seed: int = 0, progress: bool = False) -> EvalRun:
+             bootstrap_samples: int = 2000, seed: int = 0, progress: bool = False, streaming: bool = False,
+             chunk_ms: float | None = None, latency_reference: str | Path | None = None) -> EvalRun:
     """Greedy-decode ``manifest`` with ``model`` (and ``teacher``), compare, and write ``out_dir``.
 
     ``normalizer`` names a text normaliser (:data:`kdstore.evaluate.normalize.NORMALIZERS`);
     ``bootstrap_samples`` and ``seed`` drive the paired bootstrap of the WER difference;
     ``out_dir`` gets report.md, eval.png, per-utterance JSONL and sclite trn files
     (:func:`kdstore.evaluate.report.write_report`). ``progress`` draws a bar per model.
-    Raises ``KdstoreError`` subclasses for unreadable models, manifests or audio.
+    ``streaming``: decode ``model`` with NeMo's cache-aware streaming in chunks of ``chunk_ms`` ms (None:
+    its default) and measure word latency against ``latency_reference`` (default: ``teacher``); the
+    teacher is decoded offline (:mod:`kdstore.evaluate.streaming`).
+    Raises ``KdstoreError`` subclasses for unreadable models, manifests or audio, ``ConfigError`` for
+    ``chunk_ms``/``latency_reference`` without ``streaming``, ``StreamingError`` for a model that does not
+    stream or an untrained chunk length.
     """
-    results = {"model": evaluate_model(model, manifest, batch_size, progress=progress, normalizer=normalizer)}
+    if not streaming and (chunk_ms is not None or latency_reference is not None):
+        raise ConfigError("--chunk-ms and --latency-reference apply to streaming decoding: add --streaming")
+    if streaming:
+        from kdstore.evaluate.streaming import evaluate_streaming
+
+        results: dict[str, EvalResult] = {"model": evaluate_streaming(
+            model, manifest, chunk_ms, latency_reference if latency_reference is not None else teacher, batch_size,
+            progress=progress, normalizer=normalizer)}
+    else:
+        results = {"model": evaluate_model(model, manifest, batch_size, progress=progress, normalizer=normalizer)}
     if teacher is not None:
         results["teacher"] = evaluate_model(teacher, manifest, batch_size, progress=progress, normalizer=normalizer)
     comparison = compare(results["model"], results["teacher"], bootstrap_samples, seed) if teacher else None

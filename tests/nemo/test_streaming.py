@@ -157,3 +157,22 @@ def test_fully_causal_regular_attention_streams_any_chunk(tokenizer_dir, audios)
     assert [list(s.token_ids) for s in stream_decode_batch(model, audios, 240)] == expected
     with streaming_context(model, [-1, 2]):
         assert model.encoder.att_context_size == [-1, 0]  # regular: the mask stays causal
+
+
+def test_the_emitting_streaming_model_emits_when_streamed(emitting_streaming_model):
+    """The session fixture: restored from its .nemo, NeMo's streaming transcripts of its 10 utterances are
+    non-empty on most, equal the offline transcripts with the default context, and at 80 ms chunks
+    (a context it also trained on) still emit."""
+    from kdstore.evaluate.transcribe import transcribe_manifest
+    from kdstore.inputs.manifest import read_manifest
+    from kdstore.nemo.checkpoint import restore_model
+
+    model = restore_model(emitting_streaming_model)
+    manifest = emitting_streaming_model.with_name("train.json")
+    waves = [soundfile.read(e.audio_filepath, dtype="float32")[0] for e in read_manifest(manifest)]
+    streamed = stream_decode_batch(model, waves)
+    assert sum(bool(s.text.strip()) for s in streamed) >= 8
+    assert [s.text for s in streamed] == transcribe_manifest(model, manifest)[2]
+    assert sum(bool(s.text.strip()) for s in stream_decode_batch(model, waves, 80)) >= 5
+    log = json.loads(emitting_streaming_model.with_name("train_log.json").read_text())
+    assert log["steps"] < 400 and log["loss"] < 0.3
