@@ -16,6 +16,10 @@ Without a latency reference no latency is measured (the report says how to get i
 relative to the utterance end says little about word delays. Positive = the word appeared after it
 ended in the audio; a streaming model with chunk ``C`` and no extra delay is late by about
 ``C / 2`` on average (a word ends anywhere in a chunk and shows when the chunk is complete).
+The word ends are only as good as the reference's emission frames: use a well-trained offline model
+(the teacher). An offline RNN-T may emit a word a frame or two off its acoustic end, and a model
+that memorised its data emits whole sentences in the first frames (the test fixtures do: their
+latencies are finite but not meaningful).
 """
 
 from __future__ import annotations
@@ -221,7 +225,7 @@ def evaluate_streaming(model_path: str | Path, manifest_path: str | Path, chunk_
 
     start = time.perf_counter()
     model = restore_model(model_path)
-    check_model_for("eval", model, model_path, subword=False, tdt=False)
+    check_model_for("eval --streaming", model, model_path, subword=False, tdt=False)
     context = chunk_frames(model, chunk_ms, str(model_path))
     reference_model = restore_model(latency_reference) if latency_reference is not None else None
     entries = read_manifest(manifest_path)

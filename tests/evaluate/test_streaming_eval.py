@@ -99,6 +99,14 @@ def test_streaming_eval_equals_offline_eval_with_unlimited_context(unlimited_mod
         run_eval(unlimited_model, manifest, streaming=True, chunk_ms=400)
     with pytest.raises(ConfigError, match="add --streaming"):
         run_eval(unlimited_model, manifest, chunk_ms=560)
+    from click.testing import CliRunner
+
+    from kdstore.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["eval", "--model", str(unlimited_model), "--manifest", str(manifest),
+                                      "--streaming", "--chunk-ms", "400"])
+    assert result.exit_code != 0 and result.output.strip().count("\n") == 0
+    assert "was trained for chunks of 560 ms only" in result.output
 
 
 # --- the command on a streaming model that emits ----------------------------------------------------
