@@ -140,7 +140,8 @@ def emitting_streaming_model(demo_corpus, tmp_path_factory: pytest.TempPathFacto
     the 10 shortest train utterances, kdstore's RNN-T loss only; each training step draws one of the
     contexts, as multi-look-ahead training does) until the loss is below 0.3 and greedy transcripts
     with the default context (= NeMo's streaming transcripts, kdstore.nemo.streaming) are non-empty on
-    at least 8 of 10 (~180 steps, ~35 s on one idle core). ``train.json`` beside it lists the utterances.
+    at least 8 of 10 (180-220 steps, 48-61 s measured on one thread of a busy 2-core machine). ``train.json``
+    beside it lists the utterances.
     """
     import json
     import time
