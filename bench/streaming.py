@@ -143,8 +143,7 @@ class Bench:
 
 def _latency(result: dict, key: str) -> float | None:
     """A latency figure (ms) from ``kdstore eval --streaming --json`` (key: median or p90)."""
-    latency = result["eval"].get("latency") or {}
-    value = latency.get(f"{key}_ms")
+    value = (result["eval"].get("streaming") or {}).get(f"latency_{key}_ms")
     return None if value is None else float(value)
 
 
