@@ -11,6 +11,10 @@ from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo
 @click.option("--workdir", type=click.Path(file_okay=False), default="demo-run", show_default=True)
 @click.option("--quick", is_flag=True, help="A few minutes instead of ~12: smaller corpus, fewer steps (proves the pipeline runs).")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--streaming", is_flag=True,
+              help="After the offline demo (reused if done): a cache-aware streaming student from the offline teacher, "
+                   "beside its no-KD twin; NeMo streaming WER and latency, sherpa-onnx OnlineRecognizer "
+                   "(WORKDIR/streaming-report.md).")
 @click.option("--train-teacher", is_flag=True,
               help="Instead of the demo: (re)build the demo teacher into WORKDIR/demo_teacher/ (~90 min on one core, "
                    "resumable).")
@@ -20,7 +24,7 @@ from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo
               help="With --train-teacher: train without this TTS engine family and test on it only.")
 @progress_option
 @friendly_errors
-def command(workdir: str, quick: bool, seed: int, train_teacher: bool, teacher_steps: int, teacher_hours: float,
+def command(workdir: str, quick: bool, seed: int, streaming: bool, train_teacher: bool, teacher_steps: int, teacher_hours: float,
             hold_out_engine: str | None, progress: bool) -> None:
     """prepare-demo -> teacher -> dump-teacher -> students (KD and not) -> eval -> export -> report.
 
@@ -34,6 +38,7 @@ def command(workdir: str, quick: bool, seed: int, train_teacher: bool, teacher_s
     \b
     Example:
       kdstore demo --workdir demo-run --quick
+      kdstore demo --workdir demo-run --streaming             # + the streaming student (~15 min more)
       kdstore demo --workdir teacher-run --train-teacher     # -> teacher-run/demo_teacher/
       kdstore demo --workdir holdout-run --train-teacher --hold-out-engine festival --teacher-hours 2
     """
@@ -43,6 +48,11 @@ def command(workdir: str, quick: bool, seed: int, train_teacher: bool, teacher_s
 
         recipe = TeacherRecipe(seed=seed, steps=teacher_steps, hours=teacher_hours, hold_out_engine=hold_out_engine)
         train_demo_teacher(workdir, recipe, echo=click.echo)
+        return
+    if streaming:
+        from kdstore.demo.streaming import run_streaming_demo
+
+        run_streaming_demo(workdir, quick=quick, seed=seed, progress=progress, echo=click.echo)
         return
     from kdstore.demo.pipeline import run_demo
 

@@ -172,3 +172,86 @@ def write_report(work: Path, plan_line: str, corpus: Any, scores: dict[str, dict
         f"ONNX export: `{onnx_info['onnx_dir']}` (sherpa-onnx layout, int8 copies); first transcripts:\n\n{samples}\n"
     )
     return report
+
+
+STREAMING_KD, STREAMING_TWIN = "streaming student (KD)", "streaming student (no KD)"
+
+
+def write_streaming_report(work: Path, plan: Any, offline: dict[str, dict[str, Any]],
+                           streaming: dict[str, dict[str, Any]], trained: dict[str, Any],
+                           onnx: dict[str, Any]) -> Path:
+    """``work/streaming-report.md`` and ``work/streaming.png``: the streaming students (NeMo cache-aware decode,
+    WER and word latency) beside the offline teacher and student (offline decode), and the sherpa-onnx
+    ``OnlineRecognizer`` scores of the KD one (agreement with NeMo's streaming transcripts, int8 vs fp32).
+
+    ``offline``/``streaming``: eval summaries by row name; ``trained``: the students step's result; ``onnx``:
+    the export step's result. Returns the Markdown path.
+    """
+    teacher = offline[TEACHER]
+    kd, twin = streaming[STREAMING_KD], streaming[STREAMING_TWIN]
+    info = kd["streaming"]
+    lines = ["# kdstore demo: a streaming student from the offline teacher", "",
+             (f"**The streaming student keeps {100 * retention(kd['wer'], teacher['wer']):.1f}% of the offline teacher's "
+              f"word accuracy** (WER {100 * kd['wer']:.2f}% streamed in {info['chunk_ms']:.0f} ms chunks, "
+              f"{info['lookahead_ms']:.0f} ms look-ahead, vs {100 * teacher['wer']:.2f}% offline); its no-KD twin "
+              f"{100 * twin['wer']:.2f}% ({100 * (kd['wer'] - twin['wer']):+.2f} points with KD, teacher targets "
+              f"delayed {plan.delay_frames} frames = {80 * plan.delay_frames} ms)."), "",
+             "| model | decode | params | test WER % | CER % | retention | word latency median / p90 ms |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for name, row in offline.items():
+        lines.append(f"| {name} | offline | {row['params'] / 1e6:.2f}M | {100 * row['wer']:.2f} | "
+                     f"{100 * row['cer']:.2f} | {100 * retention(row['wer'], teacher['wer']):.1f}% | - |")
+    for name, row in streaming.items():
+        s = row["streaming"]
+        latency = "-" if s.get("latency_median_ms") is None else \
+            f"{s['latency_median_ms']:.0f} / {s['latency_p90_ms']:.0f}"
+        lines.append(f"| {name} | NeMo cache-aware, {s['chunk_ms']:.0f} ms chunks | {row['params'] / 1e6:.2f}M | "
+                     f"{100 * row['wer']:.2f} | {100 * row['cer']:.2f} | "
+                     f"{100 * retention(row['wer'], teacher['wer']):.1f}% | {latency} |")
+    for variant in ("fp32", "int8"):
+        r = onnx[f"sherpa_online_{variant}"]
+        lines.append(f"| {STREAMING_KD} | sherpa-onnx OnlineRecognizer {variant} | - | {100 * r['wer']:.2f} | "
+                     f"{100 * r['cer']:.2f} | {100 * retention(r['wer'], teacher['wer']):.1f}% | - |")
+    fp32, int8 = onnx["sherpa_online_fp32"], onnx["sherpa_online_int8"]
+    lines += ["", (f"sherpa-onnx's OnlineRecognizer (fed 0.1 s at a time) gives NeMo's own streaming transcript on "
+                   f"{fp32['same_as_nemo_streaming']} of {fp32['utterances']} test utterances in fp32 and "
+                   f"{int8['same_as_nemo_streaming']} in int8 ({fp32['non_empty']} non-empty); int8 WER "
+                   f"{100 * int8['wer']:.2f}% vs fp32 {100 * fp32['wer']:.2f}%; RTF int8 {int8['rtf']:.4f}. "
+                   f"Export: {onnx['onnx_dir']}."), "",
+              ("Latency: for each word both the streamed transcript and the offline teacher got right, the time its "
+               "last token was emitted (the end of the audio its chunk needed) minus the word's end in the offline "
+               "teacher's timestamps (`kdstore eval --streaming --latency-reference`)."), "",
+              "![streaming](streaming.png)"]
+    path = work / "streaming-report.md"
+    path.write_text("\n".join(lines) + "\n")
+    _streaming_plot(work / "streaming.png", offline, streaming, onnx)
+    return path
+
+
+def _streaming_plot(path: Path, offline: dict[str, dict[str, Any]], streaming: dict[str, dict[str, Any]],
+                    onnx: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [*offline, *streaming, "sherpa online int8"]
+    wers = [100 * r["wer"] for r in (*offline.values(), *streaming.values())] + [100 * onnx["sherpa_online_int8"]["wer"]]
+    colours = ["#8c8c8c"] * len(offline) + ["#4c72b0", "#c44e52"][: len(streaming)] + ["#55a868"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    left.bar(range(len(names)), wers, color=colours)
+    left.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    left.set_ylabel("test WER % (unseen voices)")
+    left.set_title("offline (grey) vs streaming")
+    medians = [(n, r["streaming"].get("latency_median_ms"), r["streaming"].get("latency_p90_ms"))
+               for n, r in streaming.items()]
+    shown = [(n, m, p) for n, m, p in medians if m is not None]
+    right.bar([i - 0.2 for i in range(len(shown))], [m for _, m, _ in shown], width=0.4, label="median")
+    right.bar([i + 0.2 for i in range(len(shown))], [p for _, _, p in shown], width=0.4, label="p90")
+    right.set_xticks(range(len(shown)), [n for n, _, _ in shown], fontsize=8)
+    right.set_ylabel("word latency, ms")
+    right.legend()
+    right.set_title("emission after the word's end")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

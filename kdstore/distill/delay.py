@@ -30,7 +30,7 @@ import torch
 from kdstore.distill.data import KDRows
 
 
-def _shift_time(values: torch.Tensor, delay: int, frames_out: int, fill: float | int | bool = 0) -> torch.Tensor:
+def _shift_time(values: torch.Tensor, delay: int, frames_out: int, fill: float | bool = 0) -> torch.Tensor:
     """``values`` (B, T, ...) moved ``delay`` frames later on a (B, frames_out, ...) grid, ``fill`` elsewhere."""
     out = torch.full((values.shape[0], frames_out, *values.shape[2:]), fill, dtype=values.dtype, device=values.device)
     kept = max(0, min(values.shape[1], frames_out - delay))
