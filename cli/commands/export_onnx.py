@@ -1,4 +1,5 @@
-"""``kdstore export-onnx``: a .nemo transducer -> ONNX (sherpa-onnx's or NeMo's layout) + preprocessor.ts."""
+"""``kdstore export-onnx``: a .nemo transducer -> ONNX (sherpa-onnx's or NeMo's layout) + preprocessor.ts, or with
+``--streaming`` a cache-aware model -> one sherpa-onnx online folder per chunk size."""
 
 from __future__ import annotations
 
@@ -26,11 +27,17 @@ from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo, set
               help="Longest input the exported encoder takes (its position buffer; recorded in the metadata and "
                    "checked by kdstore transcribe). Default: the model's own (400 s for NeMo's pos_emb_max_len 5000 "
                    "at 80 ms per frame).")
+@click.option("--streaming", is_flag=True,
+              help="Cache-aware streaming model -> sherpa-onnx's OnlineRecognizer: OUT/chunk-<ms>ms/ (encoder, decoder, "
+                   "joiner, tokens.txt) per chunk size; no preprocessor.ts, no length limit.")
+@click.option("--chunk-ms", "chunk_ms", multiple=True, type=click.IntRange(min=1),
+              help="With --streaming: a chunk size in ms the model was trained for (repeatable); default: every one "
+                   "in its encoder.att_context_size, e.g. 560, 1120, 160 and 80 for the streaming configs.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="Torch CPU threads.")
 @progress_option
 @friendly_errors
 def command(model_path: Path, out_dir: Path, layout: str, int8: bool, preprocessor: bool, max_audio_seconds: float | None,
-            threads: int, progress: bool) -> None:
+            streaming: bool, chunk_ms: tuple[int, ...], threads: int, progress: bool) -> None:
     """Export a NeMo transducer to ONNX, then decode generated audio with onnxruntime to prove it loads.
 
     \b
@@ -38,9 +45,23 @@ def command(model_path: Path, out_dir: Path, layout: str, int8: bool, preprocess
       kdstore export-onnx --model student.nemo --out onnx/ --int8
       kdstore export-onnx --model student.nemo --out onnx-nemo/ --layout nemo
       kdstore transcribe --onnx onnx/ clip.wav
+      kdstore export-onnx --model streaming.nemo --out onnx-stream/ --streaming --chunk-ms 560 --int8
+      kdstore transcribe --onnx onnx-stream/ --streaming clip.wav
     """
+    from kdstore.errors import ExportError
+
+    if chunk_ms and not streaming:
+        raise ExportError("--chunk-ms needs --streaming (an offline export attends over the whole input)")
+    if streaming and layout != "sherpa":
+        raise ExportError("--streaming writes sherpa-onnx's layout only; drop --layout nemo")
+    if streaming and max_audio_seconds is not None:
+        raise ExportError("--max-audio-seconds does not apply to --streaming (a streaming encoder takes input of any "
+                          "length); drop it")
     quiet_nemo()
     set_threads(threads)
+    if streaming:
+        _export_streaming(model_path, out_dir, chunk_ms, int8, progress)
+        return
     from kdstore.export.run import export_onnx
 
     result = export_onnx(model_path, out_dir, int8=int8, layout=layout, preprocessor=preprocessor, check=True,
@@ -57,3 +78,17 @@ def command(model_path: Path, out_dir: Path, layout: str, int8: bool, preprocess
     if "max_audio_seconds" in result.metadata:
         click.echo(f"longest input: {float(result.metadata['max_audio_seconds']):.1f} s "
                    f"({result.metadata['max_encoder_frames']} encoder frames; --max-audio-seconds changes it)")
+
+
+def _export_streaming(model_path: Path, out_dir: Path, chunk_ms: tuple[int, ...], int8: bool, progress: bool) -> None:
+    from kdstore.export.streaming import export_streaming
+
+    result = export_streaming(model_path, out_dir, chunk_ms=chunk_ms, int8=int8, check=True, progress=progress)
+    for chunk in result.chunks:
+        for path in chunk.files:
+            click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        c = chunk.chunk
+        default = " (the model's default)" if c.chunk_ms == result.default_chunk_ms else ""
+        click.echo(f"{chunk.out_dir.name}: {c.chunk_ms} ms chunks, {c.lookahead_ms} ms look-ahead, attention context "
+                   f"[{c.left}, {c.right}]{default}; checked with onnxruntime "
+                   f"({chunk.check.get('frames_per_chunk', '?')} encoder frames per chunk)")

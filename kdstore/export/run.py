@@ -13,7 +13,9 @@ then write
 with the encoder metadata of :mod:`kdstore.export.metadata`; then ``preprocessor.ts``
 (:mod:`kdstore.export.preprocessor`) unless asked not to, and with ``int8=True`` dynamically
 quantised ``*.int8.onnx`` copies. File names: :mod:`kdstore.runtime.layout`. :func:`smoke_test`
-loads the result with onnxruntime and decodes generated audio.
+loads the result with onnxruntime and decodes generated audio. A cache-aware streaming model exported
+here runs offline (its default chunked attention over the whole input, a note says so);
+``export-onnx --streaming`` is :func:`kdstore.export.streaming.export_streaming`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,6 +107,7 @@ def export_onnx(model_path: Path, out_dir: Path, int8: bool = False, layout: str
             paths = write_sherpa_layout(model, out_dir, metadata, provenance)
         else:
             paths, notes = write_nemo_layout(model, out_dir, metadata, provenance, frontend)
+        notes += _streaming_note(model)
         graphs = [p for role, p in paths.items() if role in ("encoder", "decoder", "joiner")]
         bar.update()
 
@@ -135,6 +139,19 @@ def export_onnx(model_path: Path, out_dir: Path, int8: bool = False, layout: str
         int8=quantized, preprocessor=ts_path if preprocessor else None, preprocessor_method=method,
         vocab_size=int(metadata["vocab_size"]), metadata=metadata, notes=notes, check=report,
     )
+
+
+def _streaming_note(model: Any) -> tuple[str, ...]:
+    """A note for a cache-aware streaming model exported offline (empty for any other model)."""
+    from kdstore.nemo.streaming import check_streamable
+
+    try:
+        check_streamable(model, error=ExportError)
+    except ExportError:
+        return ()
+    note = ("a cache-aware streaming model, exported offline: it attends over the whole input with its default "
+            "chunked context; export with --streaming for sherpa-onnx's OnlineRecognizer")
+    return (note,)
 
 
 def _refuse_other_layout(out_dir: Path, layout: str) -> None:

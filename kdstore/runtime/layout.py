@@ -7,7 +7,9 @@
   ``decoder_joint-model.onnx`` (prediction net and joint in one graph), ``vocab.txt``, ``config.json``;
 
 plus, in both, ``preprocessor.ts`` (NeMo's preprocessor as TorchScript) and, with ``--int8``,
-``<graph>.int8.onnx`` beside each graph. The encoder carries kdstore's metadata (front end, blank id,
+``<graph>.int8.onnx`` beside each graph. ``export-onnx --streaming`` writes one sherpa layout (no
+``preprocessor.ts``) per chunk size into ``chunk-<ms>ms/`` sub-folders (:func:`chunk_folder`), e.g.
+``OUT/chunk-560ms/encoder.onnx``: a cache-aware encoder is exported for one chunk size. The encoder carries kdstore's metadata (front end, blank id,
 provenance) in its ``metadata_props``; the token file has one ``piece id`` line per id, blank last.
 
 The export (writer) and the runtimes (readers) both take the names from here. Needs the ``onnx``
@@ -16,6 +18,7 @@ package only inside :func:`read_metadata`; no torch, no NeMo.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,11 +49,27 @@ class ExportLayout:
 SHERPA = ExportLayout("sherpa", "encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt", None)
 NEMO = ExportLayout("nemo", "encoder-model.onnx", "decoder_joint-model.onnx", None, "vocab.txt", "config.json")
 LAYOUTS = {SHERPA.name: SHERPA, NEMO.name: NEMO}
+_CHUNK_FOLDER = re.compile(r"chunk-([0-9]+)ms")
 
 
 def int8_name(name: str) -> str:
     """``encoder.onnx`` -> ``encoder.int8.onnx``: where the quantised copy of a graph lives."""
     return name.removesuffix(".onnx") + INT8_SUFFIX
+
+
+def chunk_folder(chunk_ms: int) -> str:
+    """``560`` -> ``chunk-560ms``: the sub-folder of a streaming export for chunks of ``chunk_ms`` milliseconds."""
+    return f"chunk-{int(chunk_ms)}ms"
+
+
+def chunk_folders(onnx_dir: Path) -> dict[int, Path]:
+    """The ``chunk-<ms>ms`` sub-folders of ``onnx_dir`` that hold an encoder, by chunk ms (ascending)."""
+    found = {}
+    for path in Path(onnx_dir).glob("chunk-*ms"):
+        match = _CHUNK_FOLDER.fullmatch(path.name)
+        if match and (path / SHERPA.encoder).is_file():
+            found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
 
 
 def detect_layout(onnx_dir: Path) -> ExportLayout:

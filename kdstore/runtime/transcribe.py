@@ -3,8 +3,11 @@
 Two runtimes read an export folder: ``onnxruntime`` (:class:`kdstore.runtime.decoder.OnnxTransducer`,
 kdstore's greedy search on NeMo's features, either layout) and ``sherpa-onnx``
 (:class:`kdstore.runtime.sherpa.SherpaTransducer`, sherpa-onnx itself on the sherpa layout, with its
-own features, frame-aligned by default). :func:`transcribe_files` opens one, transcribes, and times
-it; the result knows its real-time factor and its JSON form.
+own features, frame-aligned by default). With ``streaming`` a ``export-onnx --streaming`` folder runs in
+sherpa-onnx's ``OnlineRecognizer``, fed piece by piece as a live source
+(:class:`kdstore.runtime.sherpa_online.SherpaOnlineTransducer`; kdstore has no onnxruntime streaming
+decoder). :func:`transcribe_files` opens one, transcribes, and times it; the result knows its
+real-time factor and its JSON form.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 from kdstore.errors import ExportError
 from kdstore.runtime.decoder import OnnxTransducer
 from kdstore.runtime.sherpa import SherpaTransducer
+from kdstore.runtime.sherpa_online import SherpaOnlineTransducer
 
 RUNTIMES = ("onnxruntime", "sherpa-onnx")
 
@@ -43,6 +47,7 @@ class Transcription:
     provider: str
     transcripts: tuple[Transcript, ...]
     seconds: float  # wall time: reading, resampling, features, decoding
+    chunk_ms: int | None = None  # streaming: the chunk size decoded with; None offline
 
     @property
     def audio_seconds(self) -> float:
@@ -58,19 +63,30 @@ class Transcription:
         return {
             "onnx": str(self.onnx_dir), "runtime": self.runtime, "layout": self.layout, "int8": self.int8,
             "frontend": self.frontend, "provider": self.provider, "audio_seconds": round(self.audio_seconds, 3),
-            "seconds": round(self.seconds, 3), "rtf": round(self.rtf, 5),
+            "seconds": round(self.seconds, 3), "rtf": round(self.rtf, 5), "streaming": self.chunk_ms is not None,
+            **({"chunk_ms": self.chunk_ms} if self.chunk_ms is not None else {}),
             "transcripts": [{"audio": t.audio, "text": t.text} for t in self.transcripts],
         }
 
 
 def open_transducer(onnx_dir: Path | str, runtime: str = "onnxruntime", *, int8: bool = False, num_threads: int = 1,
-                    provider: str = "cpu", frontend: str = "auto",
-                    sherpa_align: bool = True) -> OnnxTransducer | SherpaTransducer:
-    """The model of ``onnx_dir`` in ``runtime``; ``frontend`` applies to onnxruntime, ``sherpa_align`` to sherpa-onnx.
+                    provider: str = "cpu", frontend: str = "auto", sherpa_align: bool = True, streaming: bool = False,
+                    chunk_ms: int | None = None) -> OnnxTransducer | SherpaTransducer | SherpaOnlineTransducer:
+    """The model of ``onnx_dir`` in ``runtime``; ``frontend`` applies to onnxruntime, ``sherpa_align`` to sherpa-onnx;
+    ``streaming`` opens sherpa-onnx's online recognizer on the ``chunk_ms`` folder of a streaming export
+    (None: the model's default chunk; :func:`kdstore.runtime.sherpa_online.streaming_dir`).
 
-    Raises ExportError for an unknown runtime or an incomplete folder, DependencyError for a runtime
-    that is not installed.
+    Raises ExportError for an unknown runtime, ``streaming`` with onnxruntime, ``chunk_ms`` without
+    ``streaming``, or an incomplete folder; DependencyError for a runtime that is not installed.
     """
+    if streaming:
+        if runtime != "sherpa-onnx":
+            raise ExportError(f"--streaming runs in sherpa-onnx's OnlineRecognizer; kdstore has no {runtime} streaming "
+                              "decoder: use --runtime sherpa-onnx (the default with --streaming)")
+        return SherpaOnlineTransducer(onnx_dir, chunk_ms=chunk_ms, int8=int8, num_threads=num_threads,
+                                      provider=provider, align=sherpa_align)
+    if chunk_ms is not None:
+        raise ExportError("--chunk-ms needs --streaming")
     if runtime == "sherpa-onnx":
         return SherpaTransducer(onnx_dir, int8=int8, num_threads=num_threads, provider=provider, align=sherpa_align)
     if runtime != "onnxruntime":
@@ -81,7 +97,8 @@ def open_transducer(onnx_dir: Path | str, runtime: str = "onnxruntime", *, int8:
 def transcribe_files(onnx_dir: Path | str, paths: Sequence[str | Path], *, runtime: str = "onnxruntime",
                      int8: bool = False, batch_size: int = 8, provider: str = "cpu", frontend: str = "auto",
                      num_threads: int = 1, sherpa_align: bool = True, progress: bool = False,
-                     on_text: Callable[[int, str], None] | None = None) -> Transcription:
+                     on_text: Callable[[int, str], None] | None = None, streaming: bool = False,
+                     chunk_ms: int | None = None) -> Transcription:
     """Greedy transcripts of audio files (any rate/channels soundfile reads) with the export in ``onnx_dir``.
 
     Options as :func:`open_transducer`; ``batch_size`` files are encoded together (padded);
@@ -92,7 +109,7 @@ def transcribe_files(onnx_dir: Path | str, paths: Sequence[str | Path], *, runti
     :func:`open_transducer` raises.
     """
     model = open_transducer(onnx_dir, runtime, int8=int8, num_threads=num_threads, provider=provider,
-                            frontend=frontend, sherpa_align=sherpa_align)
+                            frontend=frontend, sherpa_align=sherpa_align, streaming=streaming, chunk_ms=chunk_ms)
     start = time.perf_counter()
     waves = [model.load(p) for p in paths]
     texts = model.transcribe(waves, batch_size=batch_size, progress=progress, on_text=on_text,
@@ -100,4 +117,5 @@ def transcribe_files(onnx_dir: Path | str, paths: Sequence[str | Path], *, runti
     seconds = time.perf_counter() - start
     transcripts = tuple(Transcript(str(p), t, len(w) / model.sample_rate) for p, t, w in zip(paths, texts, waves))
     return Transcription(onnx_dir=Path(onnx_dir), runtime=runtime, layout=model.layout, frontend=model.frontend_name,
-                         int8=int8, provider=provider, transcripts=transcripts, seconds=seconds)
+                         int8=int8, provider=provider, transcripts=transcripts, seconds=seconds,
+                         chunk_ms=getattr(model, "chunk_ms", None))
