@@ -147,10 +147,14 @@ class Bench:
             return json.loads(result_path.read_text())
         output = self.work / "students" / f"{tag}.nemo"
         command = self.train_command(row, seed, output)
-        self.log(f"train {tag}")
         start = time.perf_counter()
-        if run_logged(command, self.work / "logs" / f"{tag}.train.log") != 0:
-            raise RuntimeError(f"training {tag} failed; see {self.work / 'logs' / f'{tag}.train.log'}")
+        done_steps, _ = curve_summary(output.with_suffix(".log.csv"))
+        if output.is_file() and done_steps == self.args.steps:  # trained earlier; only its eval failed
+            self.log(f"reuse {tag} (trained earlier)")
+        else:
+            self.log(f"train {tag}")
+            if run_logged(command, self.work / "logs" / f"{tag}.train.log") != 0:
+                raise RuntimeError(f"training {tag} failed; see {self.work / 'logs' / f'{tag}.train.log'}")
         wall = round(time.perf_counter() - start, 1)
         log = self.work / "logs" / f"{tag}.eval.log"
         if run_logged(kdstore_cmd("eval", "--model", str(output), "--manifest", str(self.test), "--json",
