@@ -84,9 +84,11 @@ def run_streaming_demo(workdir: str | Path, quick: bool = False, seed: int = 0, 
         nemo_texts = [json.loads(line)["hypothesis"] for line in
                       (work / "eval" / f"{kd_path.stem}.jsonl").read_text().splitlines() if line.strip()]
         report: dict[str, Any] = {"onnx_dir": str(out_dir), "files": [str(p) for p in export.files]}
-        for variant in ("fp32", "int8"):
+        # fp32 and int8 as `kdstore transcribe --streaming` feeds them (on NeMo's chunk grid), and fp32 on the raw
+        # audio, as an app that hands sherpa-onnx the microphone's samples would (kdstore.runtime.sherpa_online)
+        for variant, int8, align in (("fp32", False, True), ("int8", True, True), ("fp32_raw", False, False)):
             start = time.perf_counter()
-            texts = SherpaOnlineTransducer(out_dir, chunk_ms=streaming.chunk_ms, int8=variant == "int8").transcribe(
+            texts = SherpaOnlineTransducer(out_dir, chunk_ms=streaming.chunk_ms, int8=int8, align=align).transcribe(
                 [e.audio_path for e in entries], progress=progress)
             seconds = time.perf_counter() - start
             scored = score([e.text for e in entries], texts)
