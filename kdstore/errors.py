@@ -63,3 +63,7 @@ class TrainingError(KdstoreError, RuntimeError):
 
 class ExportError(KdstoreError, ValueError):
     """A model cannot be exported, or a folder is not a complete ONNX export."""
+
+
+class StreamingError(KdstoreError, ValueError):
+    """A model cannot be streamed cache-aware, or a chunk length it was not trained for was asked."""

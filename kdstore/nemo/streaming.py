@@ -47,11 +47,9 @@ from typing import Any
 
 import numpy as np
 
-from kdstore.errors import KdstoreError
+from kdstore.errors import KdstoreError, StreamingError
 
-
-class StreamingError(KdstoreError, ValueError):
-    """A model cannot be streamed cache-aware, or a chunk length it was not trained for was asked."""
+__all__ = ["StreamedUtterance", "StreamingError", "chunk_frames", "stream_decode", "stream_decode_batch"]
 
 
 @dataclass(frozen=True)
