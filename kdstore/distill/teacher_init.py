@@ -123,6 +123,34 @@ def _group(key: str) -> str:
     return ".".join(parts[:2]) if len(parts) > 2 else parts[0]
 
 
+PRE_ENCODE_OUT = "encoder.pre_encode.out.weight"
+
+
+def _copy_frequency_overlap(key: str, student: torch.Tensor, teacher: torch.Tensor) -> str:
+    """The pre-encoder's output projection when the frequency bins after subsampling differ by one: the
+    shared bins copied, the extra one zeroed; returns what was copied ("" when this rule does not apply).
+
+    NeMo's ``dw_striding`` flattens (channels C, frequency bins F) into ``out``'s inputs (D, C x F). A causal
+    subsampling stack (cache-aware students) keeps F = 11 of 80 mel bins where the symmetric one keeps 10
+    (per stage f -> f // 2 + 1 instead of (f - 1) // 2 + 1), with bin j over nearly the same mel range in
+    both; without this rule an offline teacher's projection (340k values in ``tiny-teacher``) would not
+    fit and every copied layer above it would start from random inputs.
+    """
+    if key != PRE_ENCODE_OUT or student.ndim != 2 or teacher.ndim != 2 or student.shape[0] != teacher.shape[0]:
+        return ""
+    channels = abs(student.shape[1] - teacher.shape[1])
+    if channels == 0 or student.shape[1] % channels or teacher.shape[1] % channels:
+        return ""
+    f_student, f_teacher = student.shape[1] // channels, teacher.shape[1] // channels
+    shared = min(f_student, f_teacher)
+    if abs(f_student - f_teacher) != 1 or shared < 2:
+        return ""
+    view = student.view(student.shape[0], channels, f_student)
+    view.zero_()
+    view[:, :, :shared] = teacher.view(teacher.shape[0], channels, f_teacher)[:, :, :shared].to(student.dtype)
+    return f"frequency bins 0..{shared - 1} of {f_student}; {channels} channels"
+
+
 def copy_matching(student: torch.nn.Module, teacher_state: dict[str, torch.Tensor], layer_map: list[int],
                   teacher_name: str) -> TeacherInitReport:
     """Copy into ``student`` every tensor of ``teacher_state`` (parameters and buffers) whose name (with
@@ -139,6 +167,10 @@ def copy_matching(student: torch.nn.Module, teacher_state: dict[str, torch.Tenso
                 reason = "not in the teacher"
             elif tuple(teacher_state[source].shape) != tuple(value.shape):
                 reason = f"shape {tuple(value.shape)} vs teacher {tuple(teacher_state[source].shape)}"
+                bins = _copy_frequency_overlap(key, value, teacher_state[source])
+                if bins:
+                    report.copied[key] = f"{source} ({bins})"
+                    reason = ""
             else:
                 value.copy_(teacher_state[source].to(value.dtype))
                 report.copied[key] = source

@@ -150,3 +150,23 @@ def test_nemo_init_from_nemo_model_with_include_and_exclude(tokenizer_dir, teach
     missing = OmegaConf.create({"init_from_nemo_model": str(teacher_path.with_name("missing.nemo"))})
     with pytest.raises(ConfigError, match="init_from_nemo_model: NeMo could not initialise"):
         apply_nemo_init(student, missing)
+
+
+def test_a_streaming_student_keeps_the_teachers_projection_on_the_shared_frequency_bins(tokenizer_dir, teacher_path):
+    """Causal downsampling keeps 11 of 80/8 frequency bins where the offline teacher keeps 10: the pre-encoder's
+    output projection copies the 10 shared bins of every channel and zeroes the extra one; the rest of the
+    encoder copies as for an offline student."""
+    from kdstore.distill.teacher_init import PRE_ENCODE_OUT, init_from_teacher
+
+    student = build_model("tiny-teacher-2l-streaming", tokenizer_dir, seed=3, **SMALL)
+    report = init_from_teacher(student, teacher_path, "even")
+    teacher = _teacher_state(teacher_path)[PRE_ENCODE_OUT]  # (D, C x 10)
+    after = student.state_dict()[PRE_ENCODE_OUT]  # (D, C x 11)
+    channels = SMALL["model.encoder.subsampling_conv_channels"]
+    assert teacher.shape[1] == channels * 10 and after.shape[1] == channels * 11
+    ours = after.view(after.shape[0], channels, 11)
+    assert torch.equal(ours[:, :, :10], teacher.view(teacher.shape[0], channels, 10))
+    assert ours[:, :, 10].abs().sum() == 0
+    assert report.copied[PRE_ENCODE_OUT] == f"{PRE_ENCODE_OUT} (frequency bins 0..9 of 11; {channels} channels)"
+    assert PRE_ENCODE_OUT not in report.kept
+    assert "encoder.layers.1.self_attn.linear_q.weight" in report.copied
