@@ -34,16 +34,9 @@ def demo_corpus(tmp_path_factory: pytest.TempPathFactory):
 EMITTING_UTTERANCES = 10  # the shortest train utterances of the demo corpus, memorised by the model
 
 
-@pytest.fixture(scope="session")
-def emitting_model(demo_corpus, tmp_path_factory: pytest.TempPathFactory):
-    """Path of a tiny EncDecRNNTBPEModel (.nemo) overfitted on 10 demo utterances, so it emits tokens.
-
-    A model that emits only blanks proves nothing about an export. Built from
-    the ``tiny`` config (no SpecAugment) with a plain torch loop: Adam 3e-3, all 10
-    utterances in one batch, kdstore's vectorised RNN-T loss, until the loss is below 0.3 and most
-    greedy transcripts are non-empty (~150 steps, ~30 s on one idle core). The utterances it saw are in
-    ``train.json`` beside it (see ``emitting_manifest``).
-    """
+def _overfit_tiny(demo_corpus, out_dir, config_name: str, hybrid: bool, max_steps: int):
+    """Train a tiny model of ``config_name`` on the 10 shortest demo training utterances until it emits (see
+    ``emitting_model``); returns the saved .nemo path (``train.json`` and ``train_log.json`` beside it)."""
     import json
     import time
     from pathlib import Path
@@ -52,7 +45,6 @@ def emitting_model(demo_corpus, tmp_path_factory: pytest.TempPathFactory):
     import torch
     from omegaconf import OmegaConf
 
-    out_dir = tmp_path_factory.mktemp("emitting_model")
     rows = [json.loads(line) for line in Path(demo_corpus.train_manifest).read_text().splitlines() if line.strip()]
     rows = sorted(rows, key=lambda r: r["duration"])[:EMITTING_UTTERANCES]
     (out_dir / "train.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -62,116 +54,17 @@ def emitting_model(demo_corpus, tmp_path_factory: pytest.TempPathFactory):
     rng_state = torch.get_rng_state()
     torch.manual_seed(0)
     try:
-        from nemo.collections.asr.models import EncDecRNNTBPEModel
-
-        from kdstore.distill.config import load_train_config
-
-        cfg = OmegaConf.create(OmegaConf.to_container(load_train_config("tiny").model, resolve=True))
-        for key in ("enable_kd", "kd_alpha", "kd_temperature", "teacher_model_path", "kd", "optim",
-                    "spec_augment", "train_ds"):  # kdstore-only keys; no data loaders needed
-            cfg.pop(key, None)
-        cfg.tokenizer.dir = str(demo_corpus.tokenizer_dir)
-        model = EncDecRNNTBPEModel(cfg=cfg)
-        blank = model.decoder.blank_idx
-
-        waves = [soundfile.read(r["audio_filepath"], dtype="float32")[0] for r in rows]
-        audio_len = torch.tensor([len(w) for w in waves])
-        audio = torch.zeros(len(waves), int(audio_len.max()))  # (B, samples)
-        for i, wave in enumerate(waves):
-            audio[i, : len(wave)] = torch.from_numpy(wave)
-        ids = [model.tokenizer.text_to_ids(r["text"]) for r in rows]
-        target_len = torch.tensor([len(t) for t in ids])
-        targets = torch.zeros(len(ids), int(target_len.max()), dtype=torch.long)  # (B, U)
-        for i, t in enumerate(ids):
-            targets[i, : len(t)] = torch.tensor(t)
-
-        try:
-            from kdstore.lattice.rnnt_loss import rnnt_loss
-        except ImportError:  # pragma: no cover - fallback while the vectorised loss is missing
-            rnnt_loss = None
-        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-        start = time.perf_counter()
-        for step in range(1, 301):
-            model.train()
-            enc, enc_len = model.forward(input_signal=audio, input_signal_length=audio_len)  # (B, D, T)
-            pred, _, _ = model.decoder(targets=targets, target_length=target_len)  # (B, H, U+1)
-            logits = model.joint.joint(enc.transpose(1, 2), pred.transpose(1, 2))  # (B, T, U+1, V+1)
-            if rnnt_loss is not None:
-                loss = rnnt_loss(logits, targets, enc_len, target_len, blank=blank)
-            else:
-                log_probs = logits.log_softmax(-1)
-                loss = model.loss(log_probs=log_probs, targets=targets, input_lengths=enc_len,
-                                  target_lengths=target_len).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            if step % 10 == 0 and loss.item() < 0.3:
-                model.eval()
-                with torch.no_grad():
-                    enc, enc_len = model.forward(input_signal=audio, input_signal_length=audio_len)
-                    hyps = model.decoding.rnnt_decoder_predictions_tensor(encoder_output=enc, encoded_lengths=enc_len)
-                if sum(bool(h.text.strip()) for h in hyps) >= 0.8 * len(rows):
-                    break
-        model.eval()
-        path = out_dir / "model.nemo"
-        model.save_to(str(path))
-        log = {"steps": step, "seconds": round(time.perf_counter() - start, 1), "loss": round(loss.item(), 4)}
-        (out_dir / "train_log.json").write_text(json.dumps(log) + "\n")
-    finally:
-        torch.set_rng_state(rng_state)
-        torch.set_num_threads(threads)
-    return path
-
-
-@pytest.fixture(scope="session")
-def emitting_manifest(emitting_model):
-    """The NeMo manifest of the utterances ``emitting_model`` memorised."""
-    return emitting_model.with_name("train.json")
-
-
-@pytest.fixture(scope="session")
-def emitting_streaming_model(demo_corpus, tmp_path_factory: pytest.TempPathFactory):
-    """Path of a tiny cache-aware streaming hybrid (.nemo) overfitted on ``emitting_model``'s 10 utterances.
-
-    The ``tiny-streaming`` config (kdstore/configs/_streaming.yaml: chunked_limited attention with the
-    contexts [[70, 6], [70, 13], [70, 1], [70, 0]], causal convolutions and downsampling, normalize NA)
-    as a plain ``EncDecHybridRNNTCTCBPEModel``, trained like ``emitting_model`` (Adam 3e-3, one batch of
-    the 10 shortest train utterances, kdstore's RNN-T loss only; each training step draws one of the
-    contexts, as multi-look-ahead training does) until the loss is below 0.3 and greedy transcripts
-    with the default context (= NeMo's streaming transcripts, kdstore.nemo.streaming) are non-empty on
-    at least 8 of 10 (180-220 steps, 48-61 s measured on one thread of a busy 2-core machine). ``train.json``
-    beside it lists the utterances.
-    """
-    import json
-    import time
-    from pathlib import Path
-
-    import soundfile
-    import torch
-    from omegaconf import OmegaConf
-
-    out_dir = tmp_path_factory.mktemp("emitting_streaming_model")
-    rows = [json.loads(line) for line in Path(demo_corpus.train_manifest).read_text().splitlines() if line.strip()]
-    rows = sorted(rows, key=lambda r: r["duration"])[:EMITTING_UTTERANCES]
-    (out_dir / "train.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    rng_state = torch.get_rng_state()
-    torch.manual_seed(0)
-    try:
-        from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel
+        from nemo.collections.asr.models import EncDecHybridRNNTCTCBPEModel, EncDecRNNTBPEModel
 
         from kdstore.distill.config import load_train_config
         from kdstore.lattice.rnnt_loss import rnnt_loss
 
-        cfg = OmegaConf.create(OmegaConf.to_container(load_train_config("tiny-streaming").model, resolve=True))
+        cfg = OmegaConf.create(OmegaConf.to_container(load_train_config(config_name).model, resolve=True))
         for key in ("enable_kd", "kd_alpha", "kd_temperature", "teacher_model_path", "kd", "optim",
                     "spec_augment", "train_ds"):  # kdstore-only keys; no data loaders needed
             cfg.pop(key, None)
         cfg.tokenizer.dir = str(demo_corpus.tokenizer_dir)
-        model = EncDecHybridRNNTCTCBPEModel(cfg=cfg)
+        model = (EncDecHybridRNNTCTCBPEModel if hybrid else EncDecRNNTBPEModel)(cfg=cfg)
 
         waves = [soundfile.read(r["audio_filepath"], dtype="float32")[0] for r in rows]
         audio_len = torch.tensor([len(w) for w in waves])
@@ -186,7 +79,7 @@ def emitting_streaming_model(demo_corpus, tmp_path_factory: pytest.TempPathFacto
 
         optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
         start = time.perf_counter()
-        for step in range(1, 401):
+        for step in range(1, max_steps + 1):
             model.train()
             enc, enc_len = model.forward(input_signal=audio, input_signal_length=audio_len)  # (B, D, T)
             pred, _, _ = model.decoder(targets=targets, target_length=target_len)  # (B, H, U+1)
@@ -212,3 +105,39 @@ def emitting_streaming_model(demo_corpus, tmp_path_factory: pytest.TempPathFacto
         torch.set_rng_state(rng_state)
         torch.set_num_threads(threads)
     return path
+
+
+@pytest.fixture(scope="session")
+def emitting_model(demo_corpus, tmp_path_factory: pytest.TempPathFactory):
+    """Path of a tiny EncDecRNNTBPEModel (.nemo) overfitted on 10 demo utterances, so it emits tokens.
+
+    A model that emits only blanks proves nothing about an export. Built from
+    the ``tiny`` config (no SpecAugment) with a plain torch loop: Adam 3e-3, all 10
+    utterances in one batch, kdstore's vectorised RNN-T loss, until the loss is below 0.3 and most
+    greedy transcripts are non-empty (~150 steps, ~30 s on one idle core). The utterances it saw are in
+    ``train.json`` beside it (see ``emitting_manifest``).
+    """
+    return _overfit_tiny(demo_corpus, tmp_path_factory.mktemp("emitting_model"), "tiny", hybrid=False, max_steps=300)
+
+
+@pytest.fixture(scope="session")
+def emitting_manifest(emitting_model):
+    """The NeMo manifest of the utterances ``emitting_model`` memorised."""
+    return emitting_model.with_name("train.json")
+
+
+@pytest.fixture(scope="session")
+def emitting_streaming_model(demo_corpus, tmp_path_factory: pytest.TempPathFactory):
+    """Path of a tiny cache-aware streaming hybrid (.nemo) overfitted on ``emitting_model``'s 10 utterances.
+
+    The ``tiny-streaming`` config (kdstore/configs/_streaming.yaml: chunked_limited attention with the
+    contexts [[70, 6], [70, 13], [70, 1], [70, 0]], causal convolutions and downsampling, normalize NA)
+    as a plain ``EncDecHybridRNNTCTCBPEModel``, trained like ``emitting_model`` (Adam 3e-3, one batch of
+    the 10 shortest train utterances, kdstore's RNN-T loss only; each training step draws one of the
+    contexts, as multi-look-ahead training does) until the loss is below 0.3 and greedy transcripts
+    with the default context (= NeMo's streaming transcripts, kdstore.nemo.streaming) are non-empty on
+    at least 8 of 10 (180-220 steps, 48-61 s measured on one thread of a busy 2-core machine). ``train.json``
+    beside it lists the utterances.
+    """
+    return _overfit_tiny(demo_corpus, tmp_path_factory.mktemp("emitting_streaming_model"), "tiny-streaming",
+                         hybrid=True, max_steps=400)

@@ -302,12 +302,12 @@ def latency_rows(result: StreamingEvalResult) -> list[dict[str, Any]]:
 
 
 def write_latency_rows(result: StreamingEvalResult, path: str | Path) -> Path:
-    """Per-utterance JSONL of :func:`latency_rows`."""
+    """Per-utterance JSONL of :func:`latency_rows` (written atomically: :func:`kdstore.files.write_atomic`)."""
     import json
+
+    from kdstore.files import write_atomic
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as handle:
-        for row in latency_rows(result):
-            handle.write(json.dumps(row) + "\n")
+    write_atomic(out, (json.dumps(row) + "\n" for row in latency_rows(result)))
     return out

@@ -125,9 +125,9 @@ def utterance_rows(result: EvalResult) -> list[dict[str, Any]]:
 
 def write_transcripts(result: EvalResult, path: str | Path) -> Path:
     """Per-utterance JSONL (see :func:`utterance_rows`)."""
+    from kdstore.files import write_atomic
+
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as handle:
-        for row in utterance_rows(result):
-            handle.write(json.dumps(row) + "\n")
+    write_atomic(out, (json.dumps(row) + "\n" for row in utterance_rows(result)))
     return out
