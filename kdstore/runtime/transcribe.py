@@ -87,11 +87,26 @@ def open_transducer(onnx_dir: Path | str, runtime: str = "onnxruntime", *, int8:
                                       provider=provider, align=sherpa_align)
     if chunk_ms is not None:
         raise ExportError("--chunk-ms needs --streaming")
+    _refuse_streaming_export(Path(onnx_dir))
     if runtime == "sherpa-onnx":
         return SherpaTransducer(onnx_dir, int8=int8, num_threads=num_threads, provider=provider, align=sherpa_align)
     if runtime != "onnxruntime":
         raise ExportError(f"runtime: expected one of {', '.join(RUNTIMES)}, got {runtime!r}")
     return OnnxTransducer(onnx_dir, int8=int8, num_threads=num_threads, provider=provider, frontend=frontend)
+
+
+def _refuse_streaming_export(onnx_dir: Path) -> None:
+    """A streaming export (its root with ``chunk-<ms>ms/`` folders, or one chunk folder) opened without
+    ``streaming``: one line saying to add ``--streaming``, not a missing file or onnxruntime's missing cache inputs."""
+    from kdstore.runtime.layout import SHERPA, chunk_folders, read_metadata
+
+    chunks = chunk_folders(onnx_dir) if onnx_dir.is_dir() else {}
+    encoder = onnx_dir / SHERPA.encoder
+    streaming = bool(chunks) or (encoder.is_file() and read_metadata(encoder).get("streaming") == "cache_aware")
+    if streaming:
+        shown = f" (chunks: {', '.join(f'{ms} ms' for ms in sorted(chunks))})" if chunks else ""
+        raise ExportError(f"{onnx_dir} is a streaming export{shown}: transcribe it with --streaming "
+                          "(sherpa-onnx's OnlineRecognizer)")
 
 
 def transcribe_files(onnx_dir: Path | str, paths: Sequence[str | Path], *, runtime: str = "onnxruntime",

@@ -322,6 +322,11 @@ def test_cli_option_refusals_are_one_line(streaming_nemo, exported, tmp_path):
         _cli("transcribe", "--onnx", str(exported.out_dir), "--streaming", "--chunk-ms", "80", str(wav)))
     assert "--chunk-ms needs --streaming" in _one_line_error(
         _cli("transcribe", "--onnx", str(exported.out_dir / "chunk-560ms"), "--chunk-ms", "560", str(wav)))
+    # a streaming export opened without --streaming (its root, or one chunk folder, either runtime): say so
+    for folder, runtime in ((exported.out_dir, "onnxruntime"), (exported.out_dir / "chunk-560ms", "onnxruntime"),
+                            (exported.out_dir / "chunk-560ms", "sherpa-onnx")):
+        message = _one_line_error(_cli("transcribe", "--onnx", str(folder), "--runtime", runtime, str(wav)))
+        assert "is a streaming export" in message and "transcribe it with --streaming" in message, message
 
 
 # --- (b, c) sherpa-onnx against NeMo's streaming decode, fp32 and int8 --------------------------------
