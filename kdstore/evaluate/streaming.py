@@ -41,6 +41,7 @@ class TimedWords:
 
     words: tuple[str, ...]
     times_s: tuple[float, ...]
+    starts_s: tuple[float, ...] | None = None  # reference words only: where each begins in the audio
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +60,7 @@ class StreamingInfo:
     latency_reference: str | None
     latency_words: int
     ref_words: int
+    latency_left_out: int = 0  # word pairs left out: streamed before the reference word began (:func:`word_latencies`)
     latency_median_ms: float | None
     latency_p90_ms: float | None
     latency_mean_ms: float | None
@@ -114,11 +116,15 @@ def normalize_timed(words: TimedWords, normalizer: str) -> TimedWords:
     norm = get_normalizer(normalizer)
     out_words: list[str] = []
     out_times: list[float] = []
-    for word, t in zip(words.words, words.times_s):
+    out_starts: list[float] = []
+    starts = words.starts_s if words.starts_s is not None else words.times_s
+    for word, t, begin in zip(words.words, words.times_s, starts, strict=True):
         for piece in norm(word).split():
             out_words.append(piece)
             out_times.append(t)
-    return TimedWords(words=tuple(out_words), times_s=tuple(out_times))
+            out_starts.append(begin)
+    return TimedWords(words=tuple(out_words), times_s=tuple(out_times),
+                      starts_s=tuple(out_starts) if words.starts_s is not None else None)
 
 
 def aligned_hits(reference: Sequence[str], hypothesis: Sequence[str]) -> dict[int, int]:
@@ -142,12 +148,31 @@ def word_latencies(reference: Sequence[str], emitted: TimedWords, ends: TimedWor
     reference got right: its emission time in ``emitted`` minus its end time in ``ends``.
 
     ``reference``: normalised manifest words. ``emitted``: streamed hypothesis words with emission
-    times. ``ends``: the latency reference's hypothesis words with their end times in the audio.
+    times. ``ends``: the latency reference's hypothesis words with their end times in the audio (and,
+    when known, ``starts_s``). A streamed word shown before the reference word even began cannot be that
+    word (a weak hypothesis aligned by edit distance to a later occurrence, e.g. an early "the" paired
+    with the "the" of "in the morning"): such pairs are left out, see :func:`implausible_pairs`.
     Returned in reference word order.
     """
+    return [late for late, plausible in _pairs(reference, emitted, ends) if plausible]
+
+
+def implausible_pairs(reference: Sequence[str], emitted: TimedWords, ends: TimedWords) -> int:
+    """How many word pairs :func:`word_latencies` left out (streamed before the reference word began)."""
+    return sum(not plausible for _, plausible in _pairs(reference, emitted, ends))
+
+
+def _pairs(reference: Sequence[str], emitted: TimedWords, ends: TimedWords) -> list[tuple[float, bool]]:
     streamed = aligned_hits(reference, emitted.words)
     timed = aligned_hits(reference, ends.words)
-    return [emitted.times_s[streamed[r]] - ends.times_s[timed[r]] for r in sorted(streamed) if r in timed]
+    out = []
+    for r in sorted(streamed):
+        if r not in timed:
+            continue
+        shown, end = emitted.times_s[streamed[r]], ends.times_s[timed[r]]
+        begin = ends.starts_s[timed[r]] if ends.starts_s is not None else None
+        out.append((shown - end, begin is None or shown >= begin))
+    return out
 
 
 def latency_stats(latencies_s: Sequence[float]) -> tuple[float | None, float | None, float | None]:
@@ -196,7 +221,8 @@ def reference_word_ends(model: Any, audios: Sequence[np.ndarray], batch_size: in
                 for hyp in hyps:
                     words = (hyp.timestamp or {}).get("word", []) if isinstance(hyp.timestamp, dict) else []
                     out.append(TimedWords(words=tuple(str(w["word"]) for w in words),
-                                          times_s=tuple(float(w["end"]) for w in words)))
+                                          times_s=tuple(float(w["end"]) for w in words),
+                                          starts_s=tuple(float(w["start"]) for w in words)))
     finally:
         model.change_decoding_strategy(previous, verbose=False, **kwargs)
     return out
@@ -247,18 +273,21 @@ def evaluate_streaming(model_path: str | Path, manifest_path: str | Path, chunk_
     references = [e.text for e in entries]
     scored = score(references, hypotheses, normalizer)
     latencies: list[list[float]] = []
+    implausible = 0
     for i in order:
         if reference_model is None:
             latencies.append([])
             continue
         emitted = normalize_timed(emitted_words(streamed[i].token_ids, streamed[i].token_times_s,
                                                 model.decoding.decode_ids_to_str), normalizer)
-        latencies.append(word_latencies(scored.references[i].split(), emitted, normalize_timed(ends[i], normalizer)))
+        reference_words, timed = scored.references[i].split(), normalize_timed(ends[i], normalizer)
+        latencies.append(word_latencies(reference_words, emitted, timed))
+        implausible += implausible_pairs(reference_words, emitted, timed)
     pooled = [x for row in latencies for x in row]
     median, p90, mean = latency_stats(pooled)
     info = StreamingInfo(chunk_ms=context_chunk_ms(model, context), lookahead_ms=lookahead_ms(model, context),
                          context=list(context), latency_reference=None if latency_reference is None else str(latency_reference),
-                         latency_words=len(pooled), ref_words=scored.total.ref_words,
+                         latency_words=len(pooled), ref_words=scored.total.ref_words, latency_left_out=implausible,
                          latency_median_ms=median, latency_p90_ms=p90, latency_mean_ms=mean)
     audio_seconds = sum(e.duration for e in entries)
     return StreamingEvalResult(
@@ -287,7 +316,9 @@ def streaming_lines(result: StreamingEvalResult, markdown: bool = True) -> list[
                      f"`{Path(s.latency_reference).name}`'s")
     else:
         lines.append(f"- Word latency (last token shown - word end in `{Path(s.latency_reference).name}`'s "
-                     f"timestamps, {s.latency_words} of {s.ref_words} reference words): median "
+                     f"timestamps, {s.latency_words} of {s.ref_words} reference words"
+                     + (f"; {s.latency_left_out} pairs shown before the word began left out" if s.latency_left_out else "")
+                     + "): median "
                      f"{strong.format(f'{s.latency_median_ms:.0f} ms')}, p90 {strong.format(f'{s.latency_p90_ms:.0f} ms')}, "
                      f"mean {s.latency_mean_ms:.0f} ms")
     return lines

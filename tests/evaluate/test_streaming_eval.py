@@ -53,6 +53,22 @@ def test_latency_counts_words_both_systems_got_right():
     assert latency_stats([]) == (None, None, None)
 
 
+def test_a_word_shown_before_the_reference_word_began_is_left_out():
+    """A weak streamed hypothesis "the ... morning": its early "the" (0.49 s) aligns with the "the" of "in the
+    morning", which begins at 2.3 s in the reference: that pair cannot be the same word, so it is left out
+    (no -2 s latency), and counted."""
+    from kdstore.evaluate.streaming import implausible_pairs
+
+    reference = ["turn", "it", "on", "in", "the", "morning"]
+    emitted = TimedWords(words=("the", "morning"), times_s=(0.49, 3.4))
+    ends = TimedWords(words=("turn", "it", "on", "in", "the", "morning"), times_s=(0.3, 0.5, 0.8, 2.2, 2.47, 3.0),
+                      starts_s=(0.0, 0.35, 0.55, 2.0, 2.3, 2.5))
+    assert word_latencies(reference, emitted, ends) == pytest.approx([0.4])
+    assert implausible_pairs(reference, emitted, ends) == 1
+    no_starts = TimedWords(words=ends.words, times_s=ends.times_s)  # without starts nothing can be judged
+    assert word_latencies(reference, emitted, no_starts) == pytest.approx([0.49 - 2.47, 0.4])
+
+
 def test_words_are_normalised_one_at_a_time():
     timed = TimedWords(words=("Unlock,", "THE", "...", "door!"), times_s=(0.5, 0.6, 0.7, 0.8))
     assert normalize_timed(timed, "basic") == TimedWords(words=("unlock", "the", "door"), times_s=(0.5, 0.6, 0.8))
