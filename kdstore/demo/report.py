@@ -179,7 +179,7 @@ STREAMING_KD, STREAMING_TWIN = "streaming student (KD)", "streaming student (no 
 
 def write_streaming_report(work: Path, plan: Any, offline: dict[str, dict[str, Any]],
                            streaming: dict[str, dict[str, Any]], trained: dict[str, Any],
-                           onnx: dict[str, Any]) -> Path:
+                           onnx: dict[str, Any], quick: bool = False) -> Path:
     """``work/streaming-report.md`` and ``work/streaming.png``: the streaming students (NeMo cache-aware decode,
     WER and word latency) beside the offline teacher and student (offline decode), and the sherpa-onnx
     ``OnlineRecognizer`` scores of the KD one (agreement with NeMo's streaming transcripts, int8 vs fp32).
@@ -191,6 +191,7 @@ def write_streaming_report(work: Path, plan: Any, offline: dict[str, dict[str, A
     kd, twin = streaming[STREAMING_KD], streaming[STREAMING_TWIN]
     info = kd["streaming"]
     lines = ["# kdstore demo: a streaming student from the offline teacher", "",
+             *(["**`--quick`: a smoke run (0.1 h of audio, 150 steps); its numbers mean nothing.**", ""] if quick else []),
              (f"**The streaming student keeps {100 * retention(kd['wer'], teacher['wer']):.1f}% of the offline teacher's "
               f"word accuracy** (WER {100 * kd['wer']:.2f}% streamed in {info['chunk_ms']:.0f} ms chunks, "
               f"{info['lookahead_ms']:.0f} ms look-ahead, vs {100 * teacher['wer']:.2f}% offline); its no-KD twin "
@@ -204,7 +205,7 @@ def write_streaming_report(work: Path, plan: Any, offline: dict[str, dict[str, A
     for name, row in streaming.items():
         s = row["streaming"]
         latency = "-" if s.get("latency_median_ms") is None else \
-            f"{s['latency_median_ms']:.0f} / {s['latency_p90_ms']:.0f}"
+            f"{s['latency_median_ms']:.0f} / {s['latency_p90_ms']:.0f} ({s['latency_words']} of {s['ref_words']} words)"
         lines.append(f"| {name} | NeMo cache-aware, {s['chunk_ms']:.0f} ms chunks | {row['params'] / 1e6:.2f}M | "
                      f"{100 * row['wer']:.2f} | {100 * row['cer']:.2f} | "
                      f"{100 * retention(row['wer'], teacher['wer']):.1f}% | {latency} |")
@@ -217,7 +218,7 @@ def write_streaming_report(work: Path, plan: Any, offline: dict[str, dict[str, A
     lines += ["", (f"sherpa-onnx's OnlineRecognizer (fed 0.1 s at a time on NeMo's chunk grid, `kdstore transcribe "
                    f"--streaming`) gives NeMo's own streaming transcript on "
                    f"{fp32['same_as_nemo_streaming']} of {fp32['utterances']} test utterances in fp32 and "
-                   f"{int8['same_as_nemo_streaming']} in int8 ({fp32['non_empty']} non-empty fp32); int8 WER "
+                   f"{int8['same_as_nemo_streaming']} in int8 ({fp32['non_empty']} of sherpa-onnx's fp32 transcripts non-empty); int8 WER "
                    f"{100 * int8['wer']:.2f}% vs fp32 {100 * fp32['wer']:.2f}%; RTF int8 {int8['rtf']:.4f}"
                    + (f". Fed the raw audio as an app would (its chunks 160 ms off NeMo's): {raw['same_as_nemo_streaming']} "
                       f"of {raw['utterances']} equal, WER {100 * raw['wer']:.2f}%" if raw else "")

@@ -103,6 +103,6 @@ def run_streaming_demo(workdir: str | Path, quick: bool = False, seed: int = 0, 
     from kdstore.demo.report import write_streaming_report
 
     offline = json.loads((work / "steps" / "eval.json").read_text())["result"]
-    path = write_streaming_report(work, streaming, offline, scores, trained, onnx)
+    path = write_streaming_report(work, streaming, offline, scores, trained, onnx, quick=quick)
     echo(f"\nstreaming report: {path}\nplot:             {work / 'streaming.png'}")
     return path
