@@ -15,7 +15,8 @@ import pytest
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG_NAMES = ["large", "large-8l", "medium", "medium-8l", "small", "tiny", "tiny-teacher", "tiny-teacher-2l"]
+CONFIG_NAMES = ["large", "large-8l", "medium", "medium-8l", "medium-streaming", "small", "small-streaming", "tiny",
+                "tiny-streaming", "tiny-teacher", "tiny-teacher-2l", "tiny-teacher-2l-streaming"]
 
 
 # -- configs (fast: no model is built) -------------------------------------------------------------
@@ -37,6 +38,12 @@ def test_named_configs_come_from_package_data(tmp_path, monkeypatch):
     for name in CONFIG_NAMES:
         assert read_train_config(load_train_config(name)).model.aux_ctc["ctc_loss_weight"] == 0.5, name
     assert read_train_config(load_train_config("tiny", ["model.aux_ctc=null"])).model.aux_ctc is None
+    for name in (n for n in CONFIG_NAMES if n.endswith("-streaming")):  # _streaming.yaml over the offline twin
+        model = read_train_config(load_train_config(name)).model
+        twin = read_train_config(load_train_config(name.removesuffix("-streaming"))).model
+        assert (model.encoder["att_context_style"], model.encoder["causal_downsampling"],
+                model.preprocessor["normalize"]) == ("chunked_limited", True, "NA"), name
+        assert (model.encoder["n_layers"], model.encoder["d_model"]) == (twin.encoder["n_layers"], twin.encoder["d_model"])
     pruned = read_train_config(load_train_config("large-8l")).model
     assert (pruned.encoder["n_layers"], pruned.encoder["d_model"], pruned.init_from_teacher.encoder_layers) == \
         (8, 512, "even")
@@ -55,7 +62,7 @@ def test_a_config_file_extends_a_named_config(tmp_path):
     (tmp_path / "b.yaml").write_text("defaults: [a]\n")
     with pytest.raises(ConfigError, match="includes itself"):
         load_train_config(str(tmp_path / "a.yaml"))
-    with pytest.raises(ConfigError, match="known names: large, large-8l, medium, medium-8l, small, tiny, tiny-teacher"):
+    with pytest.raises(ConfigError, match="known names: large, large-8l, medium, medium-8l, medium-streaming, small, "):
         load_train_config("tiny-studnet")
 
 

@@ -144,7 +144,7 @@ def test_cli_eval_streaming_reports_wer_and_latency(emitting_streaming_model, em
     data = json.loads(result.stdout)
     s = data["model"]["streaming"]
     assert set(s) == {"chunk_ms", "lookahead_ms", "context", "latency_reference", "latency_words", "ref_words",
-                      "latency_median_ms", "latency_p90_ms", "latency_mean_ms"}
+                      "latency_left_out", "latency_median_ms", "latency_p90_ms", "latency_mean_ms"}
     assert (s["chunk_ms"], s["lookahead_ms"], s["context"]) == (560, 480, [70, 6])
     assert s["latency_reference"] == str(emitting_model) and "streaming" not in data["teacher"]
     assert 0 < s["latency_words"] <= s["ref_words"] == data["model"]["ref_words"]
