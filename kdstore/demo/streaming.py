@@ -74,6 +74,7 @@ def run_streaming_demo(workdir: str | Path, quick: bool = False, seed: int = 0, 
 
     def export_and_transcribe() -> dict[str, Any]:
         from kdstore.evaluate.scoring import score
+        from kdstore.evaluate.streaming import evaluate_streaming
         from kdstore.export.streaming import export_streaming
         from kdstore.inputs.manifest import read_manifest
         from kdstore.runtime.sherpa_online import SherpaOnlineTransducer
@@ -82,8 +83,9 @@ def run_streaming_demo(workdir: str | Path, quick: bool = False, seed: int = 0, 
         export = export_streaming(kd_path, out_dir, chunk_ms=[streaming.chunk_ms] if streaming.chunk_ms else None,
                                   int8=True)
         entries = read_manifest(test)
-        nemo_texts = [json.loads(line)["hypothesis"] for line in
-                      (work / "eval" / f"{kd_path.stem}.jsonl").read_text().splitlines() if line.strip()]
+        # NeMo's streaming decode of the very stream sherpa-onnx decodes: the utterance and the silence that
+        # completes its last chunk (sherpa-onnx runs full chunks only; kdstore.nemo.streaming.complete_with_silence)
+        nemo_texts = evaluate_streaming(kd_path, test, chunk_ms=streaming.chunk_ms, complete_last_chunk=True).hypotheses
         report: dict[str, Any] = {"onnx_dir": str(out_dir), "files": [str(p) for p in export.files]}
         # fp32 and int8 as `kdstore transcribe --streaming` feeds them (on NeMo's chunk grid), and fp32 on the raw
         # audio, as an app that hands sherpa-onnx the microphone's samples would (kdstore.runtime.sherpa_online)

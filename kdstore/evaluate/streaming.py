@@ -230,12 +230,15 @@ def reference_word_ends(model: Any, audios: Sequence[np.ndarray], batch_size: in
 
 def evaluate_streaming(model_path: str | Path, manifest_path: str | Path, chunk_ms: float | None = None,
                        latency_reference: str | Path | None = None, batch_size: int = 16,
-                       progress: bool = False, normalizer: str = "basic") -> StreamingEvalResult:
+                       progress: bool = False, normalizer: str = "basic",
+                       complete_last_chunk: bool = False) -> StreamingEvalResult:
     """Restore ``model_path``, stream every utterance of ``manifest_path`` through NeMo's cache-aware
     decode in chunks of ``chunk_ms`` ms (None: the model's default), score with ``normalizer``, and
     measure word latency against ``latency_reference`` (an offline .nemo; None: no latency).
 
     ``batch_size`` utterances of similar duration stream side by side (exactly as one at a time).
+    ``complete_last_chunk``: each utterance is followed by the silence that completes its last chunk, as
+    sherpa-onnx's online recognizer decodes it (:func:`kdstore.nemo.streaming.complete_with_silence`).
     Raises :class:`kdstore.nemo.streaming.StreamingError` (one line) for a model that does not stream or
     a chunk length it was not trained for, other ``KdstoreError`` subclasses for unreadable inputs.
     """
@@ -262,7 +265,8 @@ def evaluate_streaming(model_path: str | Path, manifest_path: str | Path, chunk_
     for indices in tqdm(duration_sorted_batches(entries, batch_size), desc="eval --streaming", disable=not progress):
         audios = [dataset[i]["audio"] for i in indices]
         decode_start = time.perf_counter()
-        for index, out in zip(indices, stream_decode_batch(model, audios, chunk_ms, str(model_path))):
+        for index, out in zip(indices, stream_decode_batch(model, audios, chunk_ms, str(model_path),
+                                                                   complete_last_chunk)):
             streamed[index] = out
         decode_seconds += time.perf_counter() - decode_start
         if reference_model is not None:

@@ -51,6 +51,7 @@ import numpy as np
 
 from kdstore.errors import ExportError
 from kdstore.export.checks import check_exportable
+from kdstore.export.first_chunk import first_chunk_lead, first_chunk_padding
 from kdstore.export.length_limit import encoder_frame_limit, set_encoder_frame_limit
 from kdstore.export.metadata import PROVENANCE_KEYS, export_metadata
 from kdstore.export.onnx_edit import quantize_int8
@@ -283,7 +284,8 @@ def export_streaming(model_path: Path, out_dir: Path, chunk_ms: Sequence[int] | 
             _cut_position_buffer(model, metadata)
             folder = out_dir / chunk.folder
             folder.mkdir(parents=True, exist_ok=True)
-            paths = write_sherpa_layout(model, folder, metadata, provenance)
+            with first_chunk_padding(model, first_chunk_lead(model)):  # start like NeMo's streaming decode
+                paths = write_sherpa_layout(model, folder, metadata, provenance)
             graphs = [paths[role] for role in ("encoder", "decoder", "joiner")]
             quantized: tuple[Path, ...] = ()
             if int8:

@@ -222,18 +222,45 @@ def _encoder_frames(model: Any, mel_frames: int) -> int:
     return int(out[0])
 
 
-def stream_decode(model: Any, audio: np.ndarray, chunk_ms: float | None = None) -> StreamedUtterance:
+def stream_decode(model: Any, audio: np.ndarray, chunk_ms: float | None = None,
+                  complete_last_chunk: bool = False) -> StreamedUtterance:
     """Cache-aware streaming greedy decode of one utterance (see :func:`stream_decode_batch`).
 
     ``audio``: ``(samples,)`` float waveform at the model's sample rate. ``chunk_ms``: chunk length in
-    ms (``None``: the model's default). Raises :class:`StreamingError` for a model that does not
-    stream or a chunk length it was not trained for.
+    ms (``None``: the model's default). ``complete_last_chunk``: see :func:`complete_with_silence`.
+    Raises :class:`StreamingError` for a model that does not stream or a chunk length it was not
+    trained for.
     """
-    return stream_decode_batch(model, [audio], chunk_ms)[0]
+    return stream_decode_batch(model, [audio], chunk_ms, complete_last_chunk=complete_last_chunk)[0]
+
+
+def complete_with_silence(model: Any, audio: np.ndarray, context: Sequence[int]) -> np.ndarray:
+    """``audio`` followed by the digital silence that fills its last chunk: what a live source that keeps
+    sending silence until the chunk is complete hands over, and what sherpa-onnx's online recognizer
+    decodes (it runs full windows only; ``kdstore.runtime.sherpa_online.tail_frames``).
+
+    ``audio``: ``(samples,)`` at the model's rate; ``context``: the ``[left, right]`` attention context.
+    With ``M`` mel frames, NeMo's chunks (``CacheAwareStreamingAudioBuffer``) are a first one of
+    ``chunk_size[0]`` frames and then ``chunk_size[1]`` each; the result has
+    ``chunk_size[0] + k x chunk_size[1]`` frames for the smallest such ``k`` that covers ``M`` (so the same
+    chunk count). Its last chunk sees silence where NeMo's shorter last chunk sees padding, which the
+    chunk's own frames attend to; this changes a transcript only at its end.
+    """
+    import torch
+
+    pre = model.cfg.preprocessor
+    hop = round(float(pre.window_stride) * float(pre.sample_rate))
+    samples = np.asarray(audio, dtype=np.float32)
+    frames = int(model.preprocessor.featurizer.get_seq_len(torch.tensor([len(samples)], dtype=torch.float))[0])
+    with streaming_context(model, context, _encoder_frames(model, max(frames, 1))):
+        cfg = model.encoder.streaming_cfg
+        first, later = _first(cfg.chunk_size), _second(cfg.chunk_size)
+    full = first + later * math.ceil(max(0, frames - first) / later)
+    return np.concatenate([samples, np.zeros((full - frames) * hop, dtype=np.float32)])
 
 
 def stream_decode_batch(model: Any, audios: Sequence[np.ndarray], chunk_ms: float | None = None,
-                        name: str = "model") -> list[StreamedUtterance]:
+                        name: str = "model", complete_last_chunk: bool = False) -> list[StreamedUtterance]:
     """NeMo's cache-aware streaming decode of several utterances side by side, one chunk at a time.
 
     ``audios``: waveforms ``(samples,)`` at the model's sample rate. Features are the model's own
@@ -246,6 +273,10 @@ def stream_decode_batch(model: Any, audios: Sequence[np.ndarray], chunk_ms: floa
     decoded, not dropped. ``conformer_stream_step`` runs the encoder with its caches and NeMo's
     greedy RNN-T decoding continues the previous hypotheses. ``token_times_s`` records, per token,
     the audio time its chunk needed (module docstring). Hybrid models decode with their RNN-T head.
+
+    ``complete_last_chunk``: decode each utterance followed by the silence that completes its last chunk
+    (:func:`complete_with_silence`), as sherpa-onnx's online recognizer does; token times stay capped at
+    the utterance's own end.
 
     Raises :class:`StreamingError` (one line, naming ``name``) for a model that does not stream or an
     untrained ``chunk_ms``.
@@ -261,6 +292,8 @@ def stream_decode_batch(model: Any, audios: Sequence[np.ndarray], chunk_ms: floa
     hop = round(float(pre.window_stride) * sample_rate)
     half_window = round(float(pre.window_size) * sample_rate) // 2
     durations = [len(a) / sample_rate for a in audios]
+    if complete_last_chunk:
+        audios = [complete_with_silence(model, a, context) for a in audios]
     if getattr(model, "cur_decoder", "rnnt") != "rnnt":
         model.change_decoding_strategy(decoder_type="rnnt")
     batch = len(audios)

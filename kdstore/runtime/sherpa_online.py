@@ -18,28 +18,32 @@ chunks sit that far off NeMo's, whose first chunk is ``chunk_shift - subsampling
 with no cache (NeMo's ``CacheAwareStreamingAudioBuffer``; ``kdstore.nemo.streaming.stream_decode``). kdstore
 puts sherpa-onnx on NeMo's grid: the audio is frame-aligned as for the offline recognizer
 (:func:`kdstore.runtime.sherpa.align_for_sherpa`: sherpa-onnx's frames centred where NeMo's are,
-NeMo's frame count), and that many frames go in front (:func:`lead_frames`), so the frames
+NeMo's frame count), and that many frames of silence go in front (:func:`lead_frames`), so the frames
 sherpa-onnx drops are the lead and its chunks hold exactly NeMo's encoder frames 0..6, 7..13, ...
 (560 ms chunks).
 
-*What the lead holds.* Its encoder frames are dropped, but the first kept ones see it through the
-subsampling convolutions, where NeMo's first chunk sees zero padding, i.e. features of 0 (mel power
-1), not the log-mel of digital silence (about -16). The lead therefore holds one click per frame,
-scaled and de-emphasised so that its log-mel features are 0 +- 0.3 (:func:`lead_clicks`). Measured
-on four tiny models memorised on 10 demo utterances each (three runs of the test suite's
-``emitting_streaming_model``, one trained with a CTC term; all trained at every chunk size; a
-memorised model flips whole transcripts on small input differences, a strict test): sherpa-onnx's
-transcripts equal NeMo's cache-aware streaming ones (``kdstore.nemo.streaming.stream_decode``) on
-159 of 160 utterance-chunk pairs (10 utterances x 560, 1120, 160 and 80 ms x 4 models) with this
-lead; the one flip is sherpa-onnx's own fbank (NeMo's features on sherpa-onnx's windows: 160/160).
-On one model, 39/40 with white noise at mel power 1 instead (another: 36/40), 30/40 with a silent
-lead and 31/40 on raw audio (``align=False``).
+*What the lead holds does not matter*: kdstore's export masks the lead at every layer of the
+subsampling stack in a stream's first window (:mod:`kdstore.export.first_chunk`), which is NeMo's zero
+padding in its first chunk, as in training. Silence is used because sherpa-onnx's first real frames
+(25 ms windows centred on them) reach back into it, as NeMo's reach into the STFT's zero padding. An
+app that feeds sherpa-onnx the microphone itself should send 160 ms of silence before the first
+samples: without it the stream's first 160 ms are masked, and on the demo's synthetic test audio
+(speech from the first frames on) sherpa-onnx then agrees with NeMo on 3 of 159 utterances
+(``bench/streaming_agreement.py``, ``fp32_raw``).
+
+Measured on the study's distilled streaming student (kd-d4-s0 of ``bench/streaming.py``, 159 demo test
+utterances, 560 ms): sherpa-onnx's transcripts equal NeMo's streaming decode of the same stream
+(``complete_last_chunk``, below) on 158 of 159 in fp32 (WER 61.97% vs NeMo's 62.54%) and 138 of 159 in
+int8 (61.78%); with a lead of clicks at log-mel ~0 instead of silence, 152 of 159. Before the export
+masked the lead (clicks, no masking): 17 of 159.
 
 **The end of the stream.** sherpa-onnx decodes a window only once one more frame than the window has
 arrived, and never decodes a partial last window, even after ``input_finished`` (its own examples
 append 0.66 s of silence). kdstore appends the fewest silent frames that let sherpa-onnx decode every
 chunk NeMo's streaming decode would (:func:`tail_frames`); the last chunk then holds silence where
-NeMo's is shorter.
+NeMo's is shorter, which its frames attend to. ``kdstore.nemo.streaming.stream_decode(...,
+complete_last_chunk=True)`` decodes that same stream in NeMo (utterance + the silence that fills its
+last chunk), the reference sherpa-onnx is compared with.
 
 numpy only at import (no torch, no NeMo); ``sherpa_onnx`` is imported when a recognizer is built.
 """
@@ -53,14 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from kdstore.errors import DependencyError, ExportError
-from kdstore.runtime.frontend import (
-    WINDOW_FUNCTIONS,
-    AudioInput,
-    FrontEndConfig,
-    LogMelFrontEnd,
-    load_waveform,
-    mel_filterbank,
-)
+from kdstore.runtime.frontend import AudioInput, FrontEndConfig, LogMelFrontEnd, load_waveform
 from kdstore.runtime.layout import SHERPA, chunk_folders, read_metadata
 from kdstore.runtime.limits import check_lengths, input_name
 from kdstore.runtime.sherpa import align_for_sherpa
@@ -122,34 +119,6 @@ def lead_frames(metadata: Mapping[str, str]) -> int:
     return int(metadata["drop_extra_pre_encoded"]) * int(metadata["subsampling_factor"])
 
 
-def lead_clicks(frames: int, config: FrontEndConfig) -> np.ndarray:
-    """``frames`` hops of lead whose log-mel features are about 0 (mel power 1 in every bin): what NeMo's zero
-    padding looks like to the first chunk (module docstring).
-
-    One click at the centre of each of sherpa-onnx's frames but the last (frame t is centred at
-    ``t x hop + hop / 2``; without the last click no click reaches the window of the first real frame),
-    its height chosen so that the flat spectrum of a lone centred click gives mel power 1 in the average
-    bin of ``config``'s filterbank, then passed through the inverse of the pre-emphasis filter
-    (``y[n] = x[n] + preemph x y[n - 1]``) so the front end's pre-emphasis turns it back into clicks.
-    Returns float32 samples, ``frames x hop`` of them.
-    """
-    hop, size = config.n_window_stride, config.n_window_size
-    window = WINDOW_FUNCTIONS[config.window]
-    centre = float(window(size)[size // 2]) if window is not None else 1.0
-    bank = mel_filterbank(config.sample_rate, config.n_fft, config.features, config.lowfreq, config.highfreq,
-                          config.mel_norm)
-    height = 1.0 / (centre * math.sqrt(float(bank.sum(axis=1).mean())))
-    clicks = np.zeros(frames * hop)
-    clicks[hop // 2 : (frames - 1) * hop : hop] = height
-    if not config.preemph:
-        return clicks.astype(np.float32)
-    out, previous = np.empty_like(clicks), 0.0
-    for n, value in enumerate(clicks):
-        previous = value + config.preemph * previous
-        out[n] = previous
-    return out.astype(np.float32)
-
-
 def nemo_chunks(frames: int, metadata: Mapping[str, str]) -> int:
     """How many chunks NeMo's streaming decode (``kdstore.nemo.streaming.stream_decode``) makes of ``frames``
     mel frames: a first one of ``chunk_shift - subsampling_factor + 1`` frames, then one per
@@ -180,7 +149,7 @@ def stream_samples(wave: np.ndarray, config: FrontEndConfig, metadata: Mapping[s
     """The samples to stream into sherpa-onnx for ``wave`` (mono float32 at ``config.sample_rate``).
 
     ``align``: frame-aligned (:func:`kdstore.runtime.sherpa.align_for_sherpa`) after :func:`lead_frames`
-    frames of :func:`lead_clicks`; else the raw samples. Then :func:`tail_frames` of silence.
+    frames of silence; else the raw samples. Then :func:`tail_frames` of silence.
     """
     hop = config.n_window_stride
     if align:
@@ -190,7 +159,7 @@ def stream_samples(wave: np.ndarray, config: FrontEndConfig, metadata: Mapping[s
         body, lead = np.asarray(wave, dtype=np.float32), 0
         frames = (len(body) + hop // 2) // hop  # sherpa-onnx's count (snip_edges false)
     tail = tail_frames(frames, metadata, lead)
-    return np.concatenate([lead_clicks(lead, config), body, np.zeros(tail * hop, np.float32)])
+    return np.concatenate([np.zeros(lead * hop, np.float32), body, np.zeros(tail * hop, np.float32)])
 
 
 class SherpaOnlineTransducer:

@@ -173,7 +173,10 @@ def test_sherpa_onnx_loads_complete_metadata_and_dies_without_each_key(exported,
 @pytest.mark.parametrize("chunk_ms", [560, 160])
 def test_onnx_encoder_equals_nemo_stream_step(exported, streaming_nemo, chunk_ms):
     """The exported encoder, run as sherpa-onnx runs it (window_size mel frames, the caches fed back), gives
-    NeMo's ``cache_aware_stream_step`` outputs on the same windows."""
+    NeMo's streaming outputs: on the first window those of NeMo's first chunk (the window without its
+    ``drop_extra_pre_encoded x subsampling_factor`` lead frames, nothing dropped: zero padding at every
+    subsampling layer, whatever the lead holds; kdstore.export.first_chunk), on later windows
+    ``cache_aware_stream_step`` on the same window."""
     import onnxruntime as ort
     import torch
 
@@ -182,7 +185,8 @@ def test_onnx_encoder_equals_nemo_stream_step(exported, streaming_nemo, chunk_ms
 
     chunk = next(c for c in exported.chunks if c.chunk.chunk_ms == chunk_ms)
     meta = chunk.metadata
-    window = int(meta["window_size"])
+    window, drop = int(meta["window_size"]), int(meta["drop_extra_pre_encoded"])
+    lead = drop * int(meta["subsampling_factor"])
     model = restore_model(streaming_nemo)
     model.encoder.set_default_att_context_size(chunk_frames(model, chunk_ms))
     session = ort.InferenceSession(str(chunk.out_dir / "encoder.onnx"), providers=["CPUExecutionProvider"])
@@ -190,16 +194,42 @@ def test_onnx_encoder_equals_nemo_stream_step(exported, streaming_nemo, chunk_ms
     channel, time, length = model.encoder.get_initial_cache_state(batch_size=1)
     state = [channel.transpose(0, 1).numpy(), time.transpose(0, 1).numpy(), length.numpy()]
     features = np.random.default_rng(0).standard_normal((4, 1, 80, window)).astype(np.float32)
-    for x in features:
+    for step, x in enumerate(features):
         ours, _, *state = session.run(None, dict(zip(names, [x, np.array([window]), *state])))
+        nemo_in = x[:, :, lead:] if step == 0 else x  # NeMo's first chunk: the real frames only
         with torch.no_grad():
             ref, _, channel, time, length = model.encoder.cache_aware_stream_step(
-                processed_signal=torch.from_numpy(x), processed_signal_length=torch.tensor([window]),
+                processed_signal=torch.from_numpy(nemo_in), processed_signal_length=torch.tensor([nemo_in.shape[-1]]),
                 cache_last_channel=channel, cache_last_time=time, cache_last_channel_len=length,
-                keep_all_outputs=False, drop_extra_pre_encoded=int(meta["drop_extra_pre_encoded"]))
+                keep_all_outputs=False, drop_extra_pre_encoded=0 if step == 0 else drop)
         assert ours.shape == tuple(ref.shape) == (1, 32, int(meta["valid_out_len"]))
         np.testing.assert_allclose(ours, ref.numpy(), atol=1e-4)
         np.testing.assert_allclose(state[0], channel.transpose(0, 1).numpy(), atol=1e-4)
+
+
+def test_first_window_ignores_what_the_lead_holds(exported):
+    """The lead in front of a stream is padding: two first windows that differ only there give the same
+    encoder frames and caches; a later window (cache length > 0) does see its first frames."""
+    import onnxruntime as ort
+
+    chunk = next(c for c in exported.chunks if c.chunk.chunk_ms == 560)
+    meta = chunk.metadata
+    window = int(meta["window_size"])
+    lead = int(meta["drop_extra_pre_encoded"]) * int(meta["subsampling_factor"])
+    session = ort.InferenceSession(str(chunk.out_dir / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 80, window)).astype(np.float32)
+    y = x.copy()
+    y[:, :, :lead] = 5 * rng.standard_normal((1, 80, lead))
+    layers, cache, d_model = (int(meta[f"cache_last_channel_dim{i}"]) for i in (1, 2, 3))
+    start = [np.zeros((1, layers, cache, d_model), np.float32),
+             np.zeros((1, layers, d_model, int(meta["cache_last_time_dim3"])), np.float32), np.zeros(1, np.int64)]
+    first = [session.run(None, dict(zip(names, [v, np.array([window]), *start]))) for v in (x, y)]
+    for a, b in zip(*first):
+        np.testing.assert_array_equal(a, b)
+    later = [session.run(None, dict(zip(names, [v, np.array([window]), *first[0][2:]]))) for v in (x, y)]
+    assert np.abs(later[0][0] - later[1][0]).max() > 1e-3
 
 
 def test_metadata_that_disagrees_with_the_graph_is_refused(exported):
@@ -254,22 +284,6 @@ def test_sherpa_decodes_as_many_chunks_as_nemo(exported, seconds, tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["windows"] == nemo_chunks(frames, chunk.metadata)
-
-
-def test_lead_clicks_have_log_mel_near_zero():
-    """The lead looks like NeMo's zero padding to the encoder: log-mel features of about 0 on sherpa-onnx's
-    frames (centred at t x hop + hop / 2), after NeMo's pre-emphasis; digital silence would give about -16."""
-    from kdstore.runtime.frontend import FrontEndConfig, LogMelFrontEnd
-    from kdstore.runtime.sherpa_online import lead_clicks
-
-    config = FrontEndConfig(normalize="NA")
-    lead = lead_clicks(16, config)
-    assert lead.shape == (16 * 160,) and lead.dtype == np.float32
-    feats, _ = LogMelFrontEnd(config)(lead[80:])  # NeMo frames shifted by half a hop: sherpa-onnx's
-    inner = feats[:, 1:13]  # (80, 12): away from the edges of the lead
-    assert np.abs(inner).max() < 0.4 and abs(float(inner.mean())) < 0.05
-    silence, _ = LogMelFrontEnd(config)(np.zeros(16 * 160, np.float32))
-    assert float(silence[:, 1:13].mean()) < -15
 
 
 # --- (d) one-line refusals -------------------------------------------------------------------------
@@ -368,7 +382,8 @@ def nemo_streaming(emitting_streaming_model):
 
     model = restore_model(emitting_streaming_model)
     waves = [soundfile.read(p, dtype="float32")[0] for p in _paths(emitting_streaming_model)]
-    return {ms: [u.text for u in stream_decode_batch(model, waves, ms)] for ms in (560, 1120, 160, 80)}
+    return {ms: [u.text for u in stream_decode_batch(model, waves, ms, complete_last_chunk=True)]
+            for ms in (560, 1120, 160, 80)}
 
 
 def test_sherpa_online_equals_nemo_streaming(memorised_export, emitting_streaming_model, nemo_streaming):
@@ -376,8 +391,8 @@ def test_sherpa_online_equals_nemo_streaming(memorised_export, emitting_streamin
     NeMo's cache-aware streaming transcripts on >= 90% of the utterances (>= half of them non-empty) at the
     default chunk and over all four chunk sizes together, and on >= 80% at each one.
 
-    The memorised model flips whole transcripts on small input differences; what differs is sherpa-onnx's
-    own fbank (measured: with NeMo's features on sherpa-onnx's windows, 120/120 on three such models)."""
+    NeMo decodes the same stream as sherpa-onnx: the utterance and the silence that completes its last chunk
+    (``complete_last_chunk``); the export makes the first window start like NeMo's first chunk."""
     paths = _paths(emitting_streaming_model)
     same = {}
     for chunk_ms in (560, 1120, 160, 80):
@@ -421,4 +436,4 @@ def test_long_input_streams_past_the_position_buffer(memorised_export, emitting_
     path = tmp_path / "long.wav"
     soundfile.write(path, long, 16000)
     text = _transcribe_streaming(memorised_export, [str(path)])["transcripts"][0]["text"]
-    assert text and text == stream_decode(restore_model(emitting_streaming_model), long).text
+    assert text and text == stream_decode(restore_model(emitting_streaming_model), long, complete_last_chunk=True).text

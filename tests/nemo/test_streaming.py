@@ -18,6 +18,7 @@ from kdstore.nemo.streaming import (
     StreamingError,
     check_streamable,
     chunk_frames,
+    complete_with_silence,
     lookahead_ms,
     stream_decode,
     stream_decode_batch,
@@ -105,6 +106,27 @@ def test_streaming_equals_offline_with_the_same_context(streaming_model, audios,
     # a different context gives different tokens (the context really was applied)
     if chunk_ms != 560:
         assert expected != offline_tokens(streaming_model, audios, [70, 6])
+
+
+@pytest.mark.parametrize("chunk_ms", [560, 80])
+def test_complete_last_chunk_streams_the_audio_and_the_silence_that_fills_its_last_chunk(streaming_model, audios,
+                                                                                        chunk_ms):
+    """The completed stream has NeMo's first chunk plus whole later chunks of mel frames, the same number of
+    chunks, the audio unchanged in front; decoding with ``complete_last_chunk`` is decoding that stream, with
+    token times still capped at the utterance's end."""
+    context = chunk_frames(streaming_model, chunk_ms)
+    first, later = 1 + 8 * context[1], 8 * (context[1] + 1)
+    for audio in audios:
+        frames = len(audio) // 160  # NeMo's valid mel frames (get_seq_len)
+        padded = complete_with_silence(streaming_model, audio, context)
+        np.testing.assert_array_equal(padded[: len(audio)], audio)
+        assert not padded[len(audio):].any() and (len(padded) - len(audio)) % 160 == 0
+        full = len(padded) // 160
+        assert full >= frames and (full - first) % later == 0 and full - frames < later + (first if full == first else 0)
+        assert -(-max(0, frames - first) // later) == (full - first) // later  # same chunk count
+        done = stream_decode(streaming_model, audio, chunk_ms, complete_last_chunk=True)
+        assert done.token_ids == stream_decode(streaming_model, padded, chunk_ms).token_ids
+        assert max(done.token_times_s, default=0) <= len(audio) / 16000
 
 
 def test_token_times_are_chunk_ends(streaming_model, audios):
