@@ -163,15 +163,17 @@ def _tdt_log_likelihood(
     history = [impossible] * max_d  # alpha of frames -max_d .. -1
     start = torch.full_like(impossible, NEG)
     start[:, 0] = 0.0
+    # unbind once: indexing [:, t] inside the loop would make autograd build a full-size gradient per frame
+    arcs_t, cum_emit_t = arcs.unbind(1), cum_emit.unbind(1)
     for t in range(frames):
         if t == 0:
             arrivals = start
         else:
             sources = torch.stack([history[max_d + t - d] for d in shifts], dim=1)  # [B, K, U+1]
             moved = torch.nn.functional.pad(sources[..., :-1], (1, 0), value=NEG)
-            arrivals = torch.logsumexp(torch.cat([sources, moved], dim=1) + arcs[:, t], dim=1)
+            arrivals = torch.logsumexp(torch.cat([sources, moved], dim=1) + arcs_t[t], dim=1)
         # alpha[t, u] = logsumexp_{k<=u} arrivals[k] + C[t, u] - C[t, k]   (duration-0 token chain)
-        history.append(torch.logcumsumexp(arrivals - cum_emit[:, t], dim=-1) + cum_emit[:, t])
+        history.append(torch.logcumsumexp(arrivals - cum_emit_t[t], dim=-1) + cum_emit_t[t])
 
     alphas = torch.stack(history, dim=1)  # [B, max_d + T, U+1], frame t at max_d + t
     batch_idx = torch.arange(batch, device=blank_lp.device)
