@@ -209,7 +209,7 @@ def tdt_loss(
         blank: index of blank among the V+1 token logits (NeMo: ``blank = V``, the last token).
         durations: the model's ``tdt_durations``, strictly ascending, containing 0 and 1
             (see ``check_durations``); logit ``V+1+i`` is duration ``durations[i]`` frames.
-        sigma: logit under-normalisation (paper Sec. 4; NeMo ``loss.tdt_kwargs.sigma``, recommended
+        sigma: logit under-normalisation (the paper's; NeMo's ``TDTLossNumba`` docstring recommends
             0.05): subtracted from every token log-prob (blank and labels alike), not from durations,
             exactly as NeMo's kernels do (``logp(...) - sigma``); the loss is then an un-normalised score.
         omega: weight of a plain RNN-T loss on the token logits (no sigma, no durations). NeMo draws
@@ -231,9 +231,9 @@ def tdt_loss(
     durations = check_durations(durations)
     num_durations = len(durations)
     if not 0.0 <= omega <= 1.0:
-        raise ConfigError(f"TDT omega must be in [0, 1], got {omega!r}; NeMo recommends 0 to 0.1 (paper Sec. 4)")
+        raise ConfigError(f"TDT omega (weight of the plain RNN-T loss) must be in [0, 1], got {omega!r}")
     if sigma < 0.0:
-        raise ConfigError(f"TDT sigma must be >= 0, got {sigma!r}; NeMo's recipes use 0.02 to 0.05")
+        raise ConfigError(f"TDT sigma must be >= 0, got {sigma!r}; NeMo's TDTLossNumba recommends 0.05")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     num_tokens = acts.shape[-1] - num_durations
