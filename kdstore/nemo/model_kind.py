@@ -29,6 +29,36 @@ def is_tdt(model: Any) -> bool:
     return bool(getattr(getattr(model, "joint", None), "num_extra_outputs", 0))
 
 
+def tdt_durations(model: Any) -> tuple[int, ...]:
+    """The durations (in encoder frames) of a TDT model's duration outputs, in joint order; () for RNN-T.
+
+    Read from the model config the way NeMo's TDT recipes write it: ``model_defaults.tdt_durations``, else
+    ``decoding.durations``, else the loss's ``tdt_kwargs.durations``. Raises :class:`KdstoreError` when a
+    TDT joint (``joint.num_extra_outputs`` = D > 0) has no durations list of length D.
+    """
+    extra = int(getattr(getattr(model, "joint", None), "num_extra_outputs", 0) or 0)
+    if not extra:
+        return ()
+    cfg = getattr(model, "cfg", None)
+    found = None
+    if cfg is not None:
+        for section, key in (("model_defaults", "tdt_durations"), ("decoding", "durations")):
+            part = cfg.get(section, None)
+            if part is not None and part.get(key, None) is not None:
+                found = part.get(key)
+                break
+        else:
+            loss = cfg.get("loss", None)
+            kwargs = loss.get("tdt_kwargs", None) if loss is not None else None
+            if kwargs is not None and kwargs.get("durations", None) is not None:
+                found = kwargs.get("durations")
+    durations = tuple(int(d) for d in found) if found is not None else ()
+    if len(durations) != extra:
+        raise KdstoreError(f"{type(model).__name__}: a TDT joint with {extra} duration outputs, but its config lists "
+                           f"durations {list(durations)}; set model_defaults.tdt_durations to {extra} durations")
+    return durations
+
+
 def has_subword_tokenizer(model: Any) -> bool:
     """The model carries a SentencePiece tokenizer (BPE classes), not a character ``labels`` list."""
     return getattr(model, "tokenizer", None) is not None
