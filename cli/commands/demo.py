@@ -22,10 +22,13 @@ from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo
 @click.option("--teacher-hours", default=4.0, show_default=True, help="With --train-teacher: corpus hours.")
 @click.option("--hold-out-engine", type=click.Choice(["espeak-ng", "flite", "festival"]), default=None,
               help="With --train-teacher: train without this TTS engine family and test on it only.")
+@click.option("--tdt", is_flag=True,
+              help="With --train-teacher: the TDT demo teacher (tiny-teacher-tdt, started from the committed RNN-T "
+                   "teacher's weights and tokenizer) into WORKDIR/demo_teacher/.")
 @progress_option
 @friendly_errors
 def command(workdir: str, quick: bool, seed: int, streaming: bool, train_teacher: bool, teacher_steps: int, teacher_hours: float,
-            hold_out_engine: str | None, progress: bool) -> None:
+            hold_out_engine: str | None, tdt: bool, progress: bool) -> None:
     """prepare-demo -> teacher -> dump-teacher -> students (KD and not) -> eval -> export -> report.
 
     The corpus is 1 h with wide training voices (plus 0.25 h of untranscribed audio the teacher labels and
@@ -41,12 +44,19 @@ def command(workdir: str, quick: bool, seed: int, streaming: bool, train_teacher
       kdstore demo --workdir demo-run --streaming             # + the streaming student (~15 min more)
       kdstore demo --workdir teacher-run --train-teacher     # -> teacher-run/demo_teacher/
       kdstore demo --workdir holdout-run --train-teacher --hold-out-engine festival --teacher-hours 2
+      kdstore demo --workdir tdt-run --train-teacher --tdt --teacher-hours 1 --teacher-steps 1500
     """
     quiet_nemo()
     if train_teacher:
         from kdstore.demo.teacher_recipe import TeacherRecipe, train_demo_teacher
 
         recipe = TeacherRecipe(seed=seed, steps=teacher_steps, hours=teacher_hours, hold_out_engine=hold_out_engine)
+        if tdt:
+            from dataclasses import replace
+
+            from kdstore.assets import demo_teacher_dir
+
+            recipe = replace(recipe, config="tiny-teacher-tdt", init_from=str(demo_teacher_dir() / "teacher.nemo"))
         train_demo_teacher(workdir, recipe, echo=click.echo)
         return
     if streaming:

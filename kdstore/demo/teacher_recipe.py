@@ -45,6 +45,7 @@ class TeacherRecipe:
     augment: bool = True
     hold_out_engine: str | None = None
     max_minutes: int = 88  # Lightning's max_time: the run ends (and keeps its best checkpoint) by then
+    init_from: str | None = None  # a .nemo whose weights (and tokenizer) the teacher starts from (the TDT teacher)
 
 
 def write_recipe_config(recipe: TeacherRecipe, work: Path) -> Path:
@@ -67,11 +68,21 @@ def write_recipe_config(recipe: TeacherRecipe, work: Path) -> Path:
 def teacher_command(recipe: TeacherRecipe, corpus: DemoCorpus, work: Path) -> list[str]:
     """The ``kdstore train-student`` command line (a subprocess, resumable via exp_manager) of the recipe."""
     minutes = f"00:{recipe.max_minutes // 60:02d}:{recipe.max_minutes % 60:02d}:00"
+    tokenizer = corpus.tokenizer_dir
+    init: list[str] = []
+    if recipe.init_from:  # start from that model: its weights where shapes fit, and its tokenizer (same token ids)
+        from kdstore.nemo.checkpoint import read_tokenizer_files
+
+        tokenizer = work / "init-tokenizer"
+        tokenizer.mkdir(parents=True, exist_ok=True)
+        for name, payload in read_tokenizer_files(recipe.init_from).items():
+            (tokenizer / name).write_bytes(payload)
+        init = [f"model.init_from_teacher.path={recipe.init_from}", "model.init_from_teacher.encoder_layers=even"]
     return [sys.executable, "-m", "kdstore.cli.main", "train-student", "--config", str(write_recipe_config(recipe, work)),
             "--no-progress", f"+trainer.max_time={minutes}",
             "model.enable_kd=false", f"model.train_ds.manifest_filepath={corpus.train_manifest}",
             f"model.validation_ds.manifest_filepath={corpus.val_manifest}",
-            f"model.tokenizer.dir={corpus.tokenizer_dir}", f"model.train_ds.batch_size={recipe.batch_size}",
+            f"model.tokenizer.dir={tokenizer}", *init, f"model.train_ds.batch_size={recipe.batch_size}",
             f"trainer.max_steps={recipe.steps}", f"trainer.check_val_every_n_epoch={recipe.val_every_epochs}",
             "trainer.accelerator=cpu", f"run.seed={recipe.seed}", f"run.num_threads={recipe.threads}",
             f"run.output={work / 'teacher.nemo'}", f"exp_manager.exp_dir={work / 'logs'}",
@@ -114,6 +125,8 @@ def train_demo_teacher(workdir: str | Path, recipe: TeacherRecipe = TeacherRecip
         "steps": recipe.steps, "train_seconds": round(time.time() - start, 1), "recipe": asdict(recipe),
         "corpus": {"hours": dict(corpus.hours), "utterances": dict(corpus.utterances)},
         "command": "kdstore demo --train-teacher --workdir " + str(workdir)
+                   + (" --tdt" if recipe.config.endswith("-tdt") else "")
+                   + (f" --teacher-steps {recipe.steps} --teacher-hours {recipe.hours:g}")
                    + (f" --hold-out-engine {recipe.hold_out_engine}" if recipe.hold_out_engine else ""),
     }
     (out_dir / "teacher-scores.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -25,7 +25,9 @@ from kdstore.distill.samplers import DurationBucketSampler, StoreOrderBatchSampl
 from kdstore.inputs.batches import TranscribedAudioDataset, collate_nemo_tuple
 from kdstore.inputs.screening import BadInputPolicy, duration_filter, rules_for, screened_manifest
 from kdstore.lattice.rnnt_loss import VectorizedRNNTLoss
+from kdstore.lattice.tdt_loss import VectorizedTDTLoss
 from kdstore.nemo.frontend import front_end_from_config
+from kdstore.nemo.model_kind import tdt_durations
 from kdstore.store import StoreSet, split_paths
 
 PLAIN_TARGETS = {
@@ -148,13 +150,27 @@ class KDMixin:
         self._validation_dl = self._kd_loader(data, with_store=False)
 
     # -- losses ----------------------------------------------------------------------------
+    @property
+    def tdt_durations(self) -> tuple[int, ...]:
+        """The TDT joint's durations (frames), () for an RNN-T joint (:func:`kdstore.nemo.model_kind.tdt_durations`)."""
+        return tdt_durations(self)
+
     def _transducer_loss(self, logits, tokens, encoded_len, tokens_len, per_utterance: bool = False) -> torch.Tensor:
-        """RNN-T loss of the batch (``model.rnnt_reduction``), or (B,) per utterance with ``per_utterance``."""
+        """RNN-T (or, for a TDT joint, TDT) loss of the batch (``model.rnnt_reduction``), or (B,) per utterance
+        with ``per_utterance``. On CPU kdstore's vectorised losses replace NeMo's, which run on CUDA only (TDT)
+        or loop in Python (RNN-T): :mod:`kdstore.lattice.rnnt_loss`, :mod:`kdstore.lattice.tdt_loss`."""
         choice = getattr(self, "rnnt_loss_choice", "auto")
         if choice == "kdstore" or (choice == "auto" and logits.device.type == "cpu"):
             if not hasattr(self, "_cpu_rnnt_loss"):
-                object.__setattr__(self, "_cpu_rnnt_loss", VectorizedRNNTLoss(
-                    blank=int(self.decoder.blank_idx), reduction=self.step_keys.rnnt_reduction))
+                blank, reduction = int(self.decoder.blank_idx), self.step_keys.rnnt_reduction
+                if self.tdt_durations:
+                    tdt = self.cfg.loss.get("tdt_kwargs", None) or {}
+                    loss = VectorizedTDTLoss(blank=blank, durations=self.tdt_durations,
+                                             sigma=float(tdt.get("sigma", 0.0)), omega=float(tdt.get("omega", 0.0)),
+                                             reduction=reduction)
+                else:
+                    loss = VectorizedRNNTLoss(blank=blank, reduction=reduction)
+                object.__setattr__(self, "_cpu_rnnt_loss", loss)
             loss_fn = self._cpu_rnnt_loss
         else:
             loss_fn = self.loss

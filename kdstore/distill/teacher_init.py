@@ -151,6 +151,22 @@ def _copy_frequency_overlap(key: str, student: torch.Tensor, teacher: torch.Tens
     return f"frequency bins 0..{shared - 1} of {f_student}; {channels} channels"
 
 
+JOINT_OUT = re.compile(r"^joint\.joint_net\.\d+\.(weight|bias)$")
+
+
+def _copy_token_outputs(key: str, student: torch.Tensor, teacher: torch.Tensor, tokens: int) -> str:
+    """The joint's output layer when one side is a TDT joint (V+1 token outputs, then D duration outputs) and
+    the other an RNN-T joint (V+1) or a TDT joint with other durations: the ``tokens`` = V+1 token rows
+    copied, the student's duration rows kept at their initial values; returns what was copied ("" when this
+    rule does not apply). Token rows come first in both (NeMo's RNNTJoint with ``num_extra_outputs``);
+    ``tokens`` is 0 unless both prediction nets embed the same V+1 tokens."""
+    if (not tokens or not JOINT_OUT.match(key) or student.shape[1:] != teacher.shape[1:]
+            or min(student.shape[0], teacher.shape[0]) < tokens or student.shape[0] == teacher.shape[0]):
+        return ""
+    student[:tokens] = teacher[:tokens].to(student.dtype)
+    return f"output rows 0..{tokens - 1} (tokens and blank; no duration rows)"
+
+
 def copy_matching(student: torch.nn.Module, teacher_state: dict[str, torch.Tensor], layer_map: list[int],
                   teacher_name: str) -> TeacherInitReport:
     """Copy into ``student`` every tensor of ``teacher_state`` (parameters and buffers) whose name (with
@@ -158,6 +174,9 @@ def copy_matching(student: torch.nn.Module, teacher_state: dict[str, torch.Tenso
     their initial values. Returns the tensor-by-tensor report."""
     report = TeacherInitReport(teacher=teacher_name, layer_map=list(layer_map))
     target = student.state_dict()
+    embed = "decoder.prediction.embed.weight"
+    tokens = (int(target[embed].shape[0]) if embed in target and embed in teacher_state
+              and tuple(target[embed].shape) == tuple(teacher_state[embed].shape) else 0)
     groups: dict[tuple[str, str, bool, str], list[int]] = {}
     with torch.no_grad():
         for key, value in target.items():
@@ -167,7 +186,8 @@ def copy_matching(student: torch.nn.Module, teacher_state: dict[str, torch.Tenso
                 reason = "not in the teacher"
             elif tuple(teacher_state[source].shape) != tuple(value.shape):
                 reason = f"shape {tuple(value.shape)} vs teacher {tuple(teacher_state[source].shape)}"
-                bins = _copy_frequency_overlap(key, value, teacher_state[source])
+                bins = (_copy_frequency_overlap(key, value, teacher_state[source])
+                        or _copy_token_outputs(key, value, teacher_state[source], tokens))
                 if bins:
                     report.copied[key] = f"{source} ({bins})"
                     reason = ""

@@ -15,8 +15,9 @@ import pytest
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG_NAMES = ["large", "large-8l", "medium", "medium-8l", "medium-streaming", "small", "small-streaming", "tiny",
-                "tiny-streaming", "tiny-teacher", "tiny-teacher-2l", "tiny-teacher-2l-streaming"]
+CONFIG_NAMES = ["large", "large-8l", "medium", "medium-8l", "medium-streaming", "medium-tdt", "small", "small-streaming",
+                "small-tdt", "tiny", "tiny-streaming", "tiny-tdt", "tiny-teacher", "tiny-teacher-2l",
+                "tiny-teacher-2l-streaming", "tiny-teacher-2l-tdt", "tiny-teacher-tdt"]
 
 
 # -- configs (fast: no model is built) -------------------------------------------------------------
@@ -43,6 +44,12 @@ def test_named_configs_come_from_package_data(tmp_path, monkeypatch):
         twin = read_train_config(load_train_config(name.removesuffix("-streaming"))).model
         assert (model.encoder["att_context_style"], model.encoder["causal_downsampling"],
                 model.preprocessor["normalize"]) == ("chunked_limited", True, "NA"), name
+        assert (model.encoder["n_layers"], model.encoder["d_model"]) == (twin.encoder["n_layers"], twin.encoder["d_model"])
+    for name in (n for n in CONFIG_NAMES if n.endswith("-tdt")):  # _tdt.yaml over the RNN-T twin
+        model = read_train_config(load_train_config(name)).model
+        twin = read_train_config(load_train_config(name.removesuffix("-tdt"))).model
+        assert (model.joint["num_extra_outputs"], model.loss["loss_name"], model.decoding["model_type"]) == (5, "tdt", "tdt")
+        assert model.loss["tdt_kwargs"]["durations"] == model.decoding["durations"] == [0, 1, 2, 3, 4], name
         assert (model.encoder["n_layers"], model.encoder["d_model"]) == (twin.encoder["n_layers"], twin.encoder["d_model"])
     pruned = read_train_config(load_train_config("large-8l")).model
     assert (pruned.encoder["n_layers"], pruned.encoder["d_model"], pruned.init_from_teacher.encoder_layers) == \
