@@ -52,8 +52,13 @@ class KDSection:
     # Streaming students: the teacher's targets move this many encoder frames later for the student
     # (student node (t, u) learns teacher node (t - d, u); kdstore.distill.delay, docs/training.md).
     delay_frames: int = 0
+    # TDT students of a TDT teacher's store: weight of the duration KD term next to the token KD term
+    # (kdstore.distill.kd_term.duration_kd_loss); 0 turns it off. RNN-T students ignore it.
+    duration_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.duration_weight < 0:
+            raise ConfigError(f"model.kd.duration_weight: expected 0 or more, got {self.duration_weight}")
         if self.delay_frames < 0:
             raise ConfigError(f"model.kd.delay_frames: expected 0 or more encoder frames, got {self.delay_frames}")
         if self.pseudo_label_alpha is not None and not 0.0 <= self.pseudo_label_alpha <= 1.0:
@@ -205,6 +210,7 @@ class KDSettings:
     teacher_model_path: str | None = None
     pseudo_label_alpha: float | None = None  # model.kd.pseudo_label_alpha
     delay_frames: int = 0  # model.kd.delay_frames
+    duration_weight: float = 1.0  # model.kd.duration_weight
 
     @property
     def active(self) -> bool:
@@ -215,7 +221,8 @@ class KDSettings:
         return cls(enabled=keys.enable_kd, alpha=keys.kd_alpha, temperature=keys.kd_temperature,
                    store=keys.kd.store or None, loss=keys.kd.loss, weights=keys.kd.weights, top_k=keys.kd.top_k,
                    ctc=keys.kd.ctc, teacher_model_path=keys.teacher_model_path or None,
-                   pseudo_label_alpha=keys.kd.pseudo_label_alpha, delay_frames=keys.kd.delay_frames)
+                   pseudo_label_alpha=keys.kd.pseudo_label_alpha, delay_frames=keys.kd.delay_frames,
+                   duration_weight=keys.kd.duration_weight)
 
 
 # -- typed views -----------------------------------------------------------------------------------

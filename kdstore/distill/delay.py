@@ -80,6 +80,8 @@ def align_rows(rows: KDRows, student_frames: torch.Tensor, frames_out: int, dela
     }
     if rows.occupancy is not None:
         shifted["occupancy"] = _shift_time(rows.occupancy, delay, frames_out, 0.0)
+    if getattr(rows, "duration_logp", None) is not None:  # TDT stores: the duration distribution moves with its node
+        shifted["duration_logp"] = _shift_time(rows.duration_logp, delay, frames_out, 0.0)
     if rows.ctc_logp is not None:
         shifted["ctc_logp"] = _shift_time(rows.ctc_logp, delay, frames_out, 0.0)
         shifted["ctc_ids"] = _shift_time(rows.ctc_ids, delay, frames_out, 0)

@@ -50,6 +50,36 @@ def kd_node_loss(log_probs: torch.Tensor, rows: KDRows, tokens: torch.Tensor, bl
     return losses.reduce_nodes(node_kl, weights, per_utterance)
 
 
+def duration_kd_loss(duration_log_probs: torch.Tensor, rows: KDRows, settings: KDSettings,
+                     per_utterance: bool = False) -> torch.Tensor:
+    """TDT duration KD term (without tau^2): at every node the teacher keeps, KL(teacher || student) between
+    the two duration distributions over the D durations, weighted and reduced like the token KD term
+    (:func:`kd_node_loss`: same node mask, ``model.kd.weights``, temperature tau); a scalar, or (B,) per
+    utterance.
+
+    ``duration_log_probs``: the student's (B, T, U+1, D) duration log-probs (log-softmax over the joint's
+    last D outputs, separately from the tokens: Xu et al. 2023, arXiv 2304.06795, eq. 3). ``rows.duration_logp``:
+    the teacher's, from a TDT store, (B, T, U+1, D) in nats. Raises ValueError when the rows have none or D
+    differs (the two models' duration sets must be the same).
+    """
+    teacher = getattr(rows, "duration_logp", None)
+    if teacher is None:
+        raise ValueError("duration KD needs a TDT teacher's store (its rows have no duration log-probs)")
+    if teacher.shape[-1] != duration_log_probs.shape[-1]:
+        raise ValueError(f"duration KD: the teacher has {teacher.shape[-1]} durations, the student "
+                         f"{duration_log_probs.shape[-1]}")
+    frames, nodes = teacher.shape[1], teacher.shape[2]
+    device = duration_log_probs.device
+    mask = losses.lattice_mask(rows.frames.to(device), rows.labels.to(device), frames, nodes - 1)
+    if rows.stored is not None:
+        mask = mask & rows.stored.to(device)
+    node_kl = losses.full_kl(duration_log_probs[:, :frames, :nodes], teacher.to(device).float(), settings.temperature)
+    weights = losses.node_weights(
+        settings.weights, mask, blank_label=rows.blank_label.to(device), frames=rows.frames.to(device),
+        labels=rows.labels.to(device), occupancy=rows.occupancy.to(device) if rows.occupancy is not None else None)
+    return losses.reduce_nodes(node_kl, weights, per_utterance)
+
+
 def ctc_kd_loss(ctc_log_probs: torch.Tensor, rows: KDRows, settings: KDSettings,
                 per_utterance: bool = False) -> torch.Tensor:
     """KD on a hybrid student's CTC head: ``topk_rest`` KL per frame against the teacher's CTC top-k,

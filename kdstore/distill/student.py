@@ -20,7 +20,7 @@ from kdstore.distill.checks import check_alignment_upfront, stored_label_ids
 from kdstore.distill.config import DataSection, KDSettings, StepKeys, TrainDataSection, step_keys, typed
 from kdstore.distill.data import KDBatch, KDRows, StoreCollate
 from kdstore.distill.delay import align_rows
-from kdstore.distill.kd_term import check_alignment, ctc_kd_loss, kd_node_loss, online_rows
+from kdstore.distill.kd_term import check_alignment, ctc_kd_loss, duration_kd_loss, kd_node_loss, online_rows
 from kdstore.distill.samplers import DurationBucketSampler, StoreOrderBatchSampler
 from kdstore.inputs.batches import TranscribedAudioDataset, collate_nemo_tuple
 from kdstore.inputs.screening import BadInputPolicy, duration_filter, rules_for, screened_manifest
@@ -247,7 +247,12 @@ class KDMixin:
     # -- training --------------------------------------------------------------------------
     def training_step(self, batch: KDBatch, batch_nb: int):
         """loss = (1 - a) * RNN-T + a * tau^2 * KD, per utterance a = kd_alpha (pseudo_label_alpha for teacher
-        labels when set), then (1 - w) * that + w * the same mix of CTC and CTC KD for hybrids (weight w)."""
+        labels when set), then (1 - w) * that + w * the same mix of CTC and CTC KD for hybrids (weight w).
+
+        TDT students: TDT loss instead of RNN-T; KD on the token distribution (the joint's first V+1 outputs,
+        normalised on their own) plus ``model.kd.duration_weight`` x duration KD when the store is a TDT
+        teacher's (:func:`kdstore.distill.kd_term.duration_kd_loss`). An RNN-T student of a TDT teacher's
+        store learns the token distributions only."""
         settings = self.kd_settings
         encoded, encoded_len = self.forward(input_signal=batch.signal, input_signal_length=batch.signal_len)  # (B, D, T)
         prediction, _, _ = self.decoder(targets=batch.tokens, target_length=batch.tokens_len)  # (B, H, U+1)
@@ -264,12 +269,25 @@ class KDMixin:
         logs = {"train_rnnt_loss": rnnt.detach()}
         rows = self.step_rows(batch, encoded_len, logits.shape[1]) if settings.active else None
         if settings.active:
-            log_probs = logits.float().log_softmax(-1)
+            durations = len(self.tdt_durations)  # TDT joint: V+1 token logits, then D duration logits
+            tokens_logits = logits[..., : logits.shape[-1] - durations] if durations else logits
+            log_probs = tokens_logits.float().log_softmax(-1)
+            duration_kd = durations and settings.duration_weight > 0 and getattr(rows, "duration_logp", None) is not None
+            if duration_kd:
+                duration_log_probs = logits[..., -durations:].float().log_softmax(-1)  # (B, T, U+1, D)
             if alphas is None:
                 kd = self.kd_term(log_probs, batch, encoded_len, rows=rows)
+                if duration_kd:
+                    kd_duration = duration_kd_loss(duration_log_probs, rows, settings)
+                    logs["train_duration_kd_loss"] = kd_duration.detach()
+                    kd = kd + settings.duration_weight * kd_duration
                 loss = (1 - settings.alpha) * rnnt + settings.alpha * settings.temperature**2 * kd
             else:
                 kd_utt = self.kd_term(log_probs, batch, encoded_len, per_utterance=True, rows=rows)
+                if duration_kd:
+                    kd_duration_utt = duration_kd_loss(duration_log_probs, rows, settings, per_utterance=True)
+                    logs["train_duration_kd_loss"] = kd_duration_utt.mean().detach()
+                    kd_utt = kd_utt + settings.duration_weight * kd_duration_utt
                 kd = kd_utt.mean()
                 loss = losses.mix_per_utterance(rnnt_utt, kd_utt, alphas, batch.tokens_len, reduction,
                                                 settings.temperature)

@@ -170,3 +170,42 @@ def test_a_streaming_student_keeps_the_teachers_projection_on_the_shared_frequen
     assert report.copied[PRE_ENCODE_OUT] == f"{PRE_ENCODE_OUT} (frequency bins 0..9 of 11; {channels} channels)"
     assert PRE_ENCODE_OUT not in report.kept
     assert "encoder.layers.1.self_attn.linear_q.weight" in report.copied
+
+
+@pytest.mark.parametrize(("student_config", "teacher_is_tdt"), [("tiny-teacher-tdt", False), ("tiny-teacher", True)])
+def test_tdt_and_rnnt_joints_share_their_token_rows(tokenizer_dir, teacher_path, tmp_path, student_config,
+                                                    teacher_is_tdt):
+    """A TDT joint emits V+1 token logits, then D duration logits. A TDT student of an RNN-T teacher copies
+    the teacher's V+1 output rows and keeps its own D duration rows; an RNN-T student of a TDT teacher copies
+    the token rows and leaves the durations behind. Everything else copies as between two RNN-T models."""
+    from kdstore.distill.teacher_init import init_from_teacher
+
+    key = "joint.joint_net.2.weight"
+    if teacher_is_tdt:
+        teacher = build_model("tiny-teacher-tdt", tokenizer_dir, seed=5, **SMALL, **{"model.encoder.n_layers": 5})
+        source = tmp_path / "tdt-teacher.nemo"
+        teacher.save_to(str(source))
+    else:
+        source = teacher_path
+    student = build_model(student_config, tokenizer_dir, seed=3, **SMALL, **{"model.encoder.n_layers": 5})
+    before = student.state_dict()[key].clone()
+    report = init_from_teacher(student, source, "even")
+    theirs, ours = _teacher_state(source)[key], student.state_dict()[key]
+    tokens = student.state_dict()["decoder.prediction.embed.weight"].shape[0]  # V+1
+    assert {ours.shape[0], theirs.shape[0]} == {tokens, tokens + 5}
+    assert torch.equal(ours[:tokens], theirs[:tokens].to(ours.dtype))
+    assert torch.equal(ours[tokens:], before[tokens:])  # the student's own duration rows, if any
+    assert report.copied[key].endswith(f"(output rows 0..{tokens - 1} (tokens and blank; no duration rows))")
+    assert "encoder.layers.4.self_attn.linear_q.weight" in report.copied and not report.kept
+
+
+def test_a_joint_with_another_vocabulary_is_not_copied_row_by_row(tokenizer_dir, teacher_path, tmp_path):
+    """Token rows are copied only when both prediction nets embed the same V+1 tokens."""
+    from kdstore.corpus.tokenizer import train_tokenizer
+    from kdstore.distill.teacher_init import init_from_teacher
+
+    other = tmp_path / "tok"
+    train_tokenizer(TEXTS * 5, other, 20)
+    student = build_model("tiny-teacher-tdt", other, seed=3, **SMALL, **{"model.encoder.n_layers": 5})
+    report = init_from_teacher(student, teacher_path, "even")
+    assert "joint.joint_net.2.weight" in report.kept and "joint.joint_net.2.weight" not in report.copied
