@@ -79,10 +79,14 @@ SHAPES: dict[str, Shape] = {
     "large-hybrid": Shape("FastConformer Large hybrid RNNT-CTC", "large", True, _LARGE),
     "xl-0.6b": Shape("Parakeet-RNNT 0.6B shape (FastConformer XL, 128 mel)", "large", False, _XL),
     "xxl-1.1b": Shape("Parakeet-RNNT 1.1B shape (FastConformer XXL, 128 mel)", "large", False, _XXL),
+    # Parakeet-TDT 0.6B (v2/v3): the XL encoder and prediction net with NeMo's TDT joint (durations 0-4,
+    # fastconformer_hybrid_tdt_ctc_bpe.yaml's TDT keys, kdstore/configs/_tdt.yaml)
+    "xl-0.6b-tdt": Shape("Parakeet-TDT 0.6B shape (FastConformer XL, 128 mel, TDT durations 0-4)", "large-tdt", False,
+                         _XL),
     # not a real size: the whole pipeline in about a minute (checking this script)
     "tiny": Shape("tiny (pipeline check only)", "tiny", False, ("model.preprocessor.features=128",)),
 }
-REAL_SHAPES = ("large-rnnt", "large-hybrid", "xl-0.6b", "xxl-1.1b")
+REAL_SHAPES = ("large-rnnt", "large-hybrid", "xl-0.6b", "xxl-1.1b", "xl-0.6b-tdt")
 
 
 # -- pure helpers (tests/test_bench_real_sizes.py) ----------------------------------------------------

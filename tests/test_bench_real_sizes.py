@@ -16,6 +16,7 @@ import real_sizes
     ("large-hybrid", 512, 17, 9, True, 80, 1, True),
     ("xl-0.6b", 1024, 24, 9, True, 128, 2, False),
     ("xxl-1.1b", 1024, 42, 5, False, 128, 2, False),
+    ("xl-0.6b-tdt", 1024, 24, 9, True, 128, 2, False),
 ])
 def test_shapes_are_nemos_size_table(name, d_model, layers, kernel, xscaling, mels, pred_layers, hybrid):
     """NeMo's fast-conformer_transducer_bpe.yaml table: Large 512/8/17/k9, XL 1024/8/24/k9 with 2 LSTM
@@ -32,6 +33,11 @@ def test_shapes_are_nemos_size_table(name, d_model, layers, kernel, xscaling, me
     assert (cfg.decoder.prednet.pred_hidden, cfg.decoder.prednet.pred_rnn_layers, cfg.joint.jointnet.joint_hidden) == \
         (640, pred_layers, 640)
     assert shape.hybrid is hybrid
+    tdt = name.endswith("-tdt")  # Parakeet-TDT: NeMo's TDT joint, durations 0-4, sigma 0.02, omega 0.1
+    assert cfg.joint.get("num_extra_outputs", 0) == (5 if tdt else 0)
+    if tdt:
+        assert (cfg.loss.loss_name, list(cfg.loss.tdt_kwargs.durations), cfg.loss.tdt_kwargs.sigma,
+                cfg.loss.tdt_kwargs.omega) == ("tdt", [0, 1, 2, 3, 4], 0.02, 0.1)
 
 
 def test_long_plan_joins_until_the_target_and_cycles():

@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG_NAMES = ["large", "large-8l", "medium", "medium-8l", "medium-streaming", "medium-tdt", "small", "small-streaming",
+CONFIG_NAMES = ["large", "large-8l", "large-tdt", "medium", "medium-8l", "medium-streaming", "medium-tdt", "small", "small-streaming",
                 "small-tdt", "tiny", "tiny-streaming", "tiny-tdt", "tiny-teacher", "tiny-teacher-2l",
                 "tiny-teacher-2l-streaming", "tiny-teacher-2l-tdt", "tiny-teacher-tdt"]
 
