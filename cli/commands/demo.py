@@ -23,7 +23,9 @@ from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo
 @click.option("--hold-out-engine", type=click.Choice(["espeak-ng", "flite", "festival"]), default=None,
               help="With --train-teacher: train without this TTS engine family and test on it only.")
 @click.option("--tdt", is_flag=True,
-              help="With --train-teacher: the TDT demo teacher (tiny-teacher-tdt, started from the committed RNN-T "
+              help="After the offline demo (reused if done): distil the committed TDT demo teacher into a TDT student "
+                   "(KD on tokens and durations), its no-KD twin and an RNN-T student (WORKDIR/tdt-report.md). With "
+                   "--train-teacher: build that TDT teacher (tiny-teacher-tdt, started from the committed RNN-T "
                    "teacher's weights and tokenizer) into WORKDIR/demo_teacher/.")
 @progress_option
 @friendly_errors
@@ -42,6 +44,7 @@ def command(workdir: str, quick: bool, seed: int, streaming: bool, train_teacher
     Example:
       kdstore demo --workdir demo-run --quick
       kdstore demo --workdir demo-run --streaming             # + the streaming student (~15 min more)
+      kdstore demo --workdir demo-run --tdt                   # + TDT teacher -> TDT and RNN-T students
       kdstore demo --workdir teacher-run --train-teacher     # -> teacher-run/demo_teacher/
       kdstore demo --workdir holdout-run --train-teacher --hold-out-engine festival --teacher-hours 2
       kdstore demo --workdir tdt-run --train-teacher --tdt --teacher-hours 1 --teacher-steps 1500
@@ -58,6 +61,11 @@ def command(workdir: str, quick: bool, seed: int, streaming: bool, train_teacher
 
             recipe = replace(recipe, config="tiny-teacher-tdt", init_from=str(demo_teacher_dir() / "teacher.nemo"))
         train_demo_teacher(workdir, recipe, echo=click.echo)
+        return
+    if tdt:
+        from kdstore.demo.tdt import run_tdt_demo
+
+        run_tdt_demo(workdir, quick=quick, seed=seed, progress=progress, echo=click.echo)
         return
     if streaming:
         from kdstore.demo.streaming import run_streaming_demo

@@ -261,3 +261,64 @@ def _streaming_plot(path: Path, offline: dict[str, dict[str, Any]], streaming: d
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_tdt_report(work: Path, plan: Any, scores: dict[str, dict[str, Any]], trained: dict[str, Any],
+                     onnx: dict[str, Any], quick: bool = False) -> Path:
+    """``work/tdt-report.md`` and ``work/tdt.png``: the TDT teacher, the TDT student with KD on tokens and durations,
+    its no-KD twin and the RNN-T student with token KD (NeMo's decoding, test split), and sherpa-onnx's
+    transcripts of the exported TDT student (agreement with NeMo's, int8 vs fp32).
+
+    ``scores``: eval summaries by row name (:mod:`kdstore.demo.tdt`: the teacher first); ``trained``: the students
+    step's result; ``onnx``: the export step's. Returns the Markdown path.
+    """
+    from kdstore.demo.pipeline import _train_seconds
+
+    names = list(scores)
+    teacher_name, kd_name, twin_name = names[0], names[1], names[2]
+    teacher, kd, twin = scores[teacher_name], scores[kd_name], scores[twin_name]
+    lines = ["# kdstore demo: distilling a TDT teacher", "",
+             *(["**`--quick`: a smoke run (0.1 h of audio, 150 steps); its numbers mean nothing.**", ""] if quick else []),
+             (f"**The TDT student keeps {100 * retention(kd['wer'], teacher['wer']):.1f}% of the TDT teacher's word "
+              f"accuracy** (WER {100 * kd['wer']:.2f}% vs {100 * teacher['wer']:.2f}%); its no-KD twin "
+              f"{100 * twin['wer']:.2f}% ({100 * (kd['wer'] - twin['wer']):+.2f} points with KD on tokens and durations, "
+              f"duration weight {plan.duration_weight})."), "",
+             "| model | params | test WER % | CER % | retention | train s |", "|---|---:|---:|---:|---:|---:|"]
+    for name, row in scores.items():
+        curve = trained.get(name, {}).get("curve_csv") if isinstance(trained.get(name), dict) else None
+        seconds = _train_seconds(curve)[0] if curve else None
+        lines.append(f"| {name} | {row['params'] / 1e6:.2f}M | {100 * row['wer']:.2f} | {100 * row['cer']:.2f} | "
+                     f"{100 * retention(row['wer'], teacher['wer']):.1f}% | {'-' if seconds is None else f'{seconds:.0f}'} |")
+    for variant in ("fp32", "int8"):
+        r = onnx[f"sherpa_{variant}"]
+        lines.append(f"| {kd_name}, sherpa-onnx {variant} | - | {100 * r['wer']:.2f} | {100 * r['cer']:.2f} | "
+                     f"{100 * retention(r['wer'], teacher['wer']):.1f}% | - |")
+    fp32, int8 = onnx["sherpa_fp32"], onnx["sherpa_int8"]
+    lines += ["", (f"sherpa-onnx's offline recognizer on the exported TDT student gives NeMo's transcript on "
+                   f"{fp32['same_as_nemo']} of {fp32['utterances']} test utterances in fp32 and {int8['same_as_nemo']} "
+                   f"in int8 ({fp32['non_empty']} non-empty); int8 WER {100 * int8['wer']:.2f}% vs fp32 "
+                   f"{100 * fp32['wer']:.2f}%. Export: {onnx['onnx_dir']}."), "",
+              ("The RNN-T student learns the TDT teacher's token distributions only: the durations (where the "
+               "teacher jumps over frames) have no place in an RNN-T joint (docs/training.md, \"TDT students\")."), "",
+              "![TDT](tdt.png)"]
+    path = work / "tdt-report.md"
+    path.write_text("\n".join(lines) + "\n")
+    _bar_plot(work / "tdt.png", {n: 100 * r["wer"] for n, r in scores.items()}
+              | {"TDT KD, sherpa-onnx int8": 100 * int8["wer"]}, "test WER % (unseen voices)", "TDT teacher and students")
+    return path
+
+
+def _bar_plot(path: Path, values: dict[str, float], ylabel: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(range(len(values)), list(values.values()), color=["#8c8c8c", "#4c72b0", "#c44e52", "#dd8452", "#55a868"])
+    ax.set_xticks(range(len(values)), list(values), rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
