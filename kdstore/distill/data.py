@@ -31,6 +31,9 @@ class KDRows:
     ctc_ids: torch.Tensor | None = None  # int64 (B, T, k_ctc)
     ctc_valid: torch.Tensor | None = None  # bool (B, T): CTC frames that count (None: t < frames); kdstore.distill.delay
     teacher_label: torch.Tensor | None = None  # bool (B,): the utterance's label is the teacher's (kdstore/2 stores)
+    # TDT teachers' stores (kdstore/3, store.tdt_durations): log P(durations[i] | t, u) in nats, the D-way
+    # distribution of every node, padded with 0 like blank_label; None for an RNN-T teacher's store
+    duration_logp: torch.Tensor | None = None  # float32 (B, T, U+1, D)
 
 
 @dataclass
@@ -60,6 +63,8 @@ def kd_rows(rows: Sequence[UtteranceRows]) -> KDRows:
         occupancy=_pad_stack([r.occupancy for r in rows], torch.float32) if rows[0].occupancy is not None else None,
         ctc_logp=_pad_stack([r.ctc_logp for r in rows], torch.float32) if rows[0].ctc_logp is not None else None,
         ctc_ids=_pad_stack([r.ctc_ids.astype(np.int64) for r in rows], torch.long) if rows[0].ctc_ids is not None else None,
+        duration_logp=(_pad_stack([r.duration_logp for r in rows], torch.float32)
+                       if rows[0].duration_logp is not None else None),
     )
 
 
@@ -69,7 +74,7 @@ def check_finite_rows(rows: Sequence[UtteranceRows], keys: Sequence[str], store:
     from kdstore.errors import StoreError
 
     for row, key in zip(rows, keys, strict=True):
-        for name in ("logp", "blank_label", "occupancy", "ctc_logp"):
+        for name in ("logp", "blank_label", "occupancy", "ctc_logp", "duration_logp"):
             values = getattr(row, name, None)
             if values is None:
                 continue

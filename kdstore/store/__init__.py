@@ -3,7 +3,7 @@
 No NeMo imports here: this package is the reusable core and must stay fast to import and test.
 """
 
-from kdstore.store.meta_v2 import FORMAT_VERSION, StoreMetadata
+from kdstore.store.meta_v3 import FORMAT_VERSION, StoreMetadata
 from kdstore.store.part_writer import PartWriter
 from kdstore.store.reader import StoreReader, UtteranceRows
 from kdstore.store.root import commit_store, open_for_writing

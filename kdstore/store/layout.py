@@ -1,4 +1,7 @@
-"""Array names, dtypes, chunking and codecs of the ``kdstore/2`` layout (``kdstore/1`` lacks the label arrays) (docs/store-format.md).
+"""Array names, dtypes, chunking and codecs of the ``kdstore/3`` layout (docs/store-format.md).
+
+``kdstore/1`` lacks the label arrays; ``kdstore/2`` (RNN-T teachers) and ``kdstore/3`` stores of RNN-T
+teachers lack the TDT arrays (``node/duration_logp``, ``utt/occupancy_sum``).
 
 Shared by the writer, reader, verifier and converter, so the names live in one place.
 """
@@ -27,6 +30,10 @@ BLANK_LABEL = "node/blank_label"  # [rows, 2]: log p(blank), log p(next referenc
 OCCUPANCY = "node/occupancy"  # [rows] optional
 CTC_LOGP = "frame/ctc_logp"  # [frames, k_ctc] optional: a hybrid teacher's CTC top-k log-probs per frame
 CTC_IDS = "frame/ctc_ids"  # [frames, k_ctc] optional
+# per part, kdstore/3 TDT teachers only (root field tdt): the D-way duration distribution of every row and,
+# per utterance, the expected number of lattice nodes the teacher's alignment visits (sum of its full occupancy)
+DURATION_LOGP = "node/duration_logp"  # float16|float32 [rows, D]: log P(durations[i] | t, u), nats, sums to 1
+OCCUPANCY_SUM = "utt/occupancy_sum"  # float32 [n]: sum over the full T x (U+1) lattice of the node occupancy
 
 # per part, kdstore/2: the label each utterance's lattice was forced on (appended at commit, like the index)
 LABEL_OFFSET = "utt/label_offset"  # int64 [n+1]: label/ids of utterance j: label_offset[j]:label_offset[j+1] (U_j)

@@ -80,6 +80,28 @@ class StoreMetadata(meta_v1.StoreMetadata):
         """True when the store holds the labels its lattices were forced on (``kdstore/2``)."""
         return self.labels is not None
 
+    # A kdstore/1 or kdstore/2 store always holds an RNN-T teacher's lattice; kdstore/3
+    # (kdstore.store.meta_v3) turns these into fields, so every reader asks any version the same way.
+    @property
+    def teacher_kind(self) -> str:
+        """"rnnt": the teacher of a ``kdstore/1`` or ``kdstore/2`` store is an RNN-T (or hybrid) model."""
+        return "rnnt"
+
+    @property
+    def tdt(self) -> None:
+        """No TDT settings: see :class:`kdstore.store.meta_v3.TDTInfo`."""
+        return None
+
+    @property
+    def is_tdt(self) -> bool:
+        """False: only ``kdstore/3`` stores hold a TDT teacher's lattice."""
+        return False
+
+    @property
+    def tdt_durations(self) -> tuple[int, ...] | None:
+        """None: no duration outputs (``kdstore/3`` TDT stores list them)."""
+        return None
+
     @classmethod
     def from_json(cls, data: Any, store: str = "") -> StoreMetadata:
         """:func:`parse_store_metadata`; ``store`` (the path) goes into error messages."""

@@ -28,6 +28,7 @@ class _Pending:
     labels: int
     rows: int
     label: Label | None = None
+    occupancy_sum: float | None = None  # TDT parts: expected visited nodes of the full lattice
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,12 @@ class PartWriter:
     def __init__(self, root: zarr.Group, part: int, *, top_k: int, vocab_size: int, value_dtype: str,
                  with_occupancy: bool = False, ctc_top_k: int | None = None, resume: bool = False,
                  chunk_rows: int | None = None, with_labels: bool = True,
-                 commit_seconds: float = COMMIT_SECONDS, flush_rows: int | None = None) -> None:
+                 commit_seconds: float = COMMIT_SECONDS, flush_rows: int | None = None,
+                 num_durations: int | None = None) -> None:
         """``with_labels``: store each utterance's label (``kdstore/2``); False writes the ``kdstore/1``
-        arrays only (kept for tests and converters of old stores). ``commit_seconds``: commit what is
+        arrays only (kept for tests and converters of old stores). ``num_durations``: D of a TDT teacher
+        (``kdstore/3``): every row also gets its D duration log-probs (``node/duration_logp``) and every
+        utterance its ``utt/occupancy_sum``; None for RNN-T teachers. ``commit_seconds``: commit what is
         buffered at the first utterance added this long (wall seconds) after the last commit; 0 commits
         every utterance. ``flush_rows``: also commit once this many rows (or frames) are buffered (None:
         one shard, ``chunk_rows * layout.CHUNKS_PER_SHARD``; it bounds the buffer's memory). Raises
@@ -65,6 +69,9 @@ class PartWriter:
         self.id_dtype = layout.id_dtype_for(vocab_size)
         self.with_occupancy = with_occupancy
         self.ctc_top_k = ctc_top_k
+        if num_durations is not None and num_durations < 1:
+            raise StoreError(f"num_durations must be >= 1 for a TDT part, got {num_durations}")
+        self.num_durations = num_durations
         name = layout.part_name(part)
         progress: dict = {}
         if resume and name in root:
@@ -74,6 +81,9 @@ class PartWriter:
             # is committed and it is simply created again below.
             if progress and (layout.LABEL_SOURCE in self.group) != with_labels:
                 raise StoreError(f"part {name} was written by another kdstore version; dump again with --overwrite")
+            if progress and (layout.DURATION_LOGP in self.group) != (num_durations is not None):
+                raise StoreError(f"part {name} was written for another teacher kind (TDT or RNN-T); dump again with "
+                                 "--overwrite")
         if not progress:
             self.group = root.create_group(name, overwrite=True)
             progress = {"utterances": 0, "nodes": 0, "frames": 0, "complete": False}
@@ -98,7 +108,8 @@ class PartWriter:
 
     # -- creation / resume -------------------------------------------------------------------
     def _row_arrays(self) -> tuple[str, ...]:
-        return layout.NODE_ARRAYS + ((layout.OCCUPANCY,) if self.with_occupancy else ())
+        return (layout.NODE_ARRAYS + ((layout.OCCUPANCY,) if self.with_occupancy else ())
+                + ((layout.DURATION_LOGP,) if self.num_durations else ()))
 
     def _frame_arrays(self) -> tuple[str, ...]:
         return (layout.BAND_START,) + ((layout.CTC_LOGP, layout.CTC_IDS) if self.ctc_top_k else ())
@@ -112,6 +123,8 @@ class PartWriter:
         }
         if self.with_occupancy:
             specs[layout.OCCUPANCY] = ((), np.dtype(np.float16))
+        if self.num_durations:
+            specs[layout.DURATION_LOGP] = ((self.num_durations,), self.value_dtype)
         for name, (width, dtype) in specs.items():
             self.group.create_array(name, shape=(0, *width), chunks=(chunk_rows, *width),
                                     shards=(shard_rows, *width), dtype=dtype, compressors=layout.compressors(),
@@ -137,6 +150,9 @@ class PartWriter:
                 self.group.create_array(name, shape=(0,), chunks=(layout.INDEX_CHUNK,), dtype=dtype,
                                         compressors=layout.compressors(), fill_value=0)
             offsets += [layout.LABEL_OFFSET, layout.TEXT_OFFSET]
+        if self.num_durations:
+            self.group.create_array(layout.OCCUPANCY_SUM, shape=(0,), chunks=(layout.INDEX_CHUNK,), dtype=np.float32,
+                                    compressors=layout.compressors(), fill_value=0)
         for name in offsets:
             self._append(name, np.zeros(1, dtype=np.int64))
 
@@ -156,6 +172,8 @@ class PartWriter:
             sizes.update({layout.LABEL_SOURCE: n, layout.CONFIDENCE: n, layout.LABEL_OFFSET: n + 1,
                           layout.TEXT_OFFSET: n + 1, layout.LABEL_IDS: self._offset_at(layout.LABEL_OFFSET, n),
                           layout.TEXT_BYTES: self._offset_at(layout.TEXT_OFFSET, n)})
+        if self.num_durations:
+            sizes[layout.OCCUPANCY_SUM] = n
         sizes.update({name: self.committed_frames for name in self._frame_arrays()})
         sizes.update({name: self.committed_nodes for name in self._row_arrays()})
         for name, size in sizes.items():
@@ -176,9 +194,12 @@ class PartWriter:
     def add_utterance(self, key: str, *, frames: int, labels: int, band_start: np.ndarray, logp: np.ndarray,
                       ids: np.ndarray, blank_label: np.ndarray, occupancy: np.ndarray | None = None,
                       ctc_logp: np.ndarray | None = None, ctc_ids: np.ndarray | None = None,
-                      label: Label | None = None) -> None:
+                      label: Label | None = None, duration_logp: np.ndarray | None = None,
+                      occupancy_sum: float | None = None) -> None:
         """Append one utterance's rows (rows = frames * W', frame-major) and, in a ``kdstore/2`` part,
-        the ``label`` (U ids) they were forced on. Shapes are checked (StoreError)."""
+        the ``label`` (U ids) they were forced on. A TDT part (``num_durations`` = D) also takes
+        ``duration_logp`` (rows, D) and ``occupancy_sum`` (the sum of the utterance's node occupancy over
+        its full lattice). Shapes are checked (StoreError)."""
         if self.complete:
             raise StoreError(f"part {self.part} is complete; it cannot take more utterances")
         if self.with_labels:
@@ -194,6 +215,14 @@ class PartWriter:
         if (occupancy is not None) != self.with_occupancy:
             raise StoreError(f"utterance {key!r}: occupancy given={occupancy is not None}, part expects "
                              f"{self.with_occupancy}")
+        if self.num_durations:
+            if duration_logp is None or duration_logp.shape != (rows, self.num_durations) or occupancy_sum is None:
+                got = None if duration_logp is None else duration_logp.shape
+                raise StoreError(f"utterance {key!r}: a TDT part needs duration_logp of shape {(rows, self.num_durations)} "
+                                 f"(got {got}) and occupancy_sum")
+            self._buffers[layout.DURATION_LOGP].append(duration_logp.astype(self.value_dtype, copy=False))
+        elif duration_logp is not None or occupancy_sum is not None:
+            raise StoreError(f"utterance {key!r}: duration log-probs given to a part opened for an RNN-T teacher")
         self._buffers[layout.LOGP].append(logp.astype(self.value_dtype, copy=False))
         self._buffers[layout.IDS].append(ids.astype(self.id_dtype, copy=False))
         self._buffers[layout.BLANK_LABEL].append(blank_label.astype(self.value_dtype, copy=False))
@@ -207,7 +236,7 @@ class PartWriter:
             self._buffers[layout.CTC_IDS].append(ctc_ids.astype(self.id_dtype, copy=False))
         self._buffered_rows += rows
         self._buffered_frames += frames
-        self._pending.append(_Pending(key, frames, labels, rows, label))
+        self._pending.append(_Pending(key, frames, labels, rows, label, occupancy_sum))
         if (self._buffered_rows >= self.flush_rows or self._buffered_frames >= self.flush_rows
                 or time.monotonic() - self._last_commit >= self.commit_seconds):
             self.flush()
@@ -272,6 +301,8 @@ class PartWriter:
         self._append(layout.FRAME_OFFSET, self.committed_frames + np.cumsum([d.frames for d in done], dtype=np.int64))
         if self.with_labels:
             self._commit_labels([d.label for d in done])  # type: ignore[misc]
+        if self.num_durations:
+            self._append(layout.OCCUPANCY_SUM, np.array([d.occupancy_sum for d in done], dtype=np.float32))
         self.committed_utterances += len(done)
         self.committed_nodes, self.committed_frames = nodes, frames
         self.committed_keys.extend(d.key for d in done)

@@ -1,4 +1,4 @@
-"""Read utterances' teacher rows from a committed ``kdstore/1`` store (Zarr or HDF5).
+"""Read utterances' teacher rows from a committed ``kdstore/1``, ``/2`` or ``/3`` store (Zarr or HDF5).
 
 Rows come back either dense in lattice coordinates (T, U+1, k), with a ``stored`` mask saying
 which nodes the store kept (all of them for full stores), or as the band itself (T, W', k) with
@@ -19,7 +19,7 @@ from kdstore.errors import StoreError
 from kdstore.store import layout
 from kdstore.store.backend import Source, TensorstoreRows, is_hdf5
 from kdstore.store.band import band_mask, scatter_band
-from kdstore.store.meta_v2 import LABEL_SOURCES, StoreMetadata
+from kdstore.store.meta_v3 import LABEL_SOURCES, StoreMetadata
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class UtteranceRows:
     occupancy: np.ndarray | None = None
     ctc_logp: np.ndarray | None = None  # (T, k_ctc): a hybrid teacher's CTC top-k per frame (--ctc stores)
     ctc_ids: np.ndarray | None = None
+    # TDT stores: log P(durations[i] | t, u) per node, (T, U+1, D) dense or (T, W', D) band; nats, sums to 1
+    duration_logp: np.ndarray | None = None
 
     @property
     def is_dense(self) -> bool:
@@ -113,12 +115,19 @@ class StoreReader:
         first = layout.part_name(next(iter(self.parts))) if self.parts else ""
         self.has_occupancy = bool(self.parts) and source.has(f"{first}/{layout.OCCUPANCY}")
         self.has_ctc = bool(self.parts) and source.has(f"{first}/{layout.CTC_LOGP}")
+        self.has_durations = self.metadata.is_tdt
         self._labels: dict[int, _PartLabels] = {}
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_labels"] = {}  # re-read on demand in a worker
         return state
+
+    @property
+    def tdt_durations(self) -> tuple[int, ...] | None:
+        """A TDT teacher's durations (frames; column i of ``duration_logp`` is ``durations[i]``), or None
+        for an RNN-T teacher's store."""
+        return self.metadata.tdt_durations
 
     @property
     def has_labels(self) -> bool:
@@ -228,7 +237,8 @@ class StoreReader:
             node_ranges = [(n0, n1) for _, n0, n1, _, _ in spans]
             arrays = {name: self._read_ranges(f"{base}/{name}", node_ranges)
                       for name in (layout.LOGP, layout.IDS, layout.BLANK_LABEL)
-                      + ((layout.OCCUPANCY,) if self.has_occupancy else ())}
+                      + ((layout.OCCUPANCY,) if self.has_occupancy else ())
+                      + ((layout.DURATION_LOGP,) if self.has_durations else ())}
             frame_ranges = [(f0, f1) for _, _, _, f0, f1 in spans]
             starts = self._read_ranges(f"{base}/{layout.BAND_START}", frame_ranges)
             ctc = {name: self._read_ranges(f"{base}/{name}", frame_ranges)
@@ -250,6 +260,7 @@ class StoreReader:
         ids = rows[layout.IDS].reshape(frames, width, -1)
         blank_label = rows[layout.BLANK_LABEL].reshape(frames, width, 2)
         occupancy = rows[layout.OCCUPANCY].reshape(frames, width) if layout.OCCUPANCY in rows else None
+        durations = rows[layout.DURATION_LOGP].reshape(frames, width, -1) if layout.DURATION_LOGP in rows else None
         stored = None
         if dense:
             if width == labels + 1:
@@ -259,8 +270,10 @@ class StoreReader:
                 ids = scatter_band(ids, band_start, labels)
                 blank_label = scatter_band(blank_label, band_start, labels)
                 occupancy = scatter_band(occupancy, band_start, labels) if occupancy is not None else None
+                durations = scatter_band(durations, band_start, labels) if durations is not None else None
                 stored = band_mask(band_start, width, labels)
-        return UtteranceRows(self.keys[index], frames, labels, band_start, logp, ids, blank_label, stored, occupancy)
+        return UtteranceRows(self.keys[index], frames, labels, band_start, logp, ids, blank_label, stored, occupancy,
+                             duration_logp=durations)
 
     def read(self, index: int, dense: bool = True) -> UtteranceRows:
         """Rows of utterance ``index``: dense lattice with a ``stored`` mask, or the band as stored."""

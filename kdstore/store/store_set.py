@@ -4,9 +4,10 @@ A team dumps its transcribed audio and its untranscribed audio separately (often
 settings, at different times); copying them into one store would double the disk for nothing. A
 ``StoreSet`` looks each utterance up in the store that holds it and returns rows in the shapes one
 ``StoreReader`` does. The stores must agree on what the student's lattice depends on: tokenizer,
-vocabulary and front end. Where they differ in what they keep (k, occupancy, CTC rows), the set
-offers what all of them have: the smallest k (rows are sorted, so the first k are the top k), and
-occupancy or CTC rows only when every store has them.
+vocabulary and front end. Where they differ in what they keep (k, occupancy, CTC rows, TDT duration
+rows), the set offers what all of them have: the smallest k (rows are sorted, so the first k are the
+top k), and occupancy, CTC rows or duration log-probs only when every store has them. Two TDT stores
+must agree on their durations.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 
 from kdstore.errors import StoreError
 from kdstore.frames import frame_count_difference
-from kdstore.store.meta_v2 import StoreMetadata
+from kdstore.store.meta_v3 import StoreMetadata
 from kdstore.store.reader import StoredLabel, StoreReader, UtteranceRows
 
 
@@ -61,6 +62,13 @@ class StoreSet:
         self.top_k = min(r.metadata.top_k for r in self.readers)
         self.has_ctc = all(r.has_ctc for r in self.readers)
         self.has_occupancy = all(r.has_occupancy for r in self.readers)
+        self.has_durations = all(r.has_durations for r in self.readers)
+
+    @property
+    def tdt_durations(self) -> tuple[int, ...] | None:
+        """The TDT teachers' durations when every store holds duration log-probs (then the same list), else
+        None (an RNN-T teacher's store is among them: rows carry no ``duration_logp``)."""
+        return self.readers[0].tdt_durations if self.has_durations else None
 
     @property
     def metadata(self) -> StoreMetadata:
@@ -127,6 +135,7 @@ class StoreSet:
         return dataclasses.replace(
             rows, logp=rows.logp[..., : self.top_k], ids=rows.ids[..., : self.top_k],
             occupancy=rows.occupancy if self.has_occupancy else None,
+            duration_logp=rows.duration_logp if self.has_durations else None,
             ctc_logp=rows.ctc_logp if self.has_ctc else None, ctc_ids=rows.ctc_ids if self.has_ctc else None)
 
     def write_tokenizer(self, out_dir: str | os.PathLike):
@@ -143,6 +152,10 @@ def _check_same_student_view(a: StoreReader, b: StoreReader) -> None:
         if x != y:
             raise StoreError(f"stores {a.path} and {b.path} differ in {name} ({x} vs {y}); a student can learn from "
                              "several stores only when they come from teachers with the same tokenizer")
+    if ma.is_tdt and mb.is_tdt and ma.tdt_durations != mb.tdt_durations:
+        raise StoreError(f"stores {a.path} and {b.path} come from TDT teachers with different durations "
+                         f"({list(ma.tdt_durations or ())} vs {list(mb.tdt_durations or ())}); a TDT student has one "
+                         "set of duration outputs: train on stores of one duration set")
     diff = frame_count_difference(ma.front_end, mb.front_end)  # only what changes T (n_mels may differ)
     if diff is not None:
         raise StoreError(f"stores {a.path} and {b.path} were dumped with different front ends ({diff.setting}: "

@@ -46,6 +46,8 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         "top_k": meta.top_k,
         "ctc_top_k": meta.ctc_top_k,  # None: no CTC rows (a plain RNN-T teacher, or dump-teacher --no-ctc)
         "vocab_size": meta.vocab_size,
+        "teacher_kind": meta.teacher_kind,  # "rnnt" or "tdt" (a TDT teacher's store also holds node/duration_logp)
+        "tdt_durations": list(meta.tdt.durations) if meta.tdt is not None else None,
         "value_dtype": meta.value_dtype,
         "frame_shift_s": meta.front_end.frame_shift_s,
         "bytes_on_disk": size,
@@ -55,14 +57,19 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
         "created": meta.created,
     }
     if reader.has_occupancy:
-        # A transducer alignment visits exactly T + U nodes, so the full lattice's occupancy sums to
-        # T + U per utterance; the stored occupancy over that is the mass the band keeps.
-        kept = 0.0
+        # An RNN-T alignment visits exactly T + U nodes, so the full lattice's occupancy sums to T + U per
+        # utterance; a TDT alignment visits one node per arc, a number the dump stored (utt/occupancy_sum).
+        # The stored occupancy over that is the mass the band keeps.
+        kept = visited = 0.0
         for part, p in reader.parts.items():
             base = f"{layout.part_name(part)}/{layout.OCCUPANCY}"
             for _, block in row_blocks(source.array(base), int(p.node_offset[-1]), base):
                 kept += float(block.astype(np.float64).sum())
-        visited = sum(float(p.frames.sum() + p.labels.sum()) for p in reader.parts.values())
+            if meta.is_tdt:
+                sums = source.array(f"{layout.part_name(part)}/{layout.OCCUPANCY_SUM}")
+                visited += float(np.asarray(sums[: len(p.frames)]).astype(np.float64).sum())
+            else:
+                visited += float(p.frames.sum() + p.labels.sum())
         summary["band_occupancy_kept"] = round(kept / max(visited, 1.0), 6)
     if meta.labels is not None:
         labels = [reader.label(i) for i in range(len(reader))]

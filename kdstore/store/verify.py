@@ -41,6 +41,8 @@ class PartRules:
     ``band_width``: W (None: a full store); checked per utterance only when ``check_width``.
     ``ctc_top_k``: k of ``frame/ctc_*`` (None: no CTC arrays), checked only when ``check_ctc``.
     ``exact_shapes=False`` allows arrays longer than the committed prefix (an unfinished dump's tail).
+    ``num_durations``: D of a TDT teacher (None: an RNN-T teacher, no duration arrays), checked only when
+    ``check_durations``.
     """
 
     value_dtype: str
@@ -52,6 +54,8 @@ class PartRules:
     check_ctc: bool = False
     exact_shapes: bool = True
     labels: bool = False  # kdstore/2: the label arrays must be there and agree with utt/U
+    num_durations: int | None = None
+    check_durations: bool = False
 
 
 def _check_finite(block: np.ndarray, start: int, name: str, offsets: np.ndarray | None) -> None:
@@ -128,6 +132,8 @@ def _check_part(source: Source, p: _PartIndex, part: int, rules: PartRules) -> N
                 _check_finite(block, start, f"{base}/{name}", p.node_offset)
     if rules.labels:
         _check_labels(source, base, labels, rules)
+    if rules.check_durations:
+        _check_durations(source, base, p, rules)
     if rules.check_ctc:
         present = source.has(f"{base}/{layout.CTC_LOGP}")
         if present != (rules.ctc_top_k is not None):
@@ -136,6 +142,39 @@ def _check_part(source: Source, p: _PartIndex, part: int, rules: PartRules) -> N
         if rules.ctc_top_k is not None:
             _check_top_k(source, base, layout.CTC_LOGP, layout.CTC_IDS, total_frames, rules.ctc_top_k, rules,
                          p.frame_offset)
+
+
+def _check_durations(source: Source, base: str, p: _PartIndex, rules: PartRules) -> None:
+    """A TDT teacher's arrays (``kdstore/3``): ``node/duration_logp`` [rows, D], finite log-probs of a
+    distribution (each row sums to 1 within eps), and ``utt/occupancy_sum`` [n], the expected visited nodes,
+    in [U+1, T+U] per utterance; an RNN-T teacher's store has neither."""
+    present = {name: source.has(f"{base}/{name}") for name in (layout.DURATION_LOGP, layout.OCCUPANCY_SUM)}
+    for name, here in present.items():
+        if here != (rules.num_durations is not None):
+            why = (f"required in a TDT teacher's store (root field tdt lists {rules.num_durations} durations)"
+                   if rules.num_durations is not None else "present, but the store is not a TDT teacher's (no root field tdt)")
+            raise StoreError(f"{base}/{name}: {'missing' if not here else 'unexpected'}: {why}; the store is damaged or "
+                             "was not written by kdstore: dump it again")
+    if rules.num_durations is None:
+        return
+    total, n, width = int(p.node_offset[-1]), len(p.frames), rules.num_durations
+    shape = tuple(source.array(f"{base}/{layout.DURATION_LOGP}").shape)
+    if shape[1:] != (width,) or (shape[0] != total if rules.exact_shapes else shape[0] < total):
+        raise StoreError(f"{base}/{layout.DURATION_LOGP}: shape {shape}, expected {(total, width)} (rows, D durations)")
+    eps = MASS_EPS[rules.value_dtype]
+    name = f"{base}/{layout.DURATION_LOGP}"
+    for start, block in row_blocks(source.array(name), total, name):
+        block = block.astype(np.float64)
+        _check_finite(block, start, name, p.node_offset)
+        mass = np.exp(block).sum(-1)
+        if np.any(np.abs(mass - 1.0) > eps):
+            bad = int(np.argmax(np.abs(mass - 1.0)))
+            raise StoreError(f"{name}: the duration probabilities of row {start + bad} sum to {mass[bad]:.4f}, not 1")
+    sums = np.asarray(source.array(f"{base}/{layout.OCCUPANCY_SUM}")[:n]).astype(np.float64)
+    frames, labels = p.frames.astype(np.float64), p.labels.astype(np.float64)
+    tol = 1e-3 * (frames + labels)
+    if sums.shape != (n,) or not np.all(np.isfinite(sums)) or np.any(sums < labels + 1 - tol) or np.any(sums > frames + labels + tol):
+        raise StoreError(f"{base}/{layout.OCCUPANCY_SUM}: expected {n} expected-visit counts in [U+1, T+U] per utterance")
 
 
 def _check_labels(source: Source, base: str, labels: np.ndarray, rules: PartRules) -> None:
@@ -191,7 +230,8 @@ def verify_store(path: str | os.PathLike) -> bool:
     if "tokenizer.model" not in source.children(layout.TOKENIZER_GROUP):
         raise StoreError(f"{layout.TOKENIZER_GROUP}/tokenizer.model is missing")
     rules = PartRules(value_dtype=meta.value_dtype, vocab=meta.vocab_size, top_k=meta.top_k, band_width=meta.band_width,
-                      check_width=True, ctc_top_k=meta.ctc_top_k, check_ctc=True, labels=meta.has_labels)
+                      check_width=True, ctc_top_k=meta.ctc_top_k, check_ctc=True, labels=meta.has_labels,
+                      num_durations=len(meta.tdt.durations) if meta.tdt is not None else None, check_durations=True)
     for part, index in reader.parts.items():
         _check_part(source, index, part, rules)
     if meta.labels is not None:
@@ -230,7 +270,9 @@ def verify_unfinished(path: str | os.PathLike) -> dict[str, int]:
     rules = PartRules(value_dtype=pending["value_dtype"], vocab=int(pending.get("vocab_size", 1 << 31)),
                       top_k=int(pending["top_k"]), band_width=pending.get("band"), check_width="band" in pending,
                       ctc_top_k=int(pending["top_k"]) if pending.get("ctc") else None, check_ctc="ctc" in pending,
-                      exact_shapes=False, labels="pseudo_label" in pending)
+                      exact_shapes=False, labels="pseudo_label" in pending,
+                      num_durations=len(pending["tdt"]["durations"]) if pending.get("tdt") else None,
+                      check_durations="tdt" in pending)
     totals = {"parts": 0, "utterances": 0, "nodes": 0}
     with warnings.catch_warnings():  # a part folder killed before its zarr.json: not a part yet, skipped
         warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")

@@ -386,7 +386,7 @@ def _drop(*keys):
     (_set("blank_id", value=True), "kdstore.blank_id", "int >= 0", "bool True"),
     (_set("lattice", value="band"), "kdstore.band_width", "int >= 1 (lattice is 'band')", "null"),
     (_set("extra", value=[1]), "kdstore.extra", "object", "array [1]"),
-    (_set("format", value=1), "kdstore.format", "'kdstore/1' or 'kdstore/2'", "int 1"),
+    (_set("format", value=1), "kdstore.format", "'kdstore/1' or 'kdstore/2' or 'kdstore/3'", "int 1"),
 ])
 def test_wrong_root_attributes_fail_naming_field_expected_and_got(tmp_path, edit, field, expected, got):
     from kdstore.errors import MetadataError
