@@ -8,8 +8,9 @@ from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo, req
 
 
 @click.command("dump-teacher")
-@required_path("teacher", "Teacher .nemo: a NeMo RNN-T or hybrid RNN-T/CTC model with a SentencePiece tokenizer "
-               "(EncDecRNNTBPEModel, EncDecHybridRNNTCTCBPEModel); character-vocabulary and TDT models are refused.",
+@required_path("teacher", "Teacher .nemo: a NeMo RNN-T, TDT or hybrid RNN-T/CTC or TDT/CTC model with a SentencePiece "
+               "tokenizer (EncDecRNNTBPEModel, EncDecHybridRNNTCTCBPEModel); TDT teachers write kdstore/3 stores "
+               "(token top-k and duration distribution per node); character-vocabulary models are refused.",
                exists=True, dir_okay=False)
 @required_path("manifest", "NeMo JSON-lines manifest; lines without 'text' are labelled by the teacher.",
                exists=True, dir_okay=False)

@@ -5,6 +5,11 @@ each utterance's lattice into the arrays a part writer takes: per node the top-k
 and the (blank, next-label) pair, and with a band only the W label positions per frame that hold
 the most of the teacher's own alignment occupancy (docs/store-format.md, "Band"). Hybrid teachers
 can add their CTC head's per-frame top-k.
+
+TDT teachers (``RowSpec.durations`` set; :mod:`kdstore.nemo.tdt`): the token top-k and pair come from
+the V+1 token log-probs, every node also keeps its D duration log-probs, and the occupancy (band choice)
+and the label's log-likelihood (confidence) come from the TDT forward-backward
+(:mod:`kdstore.lattice.tdt_posteriors`) instead of the RNN-T one.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import torch
 
 from kdstore.dump.pseudo_labels import decode, mean_token_logp
 from kdstore.lattice.posteriors import lattice_posteriors_batch, node_occupancy
+from kdstore.lattice.tdt_posteriors import tdt_lattice_posteriors_batch
+from kdstore.nemo.tdt import tdt_time_sliced_log_probs
 from kdstore.nemo.teacher_forced import EncodedBatch, frames_per_slice_for, lattice_rows, time_sliced_log_probs
 from kdstore.store.band import gather_band, select_band, stored_width
 from kdstore.store.part_writer import Label
@@ -27,7 +34,8 @@ from kdstore.store.part_writer import Label
 class RowSpec:
     """What to keep per utterance: ``top_k`` of the ``vocab`` + 1 outputs (``blank`` is their last
     index), the label slot's fill at u = U (``label_fill``), a band of ``band`` label positions per
-    frame (None: the full lattice) and, with ``ctc``, the CTC head's top-k per frame."""
+    frame (None: the full lattice) and, with ``ctc``, the CTC head's top-k per frame. ``durations``: a TDT
+    teacher's duration list (its joint's last D outputs); None for RNN-T teachers."""
 
     top_k: int
     blank: int
@@ -35,18 +43,24 @@ class RowSpec:
     label_fill: float
     band: int | None = None
     ctc: bool = False
+    durations: tuple[int, ...] | None = None
 
 
 def utterance_rows(values: torch.Tensor, ids: torch.Tensor, blank_label: torch.Tensor, labels: int,
-                   band: int | None, occupancy: torch.Tensor | None = None) -> dict:
+                   band: int | None, occupancy: torch.Tensor | None = None,
+                   duration_logp: torch.Tensor | None = None) -> dict:
     """One utterance's per-node top-k and (blank, label) pairs, (T, U+1, ...), -> what a part stores.
 
     With a band, the teacher's node occupancy (forward-backward over its own blank/label log-probs)
     picks the W label positions per frame to keep (docs/store-format.md, "Band"). ``occupancy`` (T, U+1)
-    is that posterior when the caller computed it for the whole batch at once (``batch_occupancy``).
+    is that posterior when the caller computed it for the whole batch at once (``batch_occupancy``; a
+    TDT teacher's must come from there: the fallback is the RNN-T forward-backward). ``duration_logp``
+    (T, U+1, D): a TDT teacher's duration log-probs, banded like the rest (``duration_logp`` (rows, D)).
     """
     frames = values.shape[0]
     arrays = {"logp": values.cpu().numpy(), "ids": ids.cpu().numpy(), "blank_label": blank_label.cpu().numpy()}
+    if duration_logp is not None:
+        arrays["duration_logp"] = duration_logp.cpu().numpy()
     starts = np.zeros(frames, dtype=np.int32)
     kept_occupancy = None
     if band is not None:
@@ -81,6 +95,25 @@ def batch_occupancy(blank_labels: dict[int, torch.Tensor]) -> dict[int, tuple[to
     return {b: (post.node[i, : frames[i], : nodes[i]], float(post.log_z[i])) for i, b in enumerate(order)}
 
 
+def tdt_batch_occupancy(blank_labels: dict[int, torch.Tensor], duration_logps: dict[int, torch.Tensor],
+                        durations: tuple[int, ...]) -> dict[int, tuple[torch.Tensor, float]]:
+    """:func:`batch_occupancy` for a TDT teacher: node occupancy (T_b, U_b+1) float64 and log P(label | audio)
+    (nats) from one padded TDT forward-backward over the token pairs (T, U+1, 2) and the duration log-probs
+    (T, U+1, D) of each batch position (the teacher's normalised distributions: no sigma)."""
+    if not blank_labels:
+        return {}
+    order = list(blank_labels)
+    frames = [blank_labels[b].shape[0] for b in order]
+    nodes = [blank_labels[b].shape[1] for b in order]
+    padded = torch.zeros(len(order), max(frames), max(nodes), 2, dtype=torch.float64)
+    dur = torch.zeros(len(order), max(frames), max(nodes), len(durations), dtype=torch.float64)
+    for i, b in enumerate(order):
+        padded[i, : frames[i], : nodes[i]] = blank_labels[b].double().cpu()
+        dur[i, : frames[i], : nodes[i]] = duration_logps[b].double().cpu()
+    post = tdt_lattice_posteriors_batch(padded[..., 0], padded[..., 1], dur, durations, frames, [n - 1 for n in nodes])
+    return {b: (post.node[i, : frames[i], : nodes[i]], float(post.log_z[i])) for i, b in enumerate(order)}
+
+
 def forced_tokens(model: Any, batch: Any, encoded: torch.Tensor, encoded_len: torch.Tensor, todo: list[bool],
                   texts: list[str] | None, device: str) -> tuple[list[list[int]], list[str], list[str]]:
     """The label each utterance is forced on: its transcript's tokens, or, where ``texts[b]`` is empty
@@ -110,13 +143,24 @@ def _pad(ids: list[list[int]], device: str) -> tuple[torch.Tensor, torch.Tensor]
     return tokens.to(device), lengths.to(device)
 
 
+def _slices(model: Any, forced: EncodedBatch, slice_frames: int,
+            num_durations: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+    """(t0, token log-probs, duration log-probs or None) per time slice, for RNN-T or TDT teachers."""
+    if num_durations:
+        yield from tdt_time_sliced_log_probs(model, forced, slice_frames, num_durations)
+    else:
+        for t0, log_probs in time_sliced_log_probs(model, forced, slice_frames):
+            yield t0, log_probs, None
+
+
 def batch_rows(model: Any, batch: Any, todo: list[bool], spec: RowSpec, device: str,
                texts: list[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """(key, rows) for each utterance of ``batch`` (an ``inputs.batches.collate`` batch) with ``todo`` set.
 
     ``texts`` are the manifest transcripts per batch position; an empty one (no tokens in the batch)
     is labelled by the teacher first (:func:`forced_tokens`). ``rows`` are ``utterance_rows``' arrays
-    (plus ``ctc_logp``/``ctc_ids`` (T, k) with ``spec.ctc``) and ``label`` (a ``Label``: ids, text,
+    (plus ``ctc_logp``/``ctc_ids`` (T, k) with ``spec.ctc``; ``duration_logp`` (rows, D) and
+    ``occupancy_sum`` for a TDT teacher, ``spec.durations``) and ``label`` (a ``Label``: ids, text,
     source, confidence), ready for ``PartWriter.add_utterance``; an empty teacher label has U = 0 and
     is the caller's to drop. Run it under ``torch.inference_mode()`` (and autocast).
     """
@@ -128,29 +172,40 @@ def batch_rows(model: Any, batch: Any, todo: list[bool], spec: RowSpec, device: 
     forced = EncodedBatch(encoded, encoded_len, prediction)
     nodes = forced.prediction.shape[-1]
     size = len(todo)
-    slice_frames = frames_per_slice_for(size, nodes, spec.vocab + 1)
+    num_durations = len(spec.durations) if spec.durations else 0
+    slice_frames = frames_per_slice_for(size, nodes, spec.vocab + 1 + num_durations)
     pieces: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in range(size)]
-    for t0, log_probs in time_sliced_log_probs(model, forced, slice_frames):  # (B, t, U+1, V+1)
+    for t0, log_probs, dur_lp in _slices(model, forced, slice_frames, num_durations):  # (B, t, U+1, V+1), (B, t, U+1, D)
         for b in range(size):
             frames_b = int(encoded_len[b]) - t0
             if todo[b] and frames_b > 0:
                 labels_b = int(tokens_len[b])
-                pieces[b].append(lattice_rows(log_probs[b, :frames_b, : labels_b + 1].float(),
-                                              tokens[b].to(log_probs.device), labels_b, spec.top_k,
-                                              spec.blank, spec.label_fill))
+                rows_b = lattice_rows(log_probs[b, :frames_b, : labels_b + 1].float(), tokens[b].to(log_probs.device),
+                                      labels_b, spec.top_k, spec.blank, spec.label_fill)
+                if dur_lp is not None:
+                    rows_b = (*rows_b, dur_lp[b, :frames_b, : labels_b + 1].float())
+                pieces[b].append(rows_b)
     ctc = None
     if spec.ctc:  # (B, T, V+1) log-probs of the CTC head; blank is last, as in the joint
         ctc = model.ctc_decoder(encoder_output=encoded).float().log_softmax(-1).topk(spec.top_k, dim=-1)
     joined = {b: tuple(torch.cat(parts, dim=0) for parts in zip(*pieces[b], strict=True))
-              for b in range(size) if todo[b]}  # b -> (values, ids, blank_label)
-    posteriors = batch_occupancy({b: rows[2] for b, rows in joined.items()})
+              for b in range(size) if todo[b]}  # b -> (values, ids, blank_label[, duration_logp])
+    if spec.durations:
+        posteriors = tdt_batch_occupancy({b: rows[2] for b, rows in joined.items()},
+                                         {b: rows[3] for b, rows in joined.items()}, spec.durations)
+    else:
+        posteriors = batch_occupancy({b: rows[2] for b, rows in joined.items()})
     for b, key in enumerate(batch.keys):
         if not todo[b]:
             continue
-        values, ids, blank_label = joined[b]
+        values, ids, blank_label = joined[b][:3]
+        duration_logp = joined[b][3] if spec.durations else None
         occupancy, log_z = posteriors[b]
         labels_b = int(tokens_len[b])
-        rows = utterance_rows(values, ids, blank_label, labels_b, spec.band, occupancy if spec.band else None)
+        rows = utterance_rows(values, ids, blank_label, labels_b, spec.band,
+                              occupancy if spec.band else None, duration_logp)
+        if spec.durations:  # expected visited nodes of the full lattice: what the band's occupancy is a share of
+            rows["occupancy_sum"] = float(occupancy.sum())
         if ctc is not None:
             frames_b = int(encoded_len[b])
             rows["ctc_logp"] = ctc.values[b, :frames_b].cpu().numpy()

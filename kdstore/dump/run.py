@@ -6,6 +6,10 @@ the joint in time slices, keep per node the top-k log-probs and the (blank, next
 with ``--band W``, only the W label positions per frame that hold the most of the teacher's own
 alignment occupancy. ``--resume`` recomputes the same batches and skips committed utterances, so
 the finished store equals an uninterrupted dump's.
+
+RNN-T and hybrid RNN-T/CTC teachers write ``kdstore/2`` stores; TDT teachers (and TDT-CTC hybrids) write
+``kdstore/3`` ones, which add per node the D-way duration distribution and record the durations and the
+teacher's TDT loss settings in the root attribute (docs/store-format.md).
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from kdstore.inputs.batches import TranscribedAudioDataset, collate, duration_so
 from kdstore.inputs.screening import BadInputPolicy, Skipped, rules_for, screened_manifest
 from kdstore.nemo.checkpoint import read_tokenizer_files, restore_model
 from kdstore.nemo.frontend import front_end_from_config
-from kdstore.nemo.model_kind import check_model_for
-from kdstore.store import PartWriter, commit_store, open_for_writing
+from kdstore.nemo.model_kind import check_model_for, is_tdt
+from kdstore.nemo.tdt import TDTSettings, tdt_settings
+from kdstore.store import PartWriter, commit_store, meta_v3, open_for_writing
 from kdstore.store.background import BackgroundWriter
 from kdstore.store.layout import label_slot_fill
 from kdstore.store.meta_v2 import Counts, Fingerprint, LabelInfo, StoreMetadata
@@ -66,14 +71,16 @@ def _autocast(settings: DumpSettings):
 
 def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str | Path,
                  settings: DumpSettings = DumpSettings()) -> StoreMetadata | None:
-    """Write ``out`` (a kdstore/1 store). Returns the metadata on the committing rank, else None."""
+    """Write ``out``: a ``kdstore/2`` store for an RNN-T teacher, a ``kdstore/3`` one for a TDT teacher.
+    Returns the metadata on the committing rank, else None."""
     from tqdm import tqdm
 
     ranks = discover()
     try:
         model = restore_model(teacher_path, map_location=settings.device)
         local_forwards(model)  # NeMo's per-forward all-reduce would deadlock ranks with different batch counts
-        check_model_for("dump-teacher", model, teacher_path, subword=True)
+        check_model_for("dump-teacher", model, teacher_path, subword=True, tdt=True)
+        tdt = tdt_settings(model, teacher_path) if is_tdt(model) else None
         vocab, blank = int(model.decoder.vocab_size), int(model.decoder.blank_idx)
         top_k = min(settings.top_k, vocab + 1)
         has_ctc = getattr(model, "ctc_decoder", None) is not None
@@ -102,7 +109,8 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
                    "value_dtype": settings.value_dtype, "band": settings.band, "batch_size": settings.batch_size,
                    "world_size": ranks.world, "chunk_rows": settings.chunk_rows, "ctc": ctc,
                    "skip_bad": settings.skip_bad, "vocab_size": vocab, "pseudo_label": settings.pseudo_label,
-                   "beam_size": settings.beam_size, "min_confidence": settings.min_confidence}
+                   "beam_size": settings.beam_size, "min_confidence": settings.min_confidence,
+                   "tdt": _tdt_json(tdt)}
         if ranks.is_main:
             try:
                 group = open_for_writing(out, pending, overwrite=settings.overwrite, resume=settings.resume)
@@ -115,14 +123,14 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
             group = open_for_writing(out, pending, create=False)
         part = PartWriter(group, ranks.rank, top_k=top_k, vocab_size=vocab, value_dtype=settings.value_dtype,
                           with_occupancy=settings.band is not None, ctc_top_k=ctc_top_k, resume=settings.resume,
-                          chunk_rows=settings.chunk_rows)
+                          chunk_rows=settings.chunk_rows, num_durations=len(tdt.durations) if tdt else None)
         committed = set(part.committed_keys)
         writer = BackgroundWriter(part)
         dataset = TranscribedAudioDataset(entries, model.tokenizer.text_to_ids, front_end.sample_rate,
                                           untranscribed=True)
         plan = [b for n, b in enumerate(duration_sorted_batches(entries, settings.batch_size)) if ranks.owns(n)]
         spec = RowSpec(top_k=top_k, blank=blank, vocab=vocab, label_fill=label_slot_fill(np.dtype(settings.value_dtype)),
-                       band=settings.band, ctc=ctc)
+                       band=settings.band, ctc=ctc, durations=tdt.durations if tdt else None)
         bar = tqdm(total=sum(len(b) for b in plan), desc=f"dump-teacher[{ranks.rank}]", unit="utt",
                    disable=not settings.progress, initial=len(committed))
         try:
@@ -171,6 +179,8 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
             extra={"teacher_path": str(teacher_path), "manifest_path": str(manifest_path),
                    "settings": {k: v for k, v in asdict(settings).items() if k not in ("overwrite", "resume", "progress")}},
         )
+        if tdt is not None:
+            metadata = _as_tdt_metadata(metadata, tdt)
         bad = len(policy.skipped) - sum(dropped.values())
         if policy.skipped:
             metadata = dataclasses.replace(metadata, extra={**metadata.extra, "skipped_lines": bad,
@@ -184,6 +194,18 @@ def dump_teacher(teacher_path: str | Path, manifest_path: str | Path, out: str |
                              "permissions and rerun with --resume to commit") from err
     finally:
         shutdown(ranks)
+
+
+def _tdt_json(tdt: TDTSettings | None) -> dict | None:
+    """The TDT settings a ``--resume`` must match (None: an RNN-T teacher, as before TDT stores existed)."""
+    return None if tdt is None else {"durations": list(tdt.durations), "sigma": tdt.sigma, "omega": tdt.omega}
+
+
+def _as_tdt_metadata(metadata: StoreMetadata, tdt: TDTSettings) -> meta_v3.StoreMetadata:
+    """The ``kdstore/3`` metadata of a TDT teacher's store: ``metadata`` plus ``teacher_kind`` and ``tdt``."""
+    fields = {f.name: getattr(metadata, f.name) for f in dataclasses.fields(metadata) if f.name != "format"}
+    return meta_v3.StoreMetadata(**fields, format=meta_v3.FORMAT_VERSION, teacher_kind="tdt",
+                                 tdt=meta_v3.TDTInfo(durations=tdt.durations, sigma=tdt.sigma, omega=tdt.omega))
 
 
 def _rank_side_file(side_file: Path, rank: int) -> Path:
@@ -279,7 +301,7 @@ def _dump_batch(model, dataset, batch_indices, todo, writer, settings: DumpSetti
 def _check_finite(rows: dict, entry, manifest: str, settings: DumpSettings) -> None:
     """Raise ``StoreError`` (nothing of the utterance written) when the teacher's values for ``entry`` hold
     NaN or infinity: the audio passed screening (it is finite), so the teacher or its precision is at fault."""
-    for name in ("logp", "ctc_logp", "occupancy"):
+    for name in ("logp", "ctc_logp", "occupancy", "duration_logp"):
         values = rows.get(name)
         if values is None:
             continue

@@ -4,8 +4,9 @@ kdstore works on transducers. ``eval`` needs only NeMo's own decoding, so it sco
 (or hybrid) model, BPE or character vocabulary. ``dump-teacher``, online KD and ``export-onnx`` need
 token pieces: the store records the teacher's SentencePiece model and the student trains on it, and
 the export writes ``tokens.txt`` from it; character-vocabulary models (``EncDecRNNTModel`` with
-``labels``) are refused there. TDT joints (token + duration outputs) are not RNN-T lattices and are
-refused by the dump and the export.
+``labels``) are refused there. TDT joints (token + duration outputs) are served by ``dump-teacher``
+(``kdstore/3`` stores, :mod:`kdstore.nemo.tdt`) and by ``eval``; commands that call
+:func:`check_model_for` without ``tdt=True`` refuse them in one line.
 """
 
 from __future__ import annotations

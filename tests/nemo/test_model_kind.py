@@ -73,7 +73,7 @@ def test_commands_that_need_token_pieces_refuse_a_character_model_in_one_line(ch
     assert not (tmp_path / "s.zarr").exists() and not (tmp_path / "onnx").exists()
 
 
-@pytest.mark.parametrize(("command", "says"), [("dump-teacher", "character-vocabulary and TDT models are refused"),
+@pytest.mark.parametrize(("command", "says"), [("dump-teacher", "TDT teachers write kdstore/3 stores"),
                                                ("export-onnx", "character-vocabulary and TDT models are refused"),
                                                ("eval", "SentencePiece or character vocabulary")])
 def test_help_says_which_model_classes_are_served(command, says):
