@@ -7,7 +7,7 @@ import pytest
 # Fixtures that synthesise speech (Debian TTS engines) or train a model. A test that needs one,
 # directly or through another fixture, is `slow` without saying so: `pytest -m "not slow"` is the fast
 # inner loop (no TTS engine, nothing trained, under a minute on 2 cores).
-HEAVY_FIXTURES = frozenset({"demo_corpus", "emitting_model", "emitting_streaming_model"})
+HEAVY_FIXTURES = frozenset({"demo_corpus", "emitting_model", "emitting_streaming_model", "emitting_tdt_model"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -34,11 +34,14 @@ def demo_corpus(tmp_path_factory: pytest.TempPathFactory):
 EMITTING_UTTERANCES = 10  # the shortest train utterances of the demo corpus, memorised by the model
 
 
-def _overfit_tiny(demo_corpus, out_dir, config_name: str, hybrid: bool, max_steps: int, settle_steps: int = 0):
+def _overfit_tiny(demo_corpus, out_dir, config_name: str, hybrid: bool, max_steps: int, settle_steps: int = 0,
+                  tdt: bool = False):
     """Train a tiny model of ``config_name`` on the 10 shortest demo training utterances until it emits (see
     ``emitting_model``), then ``settle_steps`` more steps so that its transcripts do not sit on a decision
     boundary (a model stopped the moment it first emits can flip a word under int8 weights or another CPU's
-    float order); returns the saved .nemo path (``train.json`` and ``train_log.json`` beside it)."""
+    float order); returns the saved .nemo path (``train.json`` and ``train_log.json`` beside it). ``tdt``: the
+    config is a TDT one and the loss is kdstore's TDT loss with the config's durations (sigma = omega = 0, so
+    that the loss is the negative log-likelihood the 0.3 threshold is about)."""
     import json
     import time
     from pathlib import Path
@@ -68,6 +71,10 @@ def _overfit_tiny(demo_corpus, out_dir, config_name: str, hybrid: bool, max_step
             cfg.pop(key, None)
         cfg.tokenizer.dir = str(demo_corpus.tokenizer_dir)
         model = (EncDecHybridRNNTCTCBPEModel if hybrid else EncDecRNNTBPEModel)(cfg=cfg)
+        if tdt:
+            from kdstore.lattice.tdt_loss import tdt_loss
+
+            tdt_settings = {"durations": list(cfg.model_defaults.tdt_durations)}  # sigma = omega = 0: a likelihood
 
         waves = [soundfile.read(r["audio_filepath"], dtype="float32")[0] for r in rows]
         audio_len = torch.tensor([len(w) for w in waves])
@@ -87,7 +94,10 @@ def _overfit_tiny(demo_corpus, out_dir, config_name: str, hybrid: bool, max_step
             enc, enc_len = model.forward(input_signal=audio, input_signal_length=audio_len)  # (B, D, T)
             pred, _, _ = model.decoder(targets=targets, target_length=target_len)  # (B, H, U+1)
             logits = model.joint.joint(enc.transpose(1, 2), pred.transpose(1, 2))  # (B, T, U+1, V+1)
-            loss = rnnt_loss(logits, targets, enc_len, target_len, blank=model.decoder.blank_idx)
+            if tdt:  # the joint's CPU log-softmax over all V+1+D outputs is a shift that tdt_loss's split cancels
+                loss = tdt_loss(logits, targets, enc_len, target_len, blank=model.decoder.blank_idx, **tdt_settings)
+            else:
+                loss = rnnt_loss(logits, targets, enc_len, target_len, blank=model.decoder.blank_idx)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -151,3 +161,16 @@ def emitting_streaming_model(demo_corpus, tmp_path_factory: pytest.TempPathFacto
     """
     return _overfit_tiny(demo_corpus, tmp_path_factory.mktemp("emitting_streaming_model"), "tiny-streaming",
                          hybrid=True, max_steps=480, settle_steps=80)
+
+
+@pytest.fixture(scope="session")
+def emitting_tdt_model(demo_corpus, tmp_path_factory: pytest.TempPathFactory):
+    """Path of a tiny hybrid TDT-CTC model (.nemo, the ``tiny-tdt`` config: durations [0, 1, 2, 3, 4]) overfitted
+    on ``emitting_model``'s 10 utterances, so that NeMo's TDT greedy decoding emits tokens and skips frames.
+
+    Trained like ``emitting_model`` (Adam 3e-3, one batch, no SpecAugment) with kdstore's TDT loss on the joint
+    (sigma = omega = 0) until the loss is below 0.3 and NeMo's TDT greedy transcripts are
+    non-empty on at least 8 of 10, then 80 settling steps. ``train.json`` beside it lists the utterances.
+    """
+    return _overfit_tiny(demo_corpus, tmp_path_factory.mktemp("emitting_tdt_model"), "tiny-tdt", hybrid=True,
+                         max_steps=480, settle_steps=80, tdt=True)

@@ -12,8 +12,9 @@ from kdstore.cli.common import friendly_errors, progress_option, quiet_nemo, set
 
 @click.command("export-onnx")
 @click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="NeMo RNN-T or hybrid RNN-T/CTC model (.nemo) with a SentencePiece tokenizer (EncDecRNNTBPEModel, "
-                   "EncDecHybridRNNTCTCBPEModel); character-vocabulary and TDT models are refused.")
+              help="NeMo RNN-T, TDT or hybrid (with CTC) model (.nemo) with a SentencePiece tokenizer "
+                   "(EncDecRNNTBPEModel, EncDecHybridRNNTCTCBPEModel); character-vocabulary models are refused, TDT "
+                   "models need durations 0..D-1 and are refused with --streaming.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the ONNX files (created).")
 @click.option("--layout", type=click.Choice(["sherpa", "nemo"]), default="sherpa", show_default=True,
@@ -44,6 +45,7 @@ def command(model_path: Path, out_dir: Path, layout: str, int8: bool, preprocess
     Example:
       kdstore export-onnx --model student.nemo --out onnx/ --int8
       kdstore export-onnx --model student.nemo --out onnx-nemo/ --layout nemo
+      kdstore export-onnx --model tdt-student.nemo --out onnx-tdt/ --int8   # TDT: sherpa-onnx's url "tdt" metadata
       kdstore transcribe --onnx onnx/ clip.wav
       kdstore export-onnx --model streaming.nemo --out onnx-stream/ --streaming --chunk-ms 560 --int8
       kdstore transcribe --onnx onnx-stream/ --streaming clip.wav

@@ -8,10 +8,12 @@ Files (what onnx-asr 0.12's ``NemoConformerRnnt`` opens, by name):
 * ``decoder_joint-model.onnx``: inputs ``encoder_outputs`` (B, D, 1), ``targets`` (B, 1),
   ``target_length``, ``input_states_1/2`` (layers, B, hidden: layers and hidden static, onnx-asr
   reads them from the input shapes); outputs ``outputs`` (raw joint logits, V + 1 wide, blank last),
-  ``prednet_lengths``, ``output_states_1/2``;
+  ``prednet_lengths``, ``output_states_1/2`` (a TDT joint: V + 1 + D wide, the D duration logits last);
 * ``vocab.txt``: ``piece id`` lines with ``<blk> V`` last (onnx-asr finds blank by that name);
-* ``config.json``: ``model_type`` ("nemo-conformer-rnnt"), ``features_size``, ``subsampling_factor``,
-  ``max_tokens_per_step`` (NeMo's greedy ``max_symbols``).
+* ``config.json``: ``model_type`` ("nemo-conformer-rnnt", or "nemo-conformer-tdt": onnx-asr 0.12's
+  ``NemoConformerTdt`` splits the joint output after the vocabulary and skips as many frames as the index of
+  the largest duration logit), ``features_size``, ``subsampling_factor``, ``max_tokens_per_step`` (NeMo's
+  greedy ``max_symbols``).
 
 onnx-asr computes features itself with NeMo's *default* front end (16 kHz, n_fft 512, 25/10 ms hann,
 pre-emphasis 0.97, slaney mel, per_feature normalisation, 80 or 128 bins); a model with other
@@ -27,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from kdstore.errors import ExportError
-from kdstore.export.metadata import write_tokens
+from kdstore.export.metadata import joint_width, write_tokens
 from kdstore.export.onnx_edit import add_metadata, check_io_names, check_output_width
 from kdstore.files import write_atomic
 from kdstore.runtime.frontend import FrontEndConfig
-from kdstore.runtime.layout import NEMO
+from kdstore.runtime.layout import NEMO, TDT_DURATIONS_KEY
 
 ONNX_ASR_MODEL_TYPE = "nemo-conformer-rnnt"
+ONNX_ASR_TDT_MODEL_TYPE = "nemo-conformer-tdt"
 ENCODER_IO = (("audio_signal", "length"), ("outputs", "encoded_lengths"))
 DECODER_JOINT_IO = (("encoder_outputs", "targets", "target_length", "input_states_1", "input_states_2"),
                     ("outputs", "prednet_lengths", "output_states_1", "output_states_2"))
@@ -56,13 +59,13 @@ def write_nemo_layout(model: Any, out_dir: Path, metadata: Mapping[str, str], pr
             raise ExportError(f"NeMo's model.export did not write {path.name}; is this a transducer model?")
     check_io_names(encoder, *ENCODER_IO)
     check_io_names(decoder_joint, *DECODER_JOINT_IO)
-    check_output_width(decoder_joint, vocab_size + 1)
+    check_output_width(decoder_joint, joint_width(metadata))
     _check_static_states(decoder_joint)
     add_metadata(encoder, metadata)
     add_metadata(decoder_joint, provenance)
     vocab = write_tokens(model, out_dir / NEMO.tokens, vocab_size)
     config = {
-        "model_type": ONNX_ASR_MODEL_TYPE,
+        "model_type": ONNX_ASR_TDT_MODEL_TYPE if TDT_DURATIONS_KEY in metadata else ONNX_ASR_MODEL_TYPE,
         "features_size": frontend.features,
         "subsampling_factor": int(metadata["subsampling_factor"]),
         "max_tokens_per_step": int(metadata["max_symbols"]),

@@ -40,6 +40,9 @@ from kdstore.nemo.checkpoint import restore_model
 from kdstore.nemo.frontend import check_frontend, frontend_config_from_nemo
 from kdstore.runtime.layout import LAYOUTS, PREPROCESSOR_TS, int8_name
 
+# sherpa-onnx's DecodeOneTDT (offline-transducer-greedy-search-nemo-decoder.cc): max_tokens_per_frame = 5, fixed.
+SHERPA_TDT_MAX_SYMBOLS = 5
+
 
 @dataclass(frozen=True, kw_only=True)
 class ExportResult:
@@ -70,7 +73,8 @@ class ExportResult:
 def export_onnx(model_path: Path, out_dir: Path, int8: bool = False, layout: str = "sherpa",
                 preprocessor: bool = True, check: bool = False, progress: bool = False,
                 max_audio_seconds: float | None = None) -> ExportResult:
-    """Export ``model_path`` (.nemo RNN-T or hybrid RNN-T/CTC) into ``out_dir`` (created); returns the paths.
+    """Export ``model_path`` (.nemo RNN-T, hybrid RNN-T/CTC, TDT or hybrid TDT/CTC) into ``out_dir`` (created);
+    returns the paths.
 
     ``layout`` is ``sherpa`` or ``nemo``; ``int8`` adds quantised copies (and removes stale ones
     otherwise); ``preprocessor`` writes ``preprocessor.ts``; ``check`` runs :func:`smoke_test` on the
@@ -107,7 +111,7 @@ def export_onnx(model_path: Path, out_dir: Path, int8: bool = False, layout: str
             paths = write_sherpa_layout(model, out_dir, metadata, provenance)
         else:
             paths, notes = write_nemo_layout(model, out_dir, metadata, provenance, frontend)
-        notes += _streaming_note(model)
+        notes += _streaming_note(model) + _tdt_note(metadata, layout)
         graphs = [p for role, p in paths.items() if role in ("encoder", "decoder", "joiner")]
         bar.update()
 
@@ -151,6 +155,19 @@ def _streaming_note(model: Any) -> tuple[str, ...]:
         return ()
     note = ("a cache-aware streaming model, exported offline: it attends over the whole input with its default "
             "chunked context; export with --streaming for sherpa-onnx's OnlineRecognizer")
+    return (note,)
+
+
+def _tdt_note(metadata: Mapping[str, str], layout: str) -> tuple[str, ...]:
+    """A note for a TDT export in sherpa's layout whose ``max_symbols`` is not sherpa-onnx's fixed 5 (empty otherwise)."""
+    from kdstore.runtime.layout import TDT_DURATIONS_KEY
+
+    max_symbols = int(metadata["max_symbols"])
+    if layout != "sherpa" or TDT_DURATIONS_KEY not in metadata or max_symbols == SHERPA_TDT_MAX_SYMBOLS:
+        return ()
+    note = (f"a TDT model: sherpa-onnx's greedy search allows {SHERPA_TDT_MAX_SYMBOLS} tokens per frame, this model "
+            f"{max_symbols} (decoding.greedy.max_symbols; kdstore transcribe and NeMo use it); transcripts differ only "
+            f"where a frame would emit more than {min(max_symbols, SHERPA_TDT_MAX_SYMBOLS)}")
     return (note,)
 
 

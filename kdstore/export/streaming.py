@@ -264,7 +264,7 @@ def export_streaming(model_path: Path, out_dir: Path, chunk_ms: Sequence[int] | 
         raise ExportError(f"{out_dir} already holds an offline export ({offline[0]}); export --streaming into an "
                           "empty folder or one that holds chunk-*ms folders only")
     model = restore_model(model_path, error=ExportError)
-    check_exportable(model, model_path)
+    check_exportable(model, model_path, streaming=True)
     check_cache_aware(model, model_path)
     chunks = select_chunks(model, chunk_ms, model_path)
     every = trained_chunks(model)

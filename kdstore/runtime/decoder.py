@@ -7,7 +7,10 @@ port; both in :mod:`kdstore.runtime.frontend`, both match NeMo's preprocessor (c
 
 Greedy search as NeMo does it: start with blank as the previous token and zero LSTM states; at each
 encoder frame emit up to ``max_symbols`` tokens; blank moves on to the next frame; the prediction
-net (and its state) advances only when a token is emitted. The encoder runs on padded batches.
+net (and its state) advances only when a token is emitted. A TDT export (its joint is V+1+D wide, the
+encoder metadata names the durations: :func:`kdstore.runtime.layout.tdt_durations_of`) is decoded with
+NeMo's greedy TDT search instead, which skips frames by the predicted duration
+(:func:`kdstore.runtime.tdt.tdt_greedy`). The encoder runs on padded batches.
 """
 
 from __future__ import annotations
@@ -20,8 +23,16 @@ import numpy as np
 
 from kdstore.errors import DependencyError, ExportError
 from kdstore.runtime.frontend import AudioInput, FrontEndConfig, LogMelFrontEnd, TorchScriptFrontEnd, load_waveform
-from kdstore.runtime.layout import PREPROCESSOR_TS, detect_layout, read_metadata, read_tokens
+from kdstore.runtime.layout import (
+    PREPROCESSOR_TS,
+    TDT_DURATIONS_KEY,
+    detect_layout,
+    read_metadata,
+    read_tokens,
+    tdt_durations_of,
+)
 from kdstore.runtime.limits import check_lengths, input_name
+from kdstore.runtime.tdt import tdt_greedy
 
 WORD_BOUNDARY = "\u2581"  # SentencePiece's '▁'
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -95,6 +106,11 @@ class OnnxTransducer:
         shape = states[0].shape  # (layers, batch, hidden)
         self._state_shape = (int(self.metadata.get("pred_rnn_layers", shape[0])), 1,
                              int(self.metadata.get("pred_hidden", shape[2])))
+        width = (self._joiner or self._decoder).get_outputs()[0].shape[-1]  # V+1 (RNN-T) or V+1+D (TDT)
+        if not isinstance(width, int):  # a dynamic width: the durations the metadata lists, if any
+            listed = self.metadata.get(TDT_DURATIONS_KEY, "")
+            width = len(self.tokens) + (len(listed.split(",")) if listed else 0)
+        self.durations = tdt_durations_of(self.metadata, width, len(self.tokens))  # () for RNN-T
 
     def _read_config(self, name: str | None) -> dict:
         """onnx-asr's ``config.json`` of the NeMo layout (``max_tokens_per_step``, ``features_size``), else {}."""
@@ -173,6 +189,8 @@ class OnnxTransducer:
     def greedy(self, enc: np.ndarray) -> list[int]:
         """Token ids of one utterance's encoder output (T', D)."""
         state = (np.zeros(self._state_shape, np.float32), np.zeros(self._state_shape, np.float32))
+        if self.durations:
+            return self._greedy_tdt(enc, state)
         if self._joiner is None:
             return self._greedy_decoder_joint(enc, state)
         dec_out, next_state = self._predict(self.blank_id, state)
@@ -206,6 +224,35 @@ class OnnxTransducer:
                 hyp.append(token)
                 state = (h, c)
         return hyp
+
+    def _greedy_tdt(self, enc: np.ndarray, state: tuple[np.ndarray, np.ndarray]) -> list[int]:
+        """NeMo's greedy TDT search (:func:`kdstore.runtime.tdt.tdt_greedy`) with either layout's graphs."""
+        frames = enc[:, None, :, None]  # (T', 1, D, 1)
+        if self._joiner is not None:
+            pred = {"out": self._predict(self.blank_id, state)}
+
+            def joint(t: int) -> np.ndarray:
+                return self._joiner.run(None, {self._join_in[0]: frames[t], self._join_in[1]: pred["out"][0]})[0]
+
+            def emit(token: int) -> None:
+                pred["out"] = self._predict(token, pred["out"][1])
+        else:  # decoder_joint: the prediction net runs on the last token inside every joint call
+            names = self._dec_in
+            pred = {"last": self.blank_id, "state": state, "next": state}
+
+            def joint(t: int) -> np.ndarray:
+                feed = {"encoder_outputs": frames[t], "targets": np.array([[pred["last"]]], dtype=np.int32),
+                        "target_length": np.array([1], dtype=np.int32),
+                        "input_states_1": pred["state"][0], "input_states_2": pred["state"][1]}
+                logits, _, h, c = self._decoder.run(None, {n: feed[n] for n in names})
+                pred["next"] = (h, c)
+                return logits
+
+            def emit(token: int) -> None:
+                pred["last"], pred["state"] = token, pred["next"]
+
+        return tdt_greedy(enc.shape[0], joint, emit, blank_id=self.blank_id, durations=self.durations,
+                          max_symbols=self.max_symbols)[0]
 
     def greedy_ids(self, waveform: np.ndarray) -> list[int]:
         """Token ids of one waveform at ``sample_rate``."""

@@ -10,7 +10,8 @@ plus, in both, ``preprocessor.ts`` (NeMo's preprocessor as TorchScript) and, wit
 ``<graph>.int8.onnx`` beside each graph. ``export-onnx --streaming`` writes one sherpa layout (no
 ``preprocessor.ts``) per chunk size into ``chunk-<ms>ms/`` sub-folders (:func:`chunk_folder`), e.g.
 ``OUT/chunk-560ms/encoder.onnx``: a cache-aware encoder is exported for one chunk size. The encoder carries kdstore's metadata (front end, blank id,
-provenance) in its ``metadata_props``; the token file has one ``piece id`` line per id, blank last.
+provenance; a TDT model's durations, :func:`tdt_durations_of`) in its ``metadata_props``; the token file has one
+``piece id`` line per id, blank last.
 
 The export (writer) and the runtimes (readers) both take the names from here. Needs the ``onnx``
 package only inside :func:`read_metadata`; no torch, no NeMo.
@@ -25,6 +26,7 @@ from pathlib import Path
 from kdstore.errors import ExportError
 
 PREPROCESSOR_TS = "preprocessor.ts"
+TDT_DURATIONS_KEY = "tdt_durations"  # encoder metadata of a TDT export: "0,1,2,3,4" (frames, joint order)
 PREPROCESSOR_EXTRA_FILE = "kdstore.json"  # inside preprocessor.ts: how it was made and the front-end settings
 INT8_SUFFIX = ".int8.onnx"
 
@@ -92,6 +94,31 @@ def read_metadata(path: Path) -> dict[str, str]:
     import onnx
 
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def tdt_durations_of(metadata: dict[str, str], joint_width: int, num_tokens: int) -> tuple[int, ...]:
+    """The TDT durations of an export (``()`` for an RNN-T one), from its encoder ``metadata``, the joint's
+    output width and the number of token outputs (blank included).
+
+    kdstore writes ``tdt_durations``; an export made elsewhere for sherpa-onnx marks TDT only by "tdt" in its
+    ``url`` and, as sherpa-onnx assumes, has durations ``0..D-1`` with D = ``joint_width - num_tokens``.
+    Raises ExportError when the metadata and the joint's width disagree.
+    """
+    extra = joint_width - num_tokens
+    if TDT_DURATIONS_KEY in metadata:
+        try:
+            durations = tuple(int(d) for d in metadata[TDT_DURATIONS_KEY].split(","))
+        except ValueError:
+            raise ExportError(f"encoder metadata {TDT_DURATIONS_KEY}={metadata[TDT_DURATIONS_KEY]!r} is not a comma-"
+                              "separated list of frame counts; export again with kdstore export-onnx") from None
+    elif "tdt" in metadata.get("url", "") and extra > 0:
+        durations = tuple(range(extra))
+    else:
+        durations = ()
+    if len(durations) != extra:
+        raise ExportError(f"the joint emits {joint_width} values for {num_tokens} tokens (blank included), but the "
+                          f"encoder metadata gives {len(durations)} TDT durations; export again with kdstore export-onnx")
+    return durations
 
 
 def read_tokens(path: Path) -> list[str]:

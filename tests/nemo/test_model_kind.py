@@ -74,7 +74,7 @@ def test_commands_that_need_token_pieces_refuse_a_character_model_in_one_line(ch
 
 
 @pytest.mark.parametrize(("command", "says"), [("dump-teacher", "TDT teachers write kdstore/3 stores"),
-                                               ("export-onnx", "character-vocabulary and TDT models are refused"),
+                                               ("export-onnx", "character-vocabulary models are refused, TDT models need durations 0..D-1"),
                                                ("eval", "SentencePiece or character vocabulary")])
 def test_help_says_which_model_classes_are_served(command, says):
     text = " ".join(CliRunner().invoke(cli, [command, "--help"]).output.split()).replace("- ", "-")  # wrapped at hyphens
