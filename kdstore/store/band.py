@@ -9,7 +9,8 @@ band store keeps, per frame t, the W' consecutive label positions ``u in [s_t, s
 * row ``j = t * W' + (u - s_t)`` holds node (t, u) (:func:`gather_band`, :func:`scatter_band`).
 
 :func:`select_band` picks the starts that keep the most of the teacher's node occupancy (computed by
-:func:`kdstore.lattice.posteriors.node_occupancy`); :func:`band_mass` says how much that is.
+:func:`kdstore.lattice.posteriors.node_occupancy`, or for TDT teachers by
+:func:`kdstore.lattice.tdt_posteriors.tdt_node_occupancy`); :func:`band_mass` says how much that is.
 Inputs may be numpy arrays or CPU tensors (anything ``np.asarray`` takes; tensors are detached), so
 this module never imports torch.
 """

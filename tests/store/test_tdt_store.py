@@ -272,3 +272,25 @@ def test_store_collate_pads_duration_log_probs_like_blank_label(tmp_path):
         assert not kd.duration_logp[b, t:].any() and not kd.duration_logp[b, :, n:].any()  # padding: 0
     probs = kd.duration_logp.exp().sum(-1)[kd.stored]
     torch.testing.assert_close(probs, torch.ones_like(probs), rtol=0, atol=1e-5)
+
+
+def test_tdt_store_converts_to_hdf5_and_back(tmp_path):
+    from kdstore.store.convert import convert
+
+    items = build(seed=10, count=5, width=3)
+    path = tmp_path / "s.zarr"
+    make_store(path, items, width=3)
+    h5 = tmp_path / "s.h5"
+    convert(path, h5)
+    assert verify_store(h5)
+    a, b = StoreReader(path), StoreReader(h5)
+    assert b.metadata == a.metadata and b.tdt_durations == DURATIONS
+    for key in items:
+        np.testing.assert_array_equal(a.read_key(key).duration_logp, b.read_key(key).duration_logp)
+    back = tmp_path / "back.zarr"
+    convert(h5, back)
+    assert verify_store(back)
+    original, restored = all_arrays(path), all_arrays(back)
+    assert original.keys() == restored.keys()
+    for name in original:
+        np.testing.assert_array_equal(original[name], restored[name], err_msg=name)
