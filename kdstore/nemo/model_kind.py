@@ -5,8 +5,9 @@ kdstore works on transducers. ``eval`` needs only NeMo's own decoding, so it sco
 token pieces: the store records the teacher's SentencePiece model and the student trains on it, and
 the export writes ``tokens.txt`` from it; character-vocabulary models (``EncDecRNNTModel`` with
 ``labels``) are refused there. TDT joints (token + duration outputs) are served by ``dump-teacher``
-(``kdstore/3`` stores, :mod:`kdstore.nemo.tdt`) and by ``eval``; commands that call
-:func:`check_model_for` without ``tdt=True`` refuse them in one line.
+(``kdstore/3`` stores, :mod:`kdstore.nemo.tdt`), ``train-student`` (``-tdt`` configs), the offline
+``export-onnx`` and ``eval``; commands that call :func:`check_model_for` without ``tdt=True`` (the streaming
+export, online KD) refuse them in one line.
 """
 
 from __future__ import annotations
