@@ -21,6 +21,7 @@ from kdstore.distill.config import KDSettings, ModelSection, read_train_config, 
 from kdstore.errors import ConfigError, IncompatibleStoreError, TrainingError
 from kdstore.files import sha256_file
 from kdstore.nemo.frontend import front_end_from_config
+from kdstore.nemo.model_kind import config_tdt_durations
 
 # Trainer arguments kdstore sets itself, and where to set what they stand for.
 SET_BY_KDSTORE = {
@@ -72,6 +73,11 @@ def check_store_compatible(model_cfg: Any, model: ModelSection, store_path: str,
     if top_k is not None and top_k > stores.top_k:
         raise IncompatibleStoreError(f"model.kd.top_k={top_k} but store {stores.path} holds only k={stores.top_k} "
                                      f"per node; use model.kd.top_k<={stores.top_k} (or null for all)")
+    theirs, ours = stores.tdt_durations, config_tdt_durations(model_cfg)
+    if theirs and ours and tuple(theirs) != ours and model.kd.duration_weight > 0:
+        raise IncompatibleStoreError(f"{stores.path}: the TDT teacher's durations are {list(theirs)}, the student's "
+                                     f"{list(ours)}; give the student the teacher's (model.model_defaults.tdt_durations) "
+                                     "or set model.kd.duration_weight=0")
     changing = length_changing(model.train_ds.augmentor)
     if changing:
         raise IncompatibleStoreError(f"{changing[0]} perturbation changes the number of frames T: remove "

@@ -34,31 +34,32 @@ def is_tdt(model: Any) -> bool:
 def tdt_durations(model: Any) -> tuple[int, ...]:
     """The durations (in encoder frames) of a TDT model's duration outputs, in joint order; () for RNN-T.
 
-    Read from the model config the way NeMo's TDT recipes write it: ``model_defaults.tdt_durations``, else
-    ``decoding.durations``, else the loss's ``tdt_kwargs.durations``. Raises :class:`KdstoreError` when a
-    TDT joint (``joint.num_extra_outputs`` = D > 0) has no durations list of length D.
+    Read where NeMo 3.0 reads them: the loss's ``tdt_kwargs.durations`` (the loss is built from it and
+    ``__init__`` copies it into ``decoding.durations``), else ``decoding.durations``, else
+    ``model_defaults.tdt_durations``. Raises :class:`KdstoreError` when a TDT joint
+    (``joint.num_extra_outputs`` = D > 0) has no durations list of length D.
     """
     extra = int(getattr(getattr(model, "joint", None), "num_extra_outputs", 0) or 0)
     if not extra:
         return ()
     cfg = getattr(model, "cfg", None)
-    found = None
-    if cfg is not None:
-        for section, key in (("model_defaults", "tdt_durations"), ("decoding", "durations")):
-            part = cfg.get(section, None)
-            if part is not None and part.get(key, None) is not None:
-                found = part.get(key)
-                break
-        else:
-            loss = cfg.get("loss", None)
-            kwargs = loss.get("tdt_kwargs", None) if loss is not None else None
-            if kwargs is not None and kwargs.get("durations", None) is not None:
-                found = kwargs.get("durations")
-    durations = tuple(int(d) for d in found) if found is not None else ()
+    durations = config_tdt_durations(cfg) if cfg is not None else ()
     if len(durations) != extra:
         raise KdstoreError(f"{type(model).__name__}: a TDT joint with {extra} duration outputs, but its config lists "
                            f"durations {list(durations)}; set model_defaults.tdt_durations to {extra} durations")
     return durations
+
+
+def config_tdt_durations(cfg: Any) -> tuple[int, ...]:
+    """The TDT durations a NeMo model config (``model:`` section) declares, in the order :func:`tdt_durations`
+    reads them; () when it declares none (an RNN-T config)."""
+    loss = cfg.get("loss", None)
+    kwargs = loss.get("tdt_kwargs", None) if loss is not None else None
+    candidates = [(kwargs, "durations"), (cfg.get("decoding", None), "durations"),
+                  (cfg.get("model_defaults", None), "tdt_durations")]
+    found = next((part.get(key) for part, key in candidates if part is not None and part.get(key, None) is not None),
+                 None)
+    return tuple(int(d) for d in found) if found is not None else ()
 
 
 def has_subword_tokenizer(model: Any) -> bool:

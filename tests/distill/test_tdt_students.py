@@ -142,3 +142,24 @@ def test_tdt_and_rnnt_students_distil_a_tdt_teachers_store(demo_corpus, tokenize
     assert "train_duration_kd_loss" not in train("tiny-tdt", "tdt-kd-off", "model.kd.duration_weight=0")
     columns = train("tiny", "rnnt-kd")
     assert "train_kd_loss" in columns and "train_duration_kd_loss" not in columns
+
+
+def test_a_tdt_student_with_other_durations_than_its_teacher_is_refused_in_one_line(demo_corpus, tmp_path):
+    from kdstore.dump.run import DumpSettings, dump_teacher
+    from tests.models import build_model
+
+    teacher_path = tmp_path / "tdt-teacher.nemo"
+    build_model("tiny-tdt", demo_corpus.tokenizer_dir, seed=0).save_to(str(teacher_path))
+    manifest = tmp_path / "train.json"
+    manifest.write_text("\n".join(Path(demo_corpus.train_manifest).read_text().splitlines()[:4]) + "\n")
+    store = tmp_path / "tdt.zarr"
+    dump_teacher(teacher_path, manifest, store, DumpSettings(top_k=4, band=4, progress=False))
+    args = [sys.executable, "-m", "kdstore.cli.main", "train-student", "--config", "tiny-tdt", "--no-progress",
+            "--store", str(store), f"model.train_ds.manifest_filepath={manifest}",
+            f"model.tokenizer.dir={demo_corpus.tokenizer_dir}", f"run.output={tmp_path / 's.nemo'}",
+            "trainer.max_steps=1", "model.train_ds.batch_size=2", "model.model_defaults.tdt_durations=[0,1,2,4,8]"]
+    result = subprocess.run(args, check=False, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    assert result.returncode != 0 and not (tmp_path / "s.nemo").exists()
+    message = [line for line in result.stderr.splitlines() if "durations" in line]
+    assert message and "[0, 1, 2, 3, 4]" in message[-1] and "[0, 1, 2, 4, 8]" in message[-1], result.stderr[-2000:]
