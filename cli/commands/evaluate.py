@@ -33,13 +33,17 @@ from kdstore.evaluate.normalize import NORMALIZERS
 @click.option("--latency-reference", type=click.Path(exists=True, dir_okay=False), default=None,
               help="With --streaming: offline .nemo whose NeMo word timestamps give each word's end in the audio "
                    "(default: --teacher); latency = when the streamed word appeared - that end.")
+@click.option("--complete-last-chunk", is_flag=True,
+              help="With --streaming: decode each utterance followed by the silence that fills its last chunk, the "
+                   "stream `transcribe --streaming` hands sherpa-onnx (it decodes full chunks only): compare with "
+                   "sherpa-onnx's transcripts on this one.")
 @click.option("--threads", default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @progress_option
 @friendly_errors
 def command(model: str, manifest: str, teacher: str | None, out: str | None, normalizer: str, bootstrap_samples: int,
             seed: int, batch_size: int, streaming: bool, chunk_ms: float | None, latency_reference: str | None,
-            threads: int, as_json: bool, progress: bool) -> None:
+            complete_last_chunk: bool, threads: int, as_json: bool, progress: bool) -> None:
     """Greedy-decode MANIFEST with MODEL (and TEACHER) and print WER, CER, errors by type and RTF.
 
     \b
@@ -55,7 +59,7 @@ def command(model: str, manifest: str, teacher: str | None, out: str | None, nor
 
     run = run_eval(model, manifest, teacher, out, normalizer=normalizer, batch_size=batch_size,
                    bootstrap_samples=bootstrap_samples, seed=seed, progress=progress, streaming=streaming,
-                   chunk_ms=chunk_ms, latency_reference=latency_reference)
+                   chunk_ms=chunk_ms, latency_reference=latency_reference, complete_last_chunk=complete_last_chunk)
     if as_json:
         click.echo(json.dumps(run.to_dict(), indent=2))
         return

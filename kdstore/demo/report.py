@@ -216,7 +216,9 @@ def write_streaming_report(work: Path, plan: Any, offline: dict[str, dict[str, A
     fp32, int8 = onnx["sherpa_online_fp32"], onnx["sherpa_online_int8"]
     raw = onnx.get("sherpa_online_fp32_raw")
     lines += ["", (f"sherpa-onnx's OnlineRecognizer (fed 0.1 s at a time on NeMo's chunk grid, `kdstore transcribe "
-                   f"--streaming`) gives NeMo's own streaming transcript of the same stream on "
+                   f"--streaming`) gives NeMo's own streaming transcript of the same stream (the utterance and the "
+                   f"silence that fills its last chunk: `kdstore eval --streaming --complete-last-chunk`; the NeMo rows "
+                   f"above end with a shorter last chunk) on "
                    f"{fp32['same_as_nemo_streaming']} of {fp32['utterances']} test utterances in fp32 and "
                    f"{int8['same_as_nemo_streaming']} in int8 ({fp32['non_empty']} of sherpa-onnx's fp32 transcripts non-empty); int8 WER "
                    f"{100 * int8['wer']:.2f}% vs fp32 {100 * fp32['wer']:.2f}%; RTF int8 {int8['rtf']:.4f}"

@@ -35,7 +35,8 @@ class EvalRun:
 def run_eval(model: str | Path, manifest: str | Path, teacher: str | Path | None = None,
              out_dir: str | Path | None = None, *, normalizer: str = "basic", batch_size: int = 16,
              bootstrap_samples: int = 2000, seed: int = 0, progress: bool = False, streaming: bool = False,
-             chunk_ms: float | None = None, latency_reference: str | Path | None = None) -> EvalRun:
+             chunk_ms: float | None = None, latency_reference: str | Path | None = None,
+             complete_last_chunk: bool = False) -> EvalRun:
     """Greedy-decode ``manifest`` with ``model`` (and ``teacher``), compare, and write ``out_dir``.
 
     ``normalizer`` names a text normaliser (:data:`kdstore.evaluate.normalize.NORMALIZERS`);
@@ -44,19 +45,21 @@ def run_eval(model: str | Path, manifest: str | Path, teacher: str | Path | None
     (:func:`kdstore.evaluate.report.write_report`). ``progress`` draws a bar per model.
     ``streaming``: decode ``model`` with NeMo's cache-aware streaming in chunks of ``chunk_ms`` ms (None:
     its default) and measure word latency against ``latency_reference`` (default: ``teacher``); the
-    teacher is decoded offline (:mod:`kdstore.evaluate.streaming`).
+    teacher is decoded offline (:mod:`kdstore.evaluate.streaming`); ``complete_last_chunk``: each utterance is
+    followed by the silence that fills its last chunk, the stream sherpa-onnx's online recognizer decodes.
     Raises ``KdstoreError`` subclasses for unreadable models, manifests or audio, ``ConfigError`` for
     ``chunk_ms``/``latency_reference`` without ``streaming``, ``StreamingError`` for a model that does not
     stream or an untrained chunk length.
     """
-    if not streaming and (chunk_ms is not None or latency_reference is not None):
-        raise ConfigError("--chunk-ms and --latency-reference apply to streaming decoding: add --streaming")
+    if not streaming and (chunk_ms is not None or latency_reference is not None or complete_last_chunk):
+        raise ConfigError("--chunk-ms, --latency-reference and --complete-last-chunk apply to streaming decoding: "
+                          "add --streaming")
     if streaming:
         from kdstore.evaluate.streaming import evaluate_streaming
 
         results: dict[str, EvalResult] = {"model": evaluate_streaming(
             model, manifest, chunk_ms, latency_reference if latency_reference is not None else teacher, batch_size,
-            progress=progress, normalizer=normalizer)}
+            progress=progress, normalizer=normalizer, complete_last_chunk=complete_last_chunk)}
     else:
         results = {"model": evaluate_model(model, manifest, batch_size, progress=progress, normalizer=normalizer)}
     if teacher is not None:

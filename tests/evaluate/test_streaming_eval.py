@@ -115,6 +115,19 @@ def test_streaming_eval_equals_offline_eval_with_unlimited_context(unlimited_mod
         run_eval(unlimited_model, manifest, streaming=True, chunk_ms=400)
     with pytest.raises(ConfigError, match="add --streaming"):
         run_eval(unlimited_model, manifest, chunk_ms=560)
+    with pytest.raises(ConfigError, match="add --streaming"):
+        run_eval(unlimited_model, manifest, complete_last_chunk=True)
+    # --complete-last-chunk decodes the utterance and the silence that fills its last chunk: NeMo's streaming
+    # decode of exactly that audio (the stream sherpa-onnx's online recognizer gets)
+    from kdstore.nemo.checkpoint import restore_model
+    from kdstore.nemo.streaming import chunk_frames, complete_with_silence, stream_decode
+
+    completed = run_eval(unlimited_model, manifest, streaming=True, complete_last_chunk=True).results["model"]
+    model = restore_model(unlimited_model)
+    waves = [soundfile.read(r["audio_filepath"], dtype="float32")[0] for r in rows]
+    padded = [complete_with_silence(model, w, chunk_frames(model)) for w in waves]
+    assert any(len(p) > len(w) for p, w in zip(padded, waves))
+    assert completed.hypotheses == [stream_decode(model, p).text for p in padded]
     from click.testing import CliRunner
 
     from kdstore.cli.main import cli
