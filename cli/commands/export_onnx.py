@@ -93,4 +93,4 @@ def _export_streaming(model_path: Path, out_dir: Path, chunk_ms: tuple[int, ...]
         default = " (the model's default)" if c.chunk_ms == result.default_chunk_ms else ""
         click.echo(f"{chunk.out_dir.name}: {c.chunk_ms} ms chunks, {c.lookahead_ms} ms look-ahead, attention context "
                    f"[{c.left}, {c.right}]{default}; checked with onnxruntime "
-                   f"({chunk.check.get('frames_per_chunk', '?')} encoder frames per chunk)")
+                   f"({chunk.check.get('frames_per_chunk', '?')} encoder frame(s) per chunk)")

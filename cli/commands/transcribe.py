@@ -72,5 +72,6 @@ def command(onnx_dir: Path, audio: tuple[Path, ...], int8: bool, batch_size: int
     for t in result.transcripts:
         click.echo(f"{t.audio}\t{t.text}")
     mode = f", streamed in {result.chunk_ms} ms chunks" if result.chunk_ms is not None else ""
-    click.echo(f"{len(result.transcripts)} files, {result.audio_seconds:.1f} s of audio in {result.seconds:.2f} s: "
+    count = len(result.transcripts)
+    click.echo(f"{count} file{'' if count == 1 else 's'}, {result.audio_seconds:.1f} s of audio in {result.seconds:.2f} s: "
                f"RTF {result.rtf:.4f} ({result.layout} layout, {result.frontend} features, {provider}{mode})", err=True)

@@ -153,8 +153,9 @@ def _streaming_note(model: Any) -> tuple[str, ...]:
         check_streamable(model, error=ExportError)
     except ExportError:
         return ()
-    note = ("a cache-aware streaming model, exported offline: it attends over the whole input with its default "
-            "chunked context; export with --streaming for sherpa-onnx's OnlineRecognizer")
+    note = ("a cache-aware streaming model, exported offline: the whole input goes in at once, each frame still "
+            "attending only within its default chunked context; export with --streaming for sherpa-onnx's "
+            "OnlineRecognizer")
     return (note,)
 
 
