@@ -25,10 +25,11 @@ REPO = Path(__file__).resolve().parent.parent
 def test_demo_teacher_is_package_data():
     from kdstore.assets import DEMO_TEACHER_FILES, demo_teacher_dir
 
-    folder = demo_teacher_dir()
-    assert folder.is_relative_to(REPO / "kdstore")  # inside the package, not beside it
-    assert sorted(p.name for p in folder.iterdir() if p.is_file()) == sorted(DEMO_TEACHER_FILES)
-    assert '"kdstore.assets" = ["demo_teacher/*"]' in (REPO / "pyproject.toml").read_text()
+    for kind in ("rnnt", "tdt"):
+        folder = demo_teacher_dir(kind)
+        assert folder.is_relative_to(REPO / "kdstore")  # inside the package, not beside it
+        assert sorted(p.name for p in folder.iterdir() if p.is_file()) == sorted(DEMO_TEACHER_FILES)
+    assert '"kdstore.assets" = ["demo_teacher/*", "demo_teacher_tdt/*"]' in (REPO / "pyproject.toml").read_text()
 
 
 # --- the wheel, installed where the repository is not importable ---------------------------------
