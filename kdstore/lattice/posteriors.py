@@ -104,18 +104,9 @@ def lattice_posteriors_batch(
         raise ValueError(f"label_lp must be [B, T, U+1] or [B, T, U] like blank_lp {tuple(blank_lp.shape)}, "
                          f"got {tuple(label_lp.shape)}")
     device = blank_lp.device
-    t_len = torch.as_tensor(frame_lengths, dtype=torch.long, device=device).reshape(-1)
-    u_len = torch.as_tensor(label_lengths, dtype=torch.long, device=device).reshape(-1)
-    if t_len.numel() != batch or u_len.numel() != batch:
-        raise ValueError(f"need {batch} frame and label lengths, got {t_len.numel()} and {u_len.numel()}")
-    if batch and (int(t_len.min()) < 1 or int(t_len.max()) > frames):
-        raise ValueError(f"frame_lengths must lie in [1, {frames}], got {t_len.tolist()}")
-    if batch and (int(u_len.min()) < 0 or int(u_len.max()) > max_u):
-        raise ValueError(f"label_lengths must lie in [0, {max_u}], got {u_len.tolist()}")
-
+    t_len, u_len, valid_node = lattice_lengths(blank_lp, frame_lengths, label_lengths)
     t_pos = torch.arange(frames, device=device)[None, :, None]
     u_pos = torch.arange(width, device=device)[None, None, :]
-    valid_node = (t_pos < t_len[:, None, None]) & (u_pos <= u_len[:, None, None])
     valid_label = (t_pos < t_len[:, None, None]) & (u_pos[..., :max_u] < u_len[:, None, None])
     blank = torch.where(valid_node, blank_lp.detach().double().clamp(min=_LOG_FLOOR), 0.0)
     label = torch.where(valid_label, label_lp.detach()[..., :max_u].double().clamp(min=_LOG_FLOOR), 0.0)
@@ -192,3 +183,26 @@ def node_occupancy_batch(
 ) -> torch.Tensor:
     """:func:`node_occupancy` of a padded batch, [B, T, U+1] (0 on padding)."""
     return lattice_posteriors_batch(blank_lp, label_lp, frame_lengths, label_lengths).node
+
+
+def lattice_lengths(blank_lp: torch.Tensor, frame_lengths, label_lengths) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Checked per-utterance lengths of a padded [B, T, U+1] lattice and its valid-node mask.
+
+    Returns ``t_len`` (B,), ``u_len`` (B,) int64 and ``valid_node`` bool [B, T, U+1] (t < T_b and u <= U_b).
+    Raises ValueError when there are not B of each, or a T_b lies outside [1, T] or a U_b outside [0, U].
+    Shared by the RNN-T and the TDT forward-backward (:mod:`kdstore.lattice.tdt_posteriors`).
+    """
+    batch, frames, width = blank_lp.shape
+    max_u = width - 1
+    device = blank_lp.device
+    t_len = torch.as_tensor(frame_lengths, dtype=torch.long, device=device).reshape(-1)
+    u_len = torch.as_tensor(label_lengths, dtype=torch.long, device=device).reshape(-1)
+    if t_len.numel() != batch or u_len.numel() != batch:
+        raise ValueError(f"need {batch} frame and label lengths, got {t_len.numel()} and {u_len.numel()}")
+    if batch and (int(t_len.min()) < 1 or int(t_len.max()) > frames):
+        raise ValueError(f"frame_lengths must lie in [1, {frames}], got {t_len.tolist()}")
+    if batch and (int(u_len.min()) < 0 or int(u_len.max()) > max_u):
+        raise ValueError(f"label_lengths must lie in [0, {max_u}], got {u_len.tolist()}")
+    t_pos = torch.arange(frames, device=device)[None, :, None]
+    u_pos = torch.arange(width, device=device)[None, None, :]
+    return t_len, u_len, (t_pos < t_len[:, None, None]) & (u_pos <= u_len[:, None, None])

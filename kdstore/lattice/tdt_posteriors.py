@@ -51,6 +51,7 @@ from typing import NamedTuple
 
 import torch
 
+from kdstore.lattice.posteriors import lattice_lengths
 from kdstore.lattice.tdt_loss import check_durations
 
 __all__ = ["TDTLatticePosteriors", "tdt_lattice_posteriors", "tdt_lattice_posteriors_batch", "tdt_node_occupancy"]
@@ -114,18 +115,9 @@ def tdt_lattice_posteriors_batch(
     batch, frames, width = blank_lp.shape
     max_u = width - 1
     device = blank_lp.device
-    t_len = torch.as_tensor(frame_lengths, dtype=torch.long, device=device).reshape(-1)
-    u_len = torch.as_tensor(label_lengths, dtype=torch.long, device=device).reshape(-1)
-    if t_len.numel() != batch or u_len.numel() != batch:
-        raise ValueError(f"need {batch} frame and label lengths, got {t_len.numel()} and {u_len.numel()}")
-    if batch and (int(t_len.min()) < 1 or int(t_len.max()) > frames):
-        raise ValueError(f"frame_lengths must lie in [1, {frames}], got {t_len.tolist()}")
-    if batch and (int(u_len.min()) < 0 or int(u_len.max()) > max_u):
-        raise ValueError(f"label_lengths must lie in [0, {max_u}], got {u_len.tolist()}")
-
+    t_len, u_len, valid_node = lattice_lengths(blank_lp, frame_lengths, label_lengths)  # [B, T, U+1] mask
     t_pos = torch.arange(frames, device=device)[None, :, None]
     u_pos = torch.arange(width, device=device)[None, None, :]
-    valid_node = (t_pos < t_len[:, None, None]) & (u_pos <= u_len[:, None, None])  # [B, T, U+1]
     valid_label = (t_pos < t_len[:, None, None]) & (u_pos[..., :max_u] < u_len[:, None, None])  # [B, T, U]
     # Padding gets log-prob 0 (finite): it never feeds a valid node forward, and the backward pass
     # reaches only valid nodes and each utterance's own terminal (beta is -inf everywhere else).
