@@ -38,12 +38,17 @@ from kdstore.cli.common import friendly_errors, progress_option
               help="With --runtime sherpa-onnx: frame-align the audio so sherpa-onnx frames it as NeMo does "
               "(kdstore.runtime.sherpa; README, export-onnx); with --streaming also put its chunks on NeMo's "
               "chunk grid (kdstore.runtime.sherpa_online).")
+@click.option("--sherpa-mel-range", type=click.Choice(["model", "sherpa-default"]), default="model",
+              show_default=True,
+              help="With --runtime sherpa-onnx (offline): the fbank's upper mel edge. model: the model's own "
+              "(sherpa-onnx's Python FeatureExtractorConfig.high_freq); sherpa-default: Nyquist - 400 Hz, what "
+              "sherpa-onnx's C, Kotlin and Swift APIs use (README, export-onnx).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: transcripts, seconds, RTF.")
 @progress_option
 @friendly_errors
 def command(onnx_dir: Path, audio: tuple[Path, ...], int8: bool, batch_size: int, provider: str, frontend: str,
-            threads: int, runtime: str | None, streaming: bool, chunk_ms: int | None, sherpa_align: bool, as_json: bool,
-            progress: bool) -> None:
+            threads: int, runtime: str | None, streaming: bool, chunk_ms: int | None, sherpa_align: bool,
+            sherpa_mel_range: str, as_json: bool, progress: bool) -> None:
     """Print `path<TAB>text` for each AUDIO file (wav/flac/ogg, any rate, mono or stereo), then the RTF on stderr.
 
     \b
@@ -61,7 +66,7 @@ def command(onnx_dir: Path, audio: tuple[Path, ...], int8: bool, batch_size: int
         result = transcribe_files(onnx_dir, audio, runtime=runtime, int8=int8, batch_size=batch_size,
                                   provider=provider, frontend=frontend, num_threads=threads, sherpa_align=sherpa_align,
                                   progress=progress, on_text=decoded.__setitem__, streaming=streaming,
-                                  chunk_ms=chunk_ms)
+                                  chunk_ms=chunk_ms, sherpa_mel_range=sherpa_mel_range)
     except BaseException:
         for index in sorted(decoded):  # what was decoded before the failure is never lost
             click.echo(f"{audio[index]}\t{decoded[index]}")

@@ -12,8 +12,17 @@ memorised test model that alone flips 3 of 10 transcripts, and on the demo teach
 No sherpa-onnx setting moves its frames, but its input is ours: prepending ``hop/2 - c`` samples of
 silence (c = where NeMo centres frame 0; 0 by default, hop/2 with ``exact_pad``) puts sherpa's frame
 centres on NeMo's, and cutting the tail so that ``(n' + hop/2) // hop`` equals NeMo's frame count
-makes the counts equal. What stays different is per-frame detail that matters far less (povey
-instead of hann window, mel bins up to 7.6 kHz, pre-emphasis per frame, log floor, population std).
+makes the counts equal.
+
+**The mel range.** sherpa-onnx's offline NeMo recognizer keeps its feature extractor's default upper
+mel edge, ``high_freq = -400`` (7.6 kHz at 16 kHz), where NeMo's preprocessor uses ``highfreq``
+(``null``: half the sample rate); every mel bin then sits on other frequencies than the model was trained
+on. Its streaming recognizer sets 8 kHz itself. ``FeatureExtractorConfig.high_freq`` is the one setting
+sherpa-onnx's Python API offers for it (the C, Kotlin and Swift APIs have no such field), so
+:func:`recognizer_config` sets it to the export's ``highfreq``: on the demo's offline students this
+alone takes sherpa-onnx's agreement with NeMo from 137 to 154 of 159 transcripts (RNN-T) and from 134 to
+149 (TDT) (docs/results.md). What stays different is per-frame detail that matters far less (povey
+instead of hann window, pre-emphasis per frame, log floor, population std).
 
 **Running it** (``kdstore transcribe --runtime sherpa-onnx``): the sherpa layout exists for sherpa-onnx,
 so kdstore lets people run it there in one command and see what their deployment will say, aligned by
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,6 +100,78 @@ def sherpa_input(path: Path | str, onnx_dir: Path | str) -> tuple[np.ndarray, in
     return align_for_sherpa(load_waveform(path, config.sample_rate), config), config.sample_rate
 
 
+def sherpa_high_freq(config: FrontEndConfig) -> float:
+    """The ``high_freq`` (Hz) that gives sherpa-onnx's fbank NeMo's upper mel edge: ``highfreq``, or half the
+    sample rate when the preprocessor leaves it ``null``."""
+    return float(config.highfreq) if config.highfreq is not None else config.sample_rate / 2
+
+
+MEL_RANGES = ("model", "sherpa-default")
+SHERPA_DEFAULT_HIGH_FREQ = -400.0  # sherpa-onnx's FeatureExtractorConfig default: Nyquist - 400 Hz
+
+
+def recognizer_config(onnx_dir: Path, graphs: Sequence[str], frontend: FrontEndConfig, *, num_threads: int = 1,
+                      provider: str = "cpu", mel_range: str = "model") -> Any:
+    """sherpa-onnx's ``OfflineRecognizerConfig`` for a sherpa-layout NeMo transducer (greedy search).
+
+    ``mel_range`` ``model``: the feature extractor's upper mel edge is the model's (:func:`sherpa_high_freq`);
+    ``sherpa-default``: sherpa-onnx's own default (-400: Nyquist - 400 Hz), what its C, Kotlin and Swift APIs
+    give. ``low_freq`` is 0 either way (sherpa-onnx forces it for NeMo models). ``graphs`` = (encoder,
+    decoder, joiner) file names. Raises ExportError for an unknown ``mel_range``.
+    """
+    import sherpa_onnx
+
+    if mel_range not in MEL_RANGES:
+        raise ExportError(f"mel range: expected one of {', '.join(MEL_RANGES)}, got {mel_range!r}")
+    high_freq = sherpa_high_freq(frontend) if mel_range == "model" else SHERPA_DEFAULT_HIGH_FREQ
+
+    encoder, decoder, joiner = (str(onnx_dir / n) for n in graphs)
+    return sherpa_onnx.OfflineRecognizerConfig(
+        feat_config=sherpa_onnx.FeatureExtractorConfig(
+            sampling_rate=frontend.sample_rate, feature_dim=frontend.features, low_freq=float(frontend.lowfreq),
+            high_freq=high_freq, dither=0.0),
+        model_config=sherpa_onnx.OfflineModelConfig(
+            transducer=sherpa_onnx.OfflineTransducerModelConfig(encoder_filename=encoder, decoder_filename=decoder,
+                                                                joiner_filename=joiner),
+            tokens=str(onnx_dir / SHERPA.tokens), num_threads=num_threads, provider=provider,
+            model_type="nemo_transducer"),
+        decoding_method="greedy_search")
+
+
+def _open_recognizer(onnx_dir: Path, int8: bool, num_threads: int, provider: str,
+                     mel_range: str) -> tuple[Any, dict[str, str]]:
+    """(sherpa-onnx's native OfflineRecognizer, the encoder's metadata) after checking the folder."""
+    try:
+        from sherpa_onnx.lib._sherpa_onnx import OfflineRecognizer  # what from_transducer builds from its config
+    except ImportError:
+        raise DependencyError("--runtime sherpa-onnx needs the sherpa-onnx package: pip install sherpa-onnx") from None
+    graphs = SHERPA.graphs(int8)
+    missing = [n for n in [*graphs, SHERPA.tokens] if not (onnx_dir / n).is_file()]
+    if missing:
+        hint = " (export with --int8)" if int8 else " (export with --layout sherpa)"
+        raise ExportError(f"{onnx_dir}: not a sherpa-onnx export, missing {', '.join(missing)}{hint}")
+    metadata = read_metadata(onnx_dir / graphs[0])
+    absent = [k for k in SHERPA_REQUIRED_METADATA if k not in metadata]
+    if absent:
+        raise ExportError(f"{onnx_dir / graphs[0]}: encoder metadata lacks {', '.join(absent)}, which "
+                          "sherpa-onnx needs; export again with kdstore export-onnx")
+    config = recognizer_config(onnx_dir, graphs, FrontEndConfig.from_metadata(metadata), num_threads=num_threads,
+                               provider=provider, mel_range=mel_range)
+    return OfflineRecognizer(config), metadata
+
+
+def sherpa_recognizer(onnx_dir: Path | str, *, int8: bool = False, num_threads: int = 1, provider: str = "cpu",
+                      mel_range: str = "model") -> Any:
+    """sherpa-onnx's offline recognizer (greedy search) for a sherpa-layout kdstore export, its fbank's mel range
+    set to the model's (``mel_range``: see :func:`recognizer_config`); use it as sherpa-onnx's own
+    (``create_stream``, ``decode_streams``), feeding :func:`sherpa_input`.
+
+    Raises DependencyError without the sherpa-onnx package, ExportError for a folder that is not a complete
+    sherpa layout or whose encoder lacks a key sherpa-onnx needs.
+    """
+    return _open_recognizer(Path(onnx_dir), int8, num_threads, provider, mel_range)[0]
+
+
 class SherpaTransducer:
     """A sherpa-layout export run by ``sherpa_onnx.OfflineRecognizer`` (greedy search).
 
@@ -100,33 +182,14 @@ class SherpaTransducer:
     layout = SHERPA.name
 
     def __init__(self, onnx_dir: Path | str, *, int8: bool = False, num_threads: int = 1, provider: str = "cpu",
-                 align: bool = True) -> None:
-        try:
-            import sherpa_onnx
-        except ImportError:
-            raise DependencyError("--runtime sherpa-onnx needs the sherpa-onnx package: pip install sherpa-onnx") from None
+                 align: bool = True, mel_range: str = "model") -> None:
         self.onnx_dir = Path(onnx_dir)
-        graphs = SHERPA.graphs(int8)
-        missing = [n for n in [*graphs, SHERPA.tokens] if not (self.onnx_dir / n).is_file()]
-        if missing:
-            hint = " (export with --int8)" if int8 else " (export with --layout sherpa)"
-            raise ExportError(f"{self.onnx_dir}: not a sherpa-onnx export, missing {', '.join(missing)}{hint}")
-        metadata = read_metadata(self.onnx_dir / graphs[0])
-        absent = [k for k in SHERPA_REQUIRED_METADATA if k not in metadata]
-        if absent:
-            raise ExportError(f"{self.onnx_dir / graphs[0]}: encoder metadata lacks {', '.join(absent)}, which "
-                              "sherpa-onnx needs; export again with kdstore export-onnx")
-        self.metadata = metadata
-        self.frontend = FrontEndConfig.from_metadata(metadata)
+        self._recognizer, self.metadata = _open_recognizer(self.onnx_dir, int8, num_threads, provider, mel_range)
+        self.frontend = FrontEndConfig.from_metadata(self.metadata)
         self.sample_rate = self.frontend.sample_rate
         self.align = align
-        self.frontend_name = "sherpa-onnx fbank" + (", frame-aligned input" if align else ", raw input")
-        encoder, decoder, joiner = (str(self.onnx_dir / n) for n in graphs)
-        self._recognizer = sherpa_onnx.OfflineRecognizer.from_transducer(
-            encoder=encoder, decoder=decoder, joiner=joiner, tokens=str(self.onnx_dir / SHERPA.tokens),
-            num_threads=num_threads, sample_rate=self.sample_rate, feature_dim=self.frontend.features,
-            decoding_method="greedy_search", provider=provider, model_type="nemo_transducer",
-        )
+        self.frontend_name = ("sherpa-onnx fbank" + (", frame-aligned input" if align else ", raw input")
+                              + (", model's mel range" if mel_range == "model" else ", sherpa-onnx's default mel range"))
 
     def load(self, audio: AudioInput) -> np.ndarray:
         """Mono float32 at the model's rate (the alignment is applied in :meth:`transcribe`)."""

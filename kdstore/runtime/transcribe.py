@@ -71,8 +71,10 @@ class Transcription:
 
 def open_transducer(onnx_dir: Path | str, runtime: str = "onnxruntime", *, int8: bool = False, num_threads: int = 1,
                     provider: str = "cpu", frontend: str = "auto", sherpa_align: bool = True, streaming: bool = False,
-                    chunk_ms: int | None = None) -> OnnxTransducer | SherpaTransducer | SherpaOnlineTransducer:
-    """The model of ``onnx_dir`` in ``runtime``; ``frontend`` applies to onnxruntime, ``sherpa_align`` to sherpa-onnx;
+                    chunk_ms: int | None = None,
+                    sherpa_mel_range: str = "model") -> OnnxTransducer | SherpaTransducer | SherpaOnlineTransducer:
+    """The model of ``onnx_dir`` in ``runtime``; ``frontend`` applies to onnxruntime, ``sherpa_align`` to sherpa-onnx,
+    ``sherpa_mel_range`` to its offline recognizer (:func:`kdstore.runtime.sherpa.recognizer_config`);
     ``streaming`` opens sherpa-onnx's online recognizer on the ``chunk_ms`` folder of a streaming export
     (None: the model's default chunk; :func:`kdstore.runtime.sherpa_online.streaming_dir`).
 
@@ -89,7 +91,8 @@ def open_transducer(onnx_dir: Path | str, runtime: str = "onnxruntime", *, int8:
         raise ExportError("--chunk-ms needs --streaming")
     _refuse_streaming_export(Path(onnx_dir))
     if runtime == "sherpa-onnx":
-        return SherpaTransducer(onnx_dir, int8=int8, num_threads=num_threads, provider=provider, align=sherpa_align)
+        return SherpaTransducer(onnx_dir, int8=int8, num_threads=num_threads, provider=provider, align=sherpa_align,
+                                mel_range=sherpa_mel_range)
     if runtime != "onnxruntime":
         raise ExportError(f"runtime: expected one of {', '.join(RUNTIMES)}, got {runtime!r}")
     return OnnxTransducer(onnx_dir, int8=int8, num_threads=num_threads, provider=provider, frontend=frontend)
@@ -113,7 +116,7 @@ def transcribe_files(onnx_dir: Path | str, paths: Sequence[str | Path], *, runti
                      int8: bool = False, batch_size: int = 8, provider: str = "cpu", frontend: str = "auto",
                      num_threads: int = 1, sherpa_align: bool = True, progress: bool = False,
                      on_text: Callable[[int, str], None] | None = None, streaming: bool = False,
-                     chunk_ms: int | None = None) -> Transcription:
+                     chunk_ms: int | None = None, sherpa_mel_range: str = "model") -> Transcription:
     """Greedy transcripts of audio files (any rate/channels soundfile reads) with the export in ``onnx_dir``.
 
     Options as :func:`open_transducer`; ``batch_size`` files are encoded together (padded);
@@ -124,7 +127,8 @@ def transcribe_files(onnx_dir: Path | str, paths: Sequence[str | Path], *, runti
     :func:`open_transducer` raises.
     """
     model = open_transducer(onnx_dir, runtime, int8=int8, num_threads=num_threads, provider=provider,
-                            frontend=frontend, sherpa_align=sherpa_align, streaming=streaming, chunk_ms=chunk_ms)
+                            frontend=frontend, sherpa_align=sherpa_align, streaming=streaming, chunk_ms=chunk_ms,
+                            sherpa_mel_range=sherpa_mel_range)
     start = time.perf_counter()
     waves = [model.load(p) for p in paths]
     texts = model.transcribe(waves, batch_size=batch_size, progress=progress, on_text=on_text,

@@ -414,27 +414,30 @@ def test_onnx_asr_loads_nemo_layout_and_agrees(exported_nemo, emitting_manifest,
         assert agree >= 9, f"onnx-asr ({quantization or 'fp32'}) {agree}/10: {list(zip(nemo_transcripts, texts))}"
 
 
-def run_sherpa(onnx_dir: Path, paths: list[str], align: bool) -> list[str]:
+def run_sherpa(onnx_dir: Path, paths: list[str], align: bool, mel_range: str = "model") -> list[str]:
     """sherpa-onnx's greedy transcripts of ``paths`` (raw files, or frame-aligned by kdstore.runtime.sherpa),
-    through ``kdstore transcribe --runtime sherpa-onnx``, i.e. ``OfflineRecognizer.from_transducer(...,
-    model_type="nemo_transducer")``. A subprocess: sherpa-onnx exits the process on a bad model."""
+    through ``kdstore transcribe --runtime sherpa-onnx``, i.e. sherpa-onnx's ``OfflineRecognizer`` with
+    ``model_type="nemo_transducer"`` and the fbank's upper mel edge at the model's (``mel_range`` model) or
+    at sherpa-onnx's default. A subprocess: sherpa-onnx exits the process on a bad model."""
     pytest.importorskip("sherpa_onnx")
     proc = subprocess.run(
         [sys.executable, "-m", "kdstore.cli.main", "transcribe", "--onnx", str(onnx_dir), "--runtime", "sherpa-onnx",
-         "--sherpa-align" if align else "--no-sherpa-align", "--json", *paths],
+         "--sherpa-align" if align else "--no-sherpa-align", "--sherpa-mel-range", mel_range, "--json", *paths],
         check=False, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(proc.stdout)
     assert data["runtime"] == "sherpa-onnx" and data["rtf"] > 0
-    assert data["frontend"].endswith("frame-aligned input" if align else "raw input")
+    assert ("frame-aligned input" if align else "raw input") in data["frontend"]
+    assert data["frontend"].endswith("model's mel range" if mel_range == "model" else "sherpa-onnx's default mel range")
     return [t["text"] for t in data["transcripts"]]
 
 
 @pytest.fixture(scope="module")
 def sherpa_transcripts(exported, emitting_manifest):
-    """sherpa-onnx on the raw files: its own front end, frames half a hop off NeMo's."""
-    return run_sherpa(exported.out_dir, _audio_paths(emitting_manifest), align=False)
+    """sherpa-onnx as it comes, on the raw files: its own front end with its default mel range, frames half a
+    hop off NeMo's."""
+    return run_sherpa(exported.out_dir, _audio_paths(emitting_manifest), align=False, mel_range="sherpa-default")
 
 
 def test_sherpa_onnx_loads_and_agrees(exported, emitting_manifest, nemo_transcripts):
@@ -452,12 +455,12 @@ def test_sherpa_onnx_raw_files_disagree_more(sherpa_transcripts, nemo_transcript
     assert 5 <= agree <= 9, f"{agree}/10 agree: {list(zip(nemo_transcripts, sherpa_transcripts))}"
 
 
-def _sherpa_style_fbank(wave: np.ndarray) -> tuple[np.ndarray, int]:
+def _sherpa_style_fbank(wave: np.ndarray, high_freq: float = 7600.0) -> tuple[np.ndarray, int]:
     """What sherpa-onnx (kaldi-native-fbank) computes for a NeMo transducer, written from its documented
     options: frames centred at t * hop + hop / 2 with reflection at the edges and round(n / hop) of them
     (snip_edges=false), povey window, pre-emphasis per frame, no DC removal, librosa (Slaney) mel from
-    0 Hz to Nyquist - 400 Hz (high_freq=-400), log(max(x, FLT_EPSILON)), per-feature normalisation with
-    the population standard deviation over all frames."""
+    0 Hz to ``high_freq`` (sherpa-onnx's default: Nyquist - 400 Hz), log(max(x, FLT_EPSILON)), per-feature
+    normalisation with the population standard deviation over all frames."""
     x, hop, win, n = wave.astype(np.float64), 160, 400, len(wave)
     frames = (n + hop // 2) // hop
     idx = (np.arange(frames) * hop + hop // 2 - win // 2)[:, None] + np.arange(win)[None, :]
@@ -467,7 +470,7 @@ def _sherpa_style_fbank(wave: np.ndarray) -> tuple[np.ndarray, int]:
     seg = np.concatenate([seg[:, :1] * 0.03, seg[:, 1:] - 0.97 * seg[:, :-1]], axis=1)
     seg *= (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / (win - 1))) ** 0.85
     power = np.abs(np.fft.rfft(seg, n=512, axis=1)) ** 2
-    mel = np.log(np.maximum(power @ mel_filterbank(16000, 512, 80, 0.0, 7600.0).T, np.finfo(np.float32).eps))
+    mel = np.log(np.maximum(power @ mel_filterbank(16000, 512, 80, 0.0, high_freq).T, np.finfo(np.float32).eps))
     std = np.sqrt(np.maximum((mel**2).mean(0) - mel.mean(0) ** 2, 0.0))
     return ((mel - mel.mean(0)) / (std + 1e-5)).T.astype(np.float32), frames
 
@@ -505,6 +508,33 @@ def test_sherpa_gap_is_its_front_end(exported, emitting_manifest, sherpa_transcr
     assert emulated == sherpa_transcripts, list(zip(emulated, sherpa_transcripts, nemo_transcripts))
 
 
+def test_sherpa_mel_range_is_the_models(exported, emitting_manifest, nemo_transcripts):
+    """With ``--sherpa-mel-range model`` (the default) sherpa-onnx's fbank spans NeMo's 0-8 kHz: our graphs fed
+    the same emulated features at 8 kHz give its transcripts on frame-aligned input, at 7.6 kHz they need not;
+    and the recognizer config carries the model's edge."""
+    from kdstore.errors import ExportError
+    from kdstore.runtime.decoder import OnnxTransducer
+    from kdstore.runtime.layout import SHERPA
+    from kdstore.runtime.sherpa import align_for_sherpa, recognizer_config
+
+    paths = _audio_paths(emitting_manifest)
+    sherpa = run_sherpa(exported.out_dir, paths, align=True)
+    model = OnnxTransducer(exported.out_dir, frontend="numpy")
+    emulated = []
+    for path in paths:
+        feats, frames = _sherpa_style_fbank(align_for_sherpa(soundfile.read(path, dtype="float32")[0],
+                                                             model.frontend_config), high_freq=8000.0)
+        enc = model.encode_features(feats[None], np.array([frames]))[0]
+        emulated.append(model.decode_ids_to_text(model.greedy(enc)))
+    assert emulated == sherpa, list(zip(emulated, sherpa, nemo_transcripts))
+    configs = {r: recognizer_config(exported.out_dir, SHERPA.graphs(False), model.frontend_config, mel_range=r)
+               for r in ("model", "sherpa-default")}
+    assert configs["model"].feat_config.high_freq == 8000.0
+    assert configs["sherpa-default"].feat_config.high_freq == -400.0
+    with pytest.raises(ExportError, match="mel range: expected one of model, sherpa-default"):
+        recognizer_config(exported.out_dir, SHERPA.graphs(False), model.frontend_config, mel_range="8k")
+
+
 def test_demo_teacher_in_sherpa_onnx_matches_nemo_accuracy(demo_corpus, tmp_path):
     """The committed demo teacher (fp16 weights, generalises) through sherpa-onnx (frame-aligned input)
     vs NeMo on the fixture corpus: most transcripts identical and the same accuracy. Also proves that a model saved in fp16,
@@ -530,7 +560,7 @@ def test_demo_teacher_in_sherpa_onnx_matches_nemo_accuracy(demo_corpus, tmp_path
     finally:
         torch.set_num_threads(threads)
     agree = sum(a == b for a, b in zip(sherpa, nemo)) / len(rows)
-    assert agree >= 0.85, list(zip(nemo, sherpa))
+    assert agree >= 0.9, list(zip(nemo, sherpa))  # measured 50/51
     assert abs(jiwer.wer(refs, [t or "-" for t in sherpa]) - jiwer.wer(refs, nemo)) < 0.04
 
 
