@@ -299,7 +299,8 @@ def write_tdt_report(work: Path, plan: Any, scores: dict[str, dict[str, Any]], t
     lines += ["", (f"sherpa-onnx's offline recognizer on the exported TDT student gives NeMo's transcript on "
                    f"{fp32['same_as_nemo']} of {fp32['utterances']} test utterances in fp32 and {int8['same_as_nemo']} "
                    f"in int8 ({fp32['non_empty']} non-empty); int8 WER {100 * int8['wer']:.2f}% vs fp32 "
-                   f"{100 * fp32['wer']:.2f}%. Export: {onnx['onnx_dir']}."), "",
+                   f"{100 * fp32['wer']:.2f}% (frame-aligned input and the model's mel range, as `kdstore transcribe "
+                   f"--runtime sherpa-onnx` runs it; README, export-onnx). Export: {onnx['onnx_dir']}."), "",
               ("The RNN-T student learns the TDT teacher's token distributions only: the durations (where the "
                "teacher jumps over frames) have no place in an RNN-T joint (docs/training.md, \"TDT students\")."), "",
               "![TDT](tdt.png)"]

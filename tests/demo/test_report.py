@@ -52,3 +52,23 @@ def test_report_says_what_the_teacher_labelled_and_whether_the_students_learn_fr
     assert "## Untranscribed audio" in text and "0.25 h" in text and "418 utterances" in text and "| bucket table |" in text
     assert ("Both students learn from it" in text) == learned
     assert ("The students do not learn from it" in text) == (not learned)
+
+
+def test_tdt_report_compares_kd_with_its_twin_and_says_how_sherpa_onnx_ran(tmp_path):
+    from types import SimpleNamespace
+
+    from kdstore.demo.report import write_tdt_report
+    from kdstore.demo.tdt import RNNT_KD, TDT_KD, TDT_TEACHER, TDT_TWIN
+
+    def summary(wer: float) -> dict:
+        return {"wer": wer, "cer": wer / 2, "params": 2_966_000}
+
+    scores = {TDT_TEACHER: summary(0.08), TDT_KD: summary(0.15), TDT_TWIN: summary(0.17), RNNT_KD: summary(0.18)}
+    sherpa = {"wer": 0.151, "cer": 0.07, "utterances": 159, "same_as_nemo": 149, "non_empty": 159, "rtf": 0.01}
+    onnx = {"onnx_dir": "onnx-tdt", "sherpa_fp32": sherpa, "sherpa_int8": {**sherpa, "same_as_nemo": 140}}
+    text = write_tdt_report(tmp_path, SimpleNamespace(duration_weight=0.5), scores, {}, onnx).read_text()
+    assert "**The TDT student keeps 92.4% of the TDT teacher's word accuracy**" in text
+    assert "its no-KD twin 17.00% (-2.00 points with KD on tokens and durations, duration weight 0.5)" in text
+    assert "NeMo's transcript on 149 of 159 test utterances in fp32 and 140 in int8" in text
+    assert "the model's mel range" in text and (tmp_path / "tdt.png").is_file()
+    assert all(f"| {name} |" in text for name in scores)
