@@ -89,6 +89,16 @@ def teacher_command(recipe: TeacherRecipe, corpus: DemoCorpus, work: Path) -> li
             "exp_manager.resume_if_exists=true", "+exp_manager.use_datetime_version=false"]
 
 
+def recipe_command(recipe: TeacherRecipe, workdir: str | Path) -> str:
+    """The ``kdstore demo --train-teacher`` command line that trains ``recipe`` into ``workdir`` (every setting the
+    CLI offers that the recipe changes: the TDT config, steps, hours, seed, held-out engine)."""
+    return ("kdstore demo --train-teacher --workdir " + str(workdir)
+            + (" --tdt" if recipe.config.endswith("-tdt") else "")
+            + f" --teacher-steps {recipe.steps} --teacher-hours {recipe.hours:g}"
+            + (f" --seed {recipe.seed}" if recipe.seed else "")
+            + (f" --hold-out-engine {recipe.hold_out_engine}" if recipe.hold_out_engine else ""))
+
+
 def train_demo_teacher(workdir: str | Path, recipe: TeacherRecipe = TeacherRecipe(), out_dir: Path | None = None,
                        echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Corpus -> train (resumable) -> score on the test split -> ``out_dir``/teacher.nemo (fp16) + scores.
@@ -124,14 +134,12 @@ def train_demo_teacher(workdir: str | Path, recipe: TeacherRecipe = TeacherRecip
         "wer_by_engine": by_engine, "hold_out_engine": recipe.hold_out_engine,
         "steps": recipe.steps, "train_seconds": round(time.time() - start, 1), "recipe": asdict(recipe),
         "corpus": {"hours": dict(corpus.hours), "utterances": dict(corpus.utterances)},
-        "command": "kdstore demo --train-teacher --workdir " + str(workdir)
-                   + (" --tdt" if recipe.config.endswith("-tdt") else "")
-                   + (f" --teacher-steps {recipe.steps} --teacher-hours {recipe.hours:g}")
-                   + (f" --hold-out-engine {recipe.hold_out_engine}" if recipe.hold_out_engine else ""),
+        "command": recipe_command(recipe, workdir),
     }
     (out_dir / "teacher-scores.json").write_text(json.dumps(summary, indent=2) + "\n")
+    asset = "demo_teacher_tdt" if recipe.config.endswith("-tdt") else "demo_teacher"
     echo(f"[teacher] test WER {100 * scores.wer:.2f}% CER {100 * scores.cer:.2f}% -> {out_dir / 'teacher.nemo'}; "
-         "to ship it, copy that folder's files into kdstore/assets/demo_teacher/ of a checkout")
+         f"to ship it, copy that folder's files into kdstore/assets/{asset}/ of a checkout")
     return summary
 
 
