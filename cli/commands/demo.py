@@ -47,7 +47,7 @@ def command(workdir: str, quick: bool, seed: int, streaming: bool, train_teacher
       kdstore demo --workdir demo-run --tdt                   # + TDT teacher -> TDT and RNN-T students
       kdstore demo --workdir teacher-run --train-teacher     # -> teacher-run/demo_teacher/
       kdstore demo --workdir holdout-run --train-teacher --hold-out-engine festival --teacher-hours 2
-      kdstore demo --workdir tdt-run --train-teacher --tdt --teacher-hours 1 --teacher-steps 1500
+      kdstore demo --workdir tdt-run --train-teacher --tdt --teacher-hours 1 --teacher-steps 800 --seed 1
     """
     quiet_nemo()
     if train_teacher:

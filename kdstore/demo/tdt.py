@@ -2,7 +2,8 @@
 
 After the offline demo's steps (reused when done: the corpus and its test split), the committed TDT demo
 teacher (``kdstore/assets/demo_teacher_tdt``: ``tiny-teacher-tdt``, started from the RNN-T demo teacher and
-trained with kdstore's CPU TDT loss; ``kdstore demo --train-teacher --tdt``) is dumped over the training
+trained with kdstore's CPU TDT loss on other recordings than the students' split; ``kdstore demo
+--train-teacher --tdt --seed 1``) is dumped over the training
 split into a TDT store (token top-k and the duration distribution per node, band ``plan.band``). Three
 students train side by side from it, all started from the TDT teacher's weights: the TDT headline student
 ``tiny-teacher-2l-tdt`` with KD on tokens and durations, its no-KD twin (same initialisation, batches, steps
