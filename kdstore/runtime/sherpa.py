@@ -94,8 +94,9 @@ def export_frontend(onnx_dir: Path | str) -> FrontEndConfig:
 
 
 def sherpa_input(path: Path | str, onnx_dir: Path | str) -> tuple[np.ndarray, int]:
-    """(samples, rate) to hand to ``stream.accept_waveform``: read, resampled and downmixed as
-    ``kdstore transcribe`` reads audio, then frame-aligned for the export in ``onnx_dir``."""
+    """(samples, rate): read, resampled and downmixed as ``kdstore transcribe`` reads audio, then frame-aligned
+    for the export in ``onnx_dir``. sherpa-onnx's ``stream.accept_waveform`` takes them the other way round,
+    (rate, samples): ``stream.accept_waveform(*reversed(sherpa_input(path, onnx_dir)))``."""
     config = export_frontend(onnx_dir)
     return align_for_sherpa(load_waveform(path, config.sample_rate), config), config.sample_rate
 

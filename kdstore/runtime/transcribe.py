@@ -79,8 +79,14 @@ def open_transducer(onnx_dir: Path | str, runtime: str = "onnxruntime", *, int8:
     (None: the model's default chunk; :func:`kdstore.runtime.sherpa_online.streaming_dir`).
 
     Raises ExportError for an unknown runtime, ``streaming`` with onnxruntime, ``chunk_ms`` without
-    ``streaming``, or an incomplete folder; DependencyError for a runtime that is not installed.
+    ``streaming``, a ``sherpa_mel_range`` other than ``model`` or ``sherpa_align`` False where it would change
+    nothing (the mel range with streaming; either with onnxruntime), or an incomplete folder; DependencyError for a runtime that is not installed.
     """
+    if sherpa_mel_range != "model" and (streaming or runtime != "sherpa-onnx"):
+        where = "sherpa-onnx's streaming recognizer sets 8 kHz itself" if streaming else f"{runtime} uses NeMo's features"
+        raise ExportError(f"--sherpa-mel-range applies to sherpa-onnx's offline recognizer only ({where}); drop it")
+    if not sherpa_align and runtime != "sherpa-onnx":
+        raise ExportError(f"--no-sherpa-align applies to sherpa-onnx only ({runtime} uses NeMo's frames); drop it")
     if streaming:
         if runtime != "sherpa-onnx":
             raise ExportError(f"--streaming runs in sherpa-onnx's OnlineRecognizer; kdstore has no {runtime} streaming "

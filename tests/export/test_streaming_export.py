@@ -336,6 +336,13 @@ def test_cli_option_refusals_are_one_line(streaming_nemo, exported, tmp_path):
         _cli("transcribe", "--onnx", str(exported.out_dir), "--streaming", "--chunk-ms", "80", str(wav)))
     assert "--chunk-ms needs --streaming" in _one_line_error(
         _cli("transcribe", "--onnx", str(exported.out_dir / "chunk-560ms"), "--chunk-ms", "560", str(wav)))
+    # the offline recognizer's mel range, where it would change nothing: refused, not ignored
+    assert "sherpa-onnx's streaming recognizer sets 8 kHz itself" in _one_line_error(
+        _cli("transcribe", "--onnx", str(exported.out_dir), "--streaming", "--sherpa-mel-range", "sherpa-default", str(wav)))
+    assert "onnxruntime uses NeMo's features" in _one_line_error(
+        _cli("transcribe", "--onnx", str(exported.out_dir), "--sherpa-mel-range", "sherpa-default", str(wav)))
+    assert "--no-sherpa-align applies to sherpa-onnx only" in _one_line_error(
+        _cli("transcribe", "--onnx", str(exported.out_dir), "--runtime", "onnxruntime", "--no-sherpa-align", str(wav)))
     # a streaming export opened without --streaming (its root, or one chunk folder, either runtime): say so
     for folder, runtime in ((exported.out_dir, "onnxruntime"), (exported.out_dir / "chunk-560ms", "onnxruntime"),
                             (exported.out_dir / "chunk-560ms", "sherpa-onnx")):
