@@ -7,4 +7,4 @@ trains a smaller FastConformer-Transducer from audio plus that store, with no te
 Importing this package is cheap: NeMo and torch are imported only by the modules that need them.
 """
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
