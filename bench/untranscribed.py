@@ -171,6 +171,43 @@ class Bench:
         return result
 
 
+def paired_t(diffs: list[float]) -> float | None:
+    """Student's paired t statistic of the per-seed differences (mean / (sd / sqrt(n))); None below 2 seeds."""
+    if len(diffs) < 2 or statistics.stdev(diffs) == 0:
+        return None
+    return statistics.mean(diffs) / (statistics.stdev(diffs) / len(diffs) ** 0.5)
+
+
+def budget_table(work: Path, row: str = "plus-untranscribed", base: str = "base") -> str:
+    """Every training budget (steps) measured in ``work``: ``base`` against ``row``, paired by seed.
+
+    Reads ``<work>/results/*.json`` (one file per row, seed and budget), so runs of several invocations with
+    other ``--steps`` and ``--seeds`` land in one table. WER in percent; differences in WER points.
+    """
+    found: dict[int, dict[str, dict[int, float]]] = {}
+    for path in sorted((work / "results").glob("*.json")):
+        result = json.loads(path.read_text())
+        fp = result.get("fingerprint", {})
+        if fp.get("row") in (row, base) and "overrides" not in fp:
+            found.setdefault(fp["steps"], {}).setdefault(fp["row"], {})[fp["seed"]] = 100 * result["wer"]
+    lines = [f"| steps | seeds | {base} WER % | {row} WER % | paired difference per seed | mean | better in | paired t |",
+             "|---:|---|---:|---:|---|---:|---:|---:|"]
+    for steps in sorted(found):
+        seeds = sorted(set(found[steps].get(base, {})) & set(found[steps].get(row, {})))
+        if not seeds:
+            continue
+        a = [found[steps][base][s] for s in seeds]
+        b = [found[steps][row][s] for s in seeds]
+        diffs = [y - x for x, y in zip(a, b)]
+        t = paired_t(diffs)
+        sd = (lambda v: f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else "")
+        lines.append(f"| {steps} | {', '.join(map(str, seeds))} | {statistics.mean(a):.2f}{sd(a)} | "
+                     f"{statistics.mean(b):.2f}{sd(b)} | {', '.join(f'{d:+.2f}' for d in diffs)} | "
+                     f"{statistics.mean(diffs):+.2f} | {sum(d < 0 for d in diffs)} of {len(diffs)} | "
+                     f"{'-' if t is None else f'{t:.2f}'} |")
+    return "\n".join(lines)
+
+
 def min_confidence_from(quality: dict) -> float:
     """The label-quality table's second threshold: the value that leaves the least sure bucket out."""
     return float(quality["thresholds"][1]["min_confidence"])
@@ -208,6 +245,8 @@ def report(bench: Bench, rows: list[Row], seeds: list[int], results: dict, store
             better = sum(d < 0 for d in diffs)
             lines.append(f"- {r.name}: {', '.join(f'{d:+.2f}' for d in diffs)} (mean {statistics.mean(diffs):+.2f}; "
                          f"better in {better} of {len(diffs)} seeds)")
+    lines += ["", (f"Every budget measured in {bench.work} (same code, same stores; this table is rebuilt from its "
+              "result files on every run):"), "", budget_table(bench.work)]
     lines += ["", "Stores: " + "; ".join(f"{name} {s['bytes'] / 1e6:.1f} MB, dumped in {s['seconds']:.0f} s"
                                          for name, s in stores.items()) + ".", "",
               "![untranscribed study](img/untranscribed.png)"]
