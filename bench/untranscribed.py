@@ -178,18 +178,24 @@ def paired_t(diffs: list[float]) -> float | None:
     return statistics.mean(diffs) / (statistics.stdev(diffs) / len(diffs) ** 0.5)
 
 
+def budget_results(work: Path, rows: tuple[str, ...]) -> dict[int, dict[str, dict[int, float]]]:
+    """``steps -> row -> seed -> test WER %`` of every result file in ``<work>/results`` for ``rows``."""
+    found: dict[int, dict[str, dict[int, float]]] = {}
+    for path in sorted((work / "results").glob("*.json")):
+        result = json.loads(path.read_text())
+        fp = result.get("fingerprint", {})
+        if fp.get("row") in rows and "overrides" not in fp:
+            found.setdefault(fp["steps"], {}).setdefault(fp["row"], {})[fp["seed"]] = 100 * result["wer"]
+    return found
+
+
 def budget_table(work: Path, row: str = "plus-untranscribed", base: str = "base") -> str:
     """Every training budget (steps) measured in ``work``: ``base`` against ``row``, paired by seed.
 
     Reads ``<work>/results/*.json`` (one file per row, seed and budget), so runs of several invocations with
     other ``--steps`` and ``--seeds`` land in one table. WER in percent; differences in WER points.
     """
-    found: dict[int, dict[str, dict[int, float]]] = {}
-    for path in sorted((work / "results").glob("*.json")):
-        result = json.loads(path.read_text())
-        fp = result.get("fingerprint", {})
-        if fp.get("row") in (row, base) and "overrides" not in fp:
-            found.setdefault(fp["steps"], {}).setdefault(fp["row"], {})[fp["seed"]] = 100 * result["wer"]
+    found = budget_results(work, (base, row))
     lines = [f"| steps | seeds | {base} WER % | {row} WER % | paired difference per seed | mean | better in | paired t |",
              "|---:|---|---:|---:|---|---:|---:|---:|"]
     for steps in sorted(found):
@@ -253,13 +259,27 @@ def report(bench: Bench, rows: list[Row], seeds: list[int], results: dict, store
     return "\n".join(lines)
 
 
-def plot(path: Path, rows: list[Row], seeds: list[int], results: dict, quality: dict) -> None:
+def plot(path: Path, rows: list[Row], seeds: list[int], results: dict, quality: dict, work: Path) -> None:
+    """Three panels: this run's rows (mean bar, a dot per seed); test WER by training budget for ``base`` and
+    ``plus-untranscribed`` (every budget in ``work``, a line through the means, paired seeds joined); the
+    teacher's label WER by confidence bucket."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4))
+    budgets = budget_results(work, ("base", "plus-untranscribed"))
+    for name, colour in (("base", "#8c8c8c"), ("plus-untranscribed", "#4c72b0")):
+        steps = [n for n in sorted(budgets) if budgets[n].get(name)]
+        for n in steps:
+            middle.scatter([n] * len(budgets[n][name]), list(budgets[n][name].values()), color=colour, s=12, alpha=0.7)
+        middle.plot(steps, [statistics.mean(budgets[n][name].values()) for n in steps], color=colour, marker="o",
+                    label=f"{name} (mean)")
+    middle.set_xlabel("training steps (batch 16)")
+    middle.set_ylabel("test WER % (unseen voices)")
+    middle.set_title("by budget: transcribed only vs + teacher-labelled")
+    middle.legend(fontsize=8)
     for i, r in enumerate(rows):
         values = [100 * results[f"{r.name}-s{s}"]["wer"] for s in seeds if f"{r.name}-s{s}" in results]
         if values:
@@ -307,7 +327,7 @@ def main() -> None:
     corpus = json.loads((bench.corpus / "corpus.json").read_text())["splits"]
     text = report(bench, rows, args.seeds, results, stores, quality, corpus, threshold)
     png = (args.out.parent / "img" / "untranscribed.png") if args.out else bench.work / "untranscribed.png"
-    plot(png, rows, args.seeds, results, quality)
+    plot(png, rows, args.seeds, results, quality, bench.work)
     print(text)
     (bench.work / "report.md").write_text(text + "\n")
     if args.out:
