@@ -143,9 +143,9 @@ class Bench:
                        "teacher": self.teacher_id, "stores": [stores[s]["fingerprint"] for s in row.stores]}
         if row.overrides:
             fingerprint["overrides"] = list(row.overrides)
-        if result_path.is_file() and json.loads(result_path.read_text()).get("fingerprint") == fingerprint:
-            return json.loads(result_path.read_text())
         output = self.work / "students" / f"{tag}.nemo"
+        if result_path.is_file() and json.loads(result_path.read_text()).get("fingerprint") == fingerprint:
+            return self.extra_tests(json.loads(result_path.read_text()), tag, output, result_path)
         command = self.train_command(row, seed, output)
         start = time.perf_counter()
         done_steps, _ = curve_summary(output.with_suffix(".log.csv"))
@@ -168,6 +168,25 @@ class Bench:
         result_path.parent.mkdir(parents=True, exist_ok=True)
         result_path.write_text(json.dumps(result, indent=2))
         self.log(f"done {tag}: WER {100 * result['wer']:.2f}%")
+        return self.extra_tests(result, tag, output, result_path)
+
+    def extra_tests(self, result: dict, tag: str, model: Path, result_path: Path) -> dict:
+        """Score the student on every ``--extra-test`` manifest it has no score for yet (kept in its result
+        file under ``extra``, keyed by the manifest's file id), so a larger test set can be added later."""
+        for manifest in self.args.extra_test:
+            key = file_id(manifest)
+            if key in result.get("extra", {}):
+                continue
+            log = self.work / "logs" / f"{tag}.eval-{manifest.stem}-{key[-16:]}.log"
+            if run_logged(kdstore_cmd("eval", "--model", str(model), "--manifest", str(manifest), "--json",
+                                      "--no-progress", "--threads", "1"), log) != 0:
+                raise RuntimeError(f"eval of {tag} on {manifest} failed; see {log}")
+            summary = parse_eval_json(log)["model"]
+            utterances = sum(1 for line in manifest.open() if line.strip())
+            result.setdefault("extra", {})[key] = {"manifest": str(manifest), "utterances": utterances,
+                                                   "wer": summary["wer"], "cer": summary["cer"]}
+            result_path.write_text(json.dumps(result, indent=2))
+            self.log(f"{tag} on {manifest}: WER {100 * summary['wer']:.2f}%")
         return result
 
 
@@ -178,24 +197,29 @@ def paired_t(diffs: list[float]) -> float | None:
     return statistics.mean(diffs) / (statistics.stdev(diffs) / len(diffs) ** 0.5)
 
 
-def budget_results(work: Path, rows: tuple[str, ...]) -> dict[int, dict[str, dict[int, float]]]:
-    """``steps -> row -> seed -> test WER %`` of every result file in ``<work>/results`` for ``rows``."""
+def budget_results(work: Path, rows: tuple[str, ...], test: str | None = None) -> dict[int, dict[str, dict[int, float]]]:
+    """``steps -> row -> seed -> test WER %`` of every result file in ``<work>/results`` for ``rows``: on the
+    corpus' test.json, or with ``test`` (a manifest's :func:`file_id`) on that ``--extra-test`` set."""
     found: dict[int, dict[str, dict[int, float]]] = {}
     for path in sorted((work / "results").glob("*.json")):
         result = json.loads(path.read_text())
         fp = result.get("fingerprint", {})
-        if fp.get("row") in rows and "overrides" not in fp:
-            found.setdefault(fp["steps"], {}).setdefault(fp["row"], {})[fp["seed"]] = 100 * result["wer"]
+        if fp.get("row") not in rows or "overrides" in fp:
+            continue
+        wer = result["wer"] if test is None else result.get("extra", {}).get(test, {}).get("wer")
+        if wer is not None:
+            found.setdefault(fp["steps"], {}).setdefault(fp["row"], {})[fp["seed"]] = 100 * wer
     return found
 
 
-def budget_table(work: Path, row: str = "plus-untranscribed", base: str = "base") -> str:
+def budget_table(work: Path, row: str = "plus-untranscribed", base: str = "base", test: str | None = None) -> str:
     """Every training budget (steps) measured in ``work``: ``base`` against ``row``, paired by seed.
 
     Reads ``<work>/results/*.json`` (one file per row, seed and budget), so runs of several invocations with
-    other ``--steps`` and ``--seeds`` land in one table. WER in percent; differences in WER points.
+    other ``--steps`` and ``--seeds`` land in one table. WER in percent (on test.json, or on the
+    ``--extra-test`` manifest whose file id is ``test``); differences in WER points.
     """
-    found = budget_results(work, (base, row))
+    found = budget_results(work, (base, row), test)
     lines = [f"| steps | seeds | {base} WER % | {row} WER % | paired difference per seed | mean | better in | paired t |",
              "|---:|---|---:|---:|---|---:|---:|---:|"]
     for steps in sorted(found):
@@ -253,6 +277,10 @@ def report(bench: Bench, rows: list[Row], seeds: list[int], results: dict, store
                          f"better in {better} of {len(diffs)} seeds)")
     lines += ["", (f"Every budget measured in {bench.work} (same code, same stores; this table is rebuilt from its "
               "result files on every run):"), "", budget_table(bench.work)]
+    for manifest in bench.args.extra_test:
+        n = sum(1 for line in manifest.open() if line.strip())
+        lines += ["", f"The same students on `{manifest}` ({n} utterances, `--extra-test`):", "",
+                  budget_table(bench.work, test=file_id(manifest))]
     lines += ["", "Stores: " + "; ".join(f"{name} {s['bytes'] / 1e6:.1f} MB, dumped in {s['seconds']:.0f} s"
                                          for name, s in stores.items()) + ".", "",
               "![untranscribed study](img/untranscribed.png)"]
@@ -311,6 +339,9 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=[r.name for r in ROWS])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--one-seed-rows", nargs="*", default=[], help="rows run with the first seed only")
+    parser.add_argument("--extra-test", type=Path, action="append", default=[],
+                        help="another test manifest (repeatable) every student is scored on too, e.g. a larger "
+                             "split of the same unseen voices; reported in its own table")
     parser.add_argument("--out", type=Path, default=None, help="docs/benchmarks.md to write the section into")
     args = parser.parse_args()
     bench = Bench(args)
