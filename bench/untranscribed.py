@@ -247,9 +247,10 @@ def report(bench: Bench, rows: list[Row], seeds: list[int], results: dict, store
            corpus: dict, threshold: float) -> str:
     by_row = {r.name: [results[f"{r.name}-s{s}"]["wer"] for s in seeds if f"{r.name}-s{s}" in results] for r in rows}
     lines = [f"Measured {datetime.date.today()} on {machine()}; {versions()}.", "",
-             (f"Command: `python bench/untranscribed.py --corpus-dir {bench.args.corpus_dir} --steps {bench.args.steps} "
-             f"--seeds {' '.join(map(str, seeds))}"
+             (f"Command: `python bench/untranscribed.py --corpus-dir {bench.args.corpus_dir} --workdir {bench.args.workdir} "
+             f"--rows {' '.join(r.name for r in rows)} --steps {bench.args.steps} --seeds {' '.join(map(str, seeds))}"
              + (f" --one-seed-rows {' '.join(bench.args.one_seed_rows)}" if bench.args.one_seed_rows else "")
+             + "".join(f" --extra-test {m}" for m in bench.args.extra_test)
              + "` (corpus: `kdstore prepare-demo --voices wide --hours 1 "
              "--untranscribed-hours 1`)."), "",
              (f"Corpus: train {corpus['train']['utterances']} utterances ({corpus['train']['hours']:.3f} h), "
