@@ -1,7 +1,7 @@
 """Does teacher-labelled audio help the student? Paired by seed, on the demo corpus (issue [3/6]).
 
 The demo corpus built with ``kdstore prepare-demo --voices wide --untranscribed-hours H`` has
-``train.json`` (transcribed) and ``untranscribed.json`` (more audio, in voices of no other split (training voices at unheard pitches), text
+``train.json`` (transcribed) and ``untranscribed.json`` (more audio, spoken by training voices at pitches no split uses, text
 withheld in ``untranscribed.refs.json``). The teacher's stores are dumped once:
 
 - ``train``: ``dump-teacher`` over train.json (band 6, k 8, CTC rows: the defaults);
@@ -19,7 +19,8 @@ the same steps, batch size and seed per seed column, and is scored on test.json 
 - ``plus-kd-only``: both stores, the teacher-labelled utterances learn from the lattice only
   (``model.kd.pseudo_label_alpha=1``: no RNN-T/CTC term on their hard labels).
 
-    python bench/untranscribed.py --corpus-dir /tmp/study13/corpus --workdir /tmp/study13/work --out docs/benchmarks.md
+    python bench/untranscribed.py --corpus-dir corpus --workdir work --rows base plus-untranscribed --steps 2800 \\
+        --extra-test bigger-test.json   # add --out docs/benchmarks.md to rewrite that section
 
 Restartable like bench/study.py (results per row and seed in ``<workdir>/results``).
 """
@@ -331,20 +332,29 @@ def plot(path: Path, rows: list[Row], seeds: list[int], results: dict, quality: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus-dir", type=Path, required=True)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/kdstore-untranscribed"))
-    parser.add_argument("--teacher", type=Path, default=default_teacher())
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--corpus-dir", type=Path, required=True,
+                        help="a corpus of kdstore prepare-demo --voices wide --untranscribed-hours 1")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/kdstore-untranscribed"),
+                        help="stores, students, logs and per-run results (reused: runs are restartable)")
+    parser.add_argument("--teacher", type=Path, default=default_teacher(), help="default: the committed demo teacher")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps per student (the demo: 700)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rows", nargs="+", default=[r.name for r in ROWS])
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--rows", nargs="+", default=[r.name for r in ROWS], choices=[r.name for r in ROWS],
+                        metavar="ROW", help=f"rows to run: {', '.join(r.name for r in ROWS)} (default: all)")
+    parser.add_argument("--jobs", type=int, default=2, help="students trained side by side (one thread each)")
     parser.add_argument("--one-seed-rows", nargs="*", default=[], help="rows run with the first seed only")
     parser.add_argument("--extra-test", type=Path, action="append", default=[],
                         help="another test manifest (repeatable) every student is scored on too, e.g. a larger "
                              "split of the same unseen voices; reported in its own table")
     parser.add_argument("--out", type=Path, default=None, help="docs/benchmarks.md to write the section into")
     args = parser.parse_args()
+    unknown = set(args.one_seed_rows) - set(args.rows)
+    if unknown:
+        parser.error(f"--one-seed-rows {' '.join(sorted(unknown))}: not among --rows")
+    for manifest in args.extra_test:
+        if not manifest.is_file():
+            parser.error(f"--extra-test {manifest}: no such manifest")
     bench = Bench(args)
     rows = [r for r in ROWS if r.name in args.rows]
     stores = {"train": bench.dump("train", "train"), "untranscribed": bench.dump("untranscribed", "untranscribed")}

@@ -55,8 +55,9 @@ def command(teacher, manifest, out, top_k, batch_size, value_dtype, band, ctc, d
     Example:
       kdstore dump-teacher --teacher teacher.nemo --manifest train.json --out teacher.zarr --top-k 8 --band 6
     \b
-    Untranscribed audio (a manifest without "text"), weak labels left out:
-      kdstore dump-teacher --teacher teacher.nemo --manifest unlabelled.json --out unlabelled.zarr --min-confidence -0.3
+    Untranscribed audio (a manifest without "text"), weak labels left out (the threshold from
+    the table of kdstore label-quality on a sample whose text you know):
+      kdstore dump-teacher --teacher teacher.nemo --manifest unlabelled.json --out unlabelled.zarr --min-confidence -0.04
     \b
     Several processes (one part each, committed by rank 0):
       torchrun --nproc-per-node 4 $(which kdstore) dump-teacher ... --device cuda

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from kdstore import __version__
 from kdstore.dump.pseudo_labels import configure_search, search_name
 from kdstore.dump.ranks import Ranks, discover, local_forwards, shutdown
 from kdstore.dump.rows import RowSpec, batch_rows
-from kdstore.errors import AudioError, KdstoreError, StoreError
+from kdstore.errors import AudioError, ConfigError, KdstoreError, StoreError
 from kdstore.files import sha256_bytes, sha256_file
 from kdstore.inputs.batches import TranscribedAudioDataset, collate, duration_sorted_batches
 from kdstore.inputs.screening import BadInputPolicy, Skipped, rules_for, screened_manifest
@@ -61,6 +62,15 @@ class DumpSettings:
     beam_size: int = 1  # the teacher's search for pseudo-labels: 1 = greedy batch, > 1 = beam
     min_confidence: float | None = None  # leave out teacher labels below this mean log-prob per token (nats)
     progress: bool = False
+
+    def __post_init__(self) -> None:
+        """Raises ConfigError (one line, named as the CLI option) for a value no dump could use."""
+        for name, value in (("--top-k", self.top_k), ("--batch-size", self.batch_size), ("--beam-size", self.beam_size)):
+            if value < 1:
+                raise ConfigError(f"{name} must be 1 or more, got {value}")
+        if self.min_confidence is not None and not (math.isfinite(self.min_confidence) and self.min_confidence <= 0):
+            raise ConfigError(f"--min-confidence is a mean log-prob per token: a finite number of nats <= 0 (0 is "
+                              f"certain), got {self.min_confidence}; choose it from the table of kdstore label-quality")
 
 
 def _autocast(settings: DumpSettings):

@@ -133,6 +133,29 @@ def test_min_confidence_leaves_weak_labels_out_and_lists_them(teacher, mixed_man
     assert sorted(round(row["confidence"], 3) for row in side) == sorted(round(c, 3) for c in weak)
 
 
+@pytest.mark.parametrize("value", ["0.5", "nan", "inf", "-inf"])
+def test_a_min_confidence_no_label_can_meet_is_refused_in_one_line(teacher, mixed_manifest, tmp_path, value):
+    """A mean log-prob per token is <= 0 and finite: 0.5 would leave every label out and commit an empty
+    store, nan would leave none out; both are refused before the teacher loads, and nothing is written."""
+    from click.testing import CliRunner
+
+    from kdstore.cli.main import cli
+    from kdstore.dump.run import DumpSettings
+    from kdstore.errors import ConfigError
+
+    out = tmp_path / "refused.zarr"
+    result = CliRunner().invoke(cli, args(teacher, mixed_manifest, out, "--min-confidence", value))
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--min-confidence" in lines[0] and "label-quality" in lines[0], result.output
+    assert not out.exists() and not Path(f"{out}.skipped.jsonl").exists()
+    with pytest.raises(ConfigError, match="--min-confidence"):
+        DumpSettings(min_confidence=float(value))
+    assert DumpSettings(min_confidence=0.0).min_confidence == 0.0  # 0 (certain) is a valid, if strict, threshold
+    with pytest.raises(ConfigError, match="--beam-size must be 1 or more"):
+        DumpSettings(beam_size=0)
+
+
 def test_resume_of_an_interrupted_pseudo_label_dump_equals_an_uninterrupted_one(teacher, mixed_manifest, tmp_path):
     ref = tmp_path / "ref.zarr"
     assert run_cli(args(teacher, mixed_manifest, ref, "--band", "3")).returncode == 0
