@@ -15,7 +15,10 @@ from kdstore.cli.common import friendly_errors, required_path
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @friendly_errors
 def command(store: str, verify: bool, as_json: bool) -> None:
-    """Summarise STORE: utterances, hours, nodes, bytes per node, mean top-k mass.
+    """Summarise STORE: utterances, hours, nodes, bytes per node, mean top-k mass; for a kdstore/2+
+    store also its labels: how many are a person's (the transcript) and how many the teacher's, the
+    teacher's search and confidence (median, min; nats per token), and what --min-confidence left out.
+    One utterance's label, source and confidence: StoreReader(STORE).label(i) in Python.
 
     \b
     Example:

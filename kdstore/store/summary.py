@@ -74,6 +74,7 @@ def summarize(path: str | os.PathLike) -> dict[str, Any]:
     if meta.labels is not None:
         labels = [reader.label(i) for i in range(len(reader))]
         teacher = [lab.confidence for lab in labels if lab.source == "teacher"]
+        summary["person_labels"] = len(labels) - len(teacher)  # utterances forced on the manifest's transcript
         summary["teacher_labels"] = len(teacher)  # utterances whose label is the teacher's hypothesis
         if teacher:
             summary["teacher_search"] = meta.labels.search

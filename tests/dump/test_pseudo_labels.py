@@ -97,6 +97,16 @@ def test_pseudo_label_store_round_trips_text_ids_confidence_and_provenance(teach
     assert exact >= 0.5 * len(untranscribed)
 
 
+def test_inspect_counts_person_and_teacher_labels(mixed_manifest, mixed_store):
+    from kdstore.store.summary import summarize
+
+    summary = summarize(mixed_store)
+    without_text = sum(1 for line in mixed_manifest.read_text().splitlines() if "text" not in json.loads(line))
+    assert summary["teacher_labels"] == without_text > 0
+    assert summary["person_labels"] == summary["utterances"] - without_text > 0
+    assert summary["teacher_search"] == "greedy_batch" and summary["teacher_label_confidence_median"] <= 0
+
+
 def test_pseudo_label_flag_labels_every_line_and_beam_search_is_recorded(teacher, mixed_manifest, tmp_path):
     out = tmp_path / "all.zarr"
     result = run_cli(args(teacher, mixed_manifest, out, "--pseudo-label", "--beam-size", "2"))
