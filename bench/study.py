@@ -333,8 +333,13 @@ def plot(path: Path, rows: list[Row], by_row: dict, storage: dict, teacher: dict
 
 
 def versions() -> str:
-    names = ("torch", "nemo_toolkit", "kdstore", "zarr")
-    return ", ".join([f"Python {sys.version.split()[0]}"] + [f"{n} {version(n)}" for n in names])
+    """Versions of what ran; kdstore's from the imported package (an editable install's metadata keeps the
+    version it was installed at)."""
+    import kdstore
+
+    found = [f"{n} {version(n)}" for n in ("torch", "nemo_toolkit")] + [f"kdstore {kdstore.__version__}",
+                                                                        f"zarr {version('zarr')}"]
+    return ", ".join([f"Python {sys.version.split()[0]}"] + found)
 
 
 PAIRS = [  # (row, baseline): the differences the study exists to show

@@ -289,7 +289,8 @@ def report(bench: Bench, rows: list[Row], seeds: list[int], results: dict, store
     return "\n".join(lines)
 
 
-def plot(path: Path, rows: list[Row], seeds: list[int], results: dict, quality: dict, work: Path) -> None:
+def plot(path: Path, rows: list[Row], seeds: list[int], results: dict, quality: dict, work: Path,
+         steps: int) -> None:
     """Three panels: this run's rows (mean bar, a dot per seed); test WER by training budget for ``base`` and
     ``plus-untranscribed`` (every budget in ``work``, a line through the means, paired seeds joined); the
     teacher's label WER by confidence bucket."""
@@ -301,10 +302,10 @@ def plot(path: Path, rows: list[Row], seeds: list[int], results: dict, quality: 
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4))
     budgets = budget_results(work, ("base", "plus-untranscribed"))
     for name, colour in (("base", "#8c8c8c"), ("plus-untranscribed", "#4c72b0")):
-        steps = [n for n in sorted(budgets) if budgets[n].get(name)]
-        for n in steps:
+        measured = [n for n in sorted(budgets) if budgets[n].get(name)]
+        for n in measured:
             middle.scatter([n] * len(budgets[n][name]), list(budgets[n][name].values()), color=colour, s=12, alpha=0.7)
-        middle.plot(steps, [statistics.mean(budgets[n][name].values()) for n in steps], color=colour, marker="o",
+        middle.plot(measured, [statistics.mean(budgets[n][name].values()) for n in measured], color=colour, marker="o",
                     label=f"{name} (mean)")
     middle.set_xlabel("training steps (batch 16)")
     middle.set_ylabel("test WER % (unseen voices)")
@@ -317,7 +318,7 @@ def plot(path: Path, rows: list[Row], seeds: list[int], results: dict, quality: 
             left.scatter([i] * len(values), values, color="black", zorder=3, s=12)
     left.set_xticks(range(len(rows)), [r.name for r in rows], fontsize=8)
     left.set_ylabel("test WER % (unseen voices)")
-    left.set_title(f"student WER, {len(seeds)} seeds (dots)")
+    left.set_title(f"student WER at {steps} steps, {len(seeds)} seeds (dots)")
     names = [f"{b['low']:.4f}..{b['high']:.4f}" for b in quality["buckets"]]
     right.bar(range(len(names)), [100 * b["wer"] for b in quality["buckets"]], color="#dd8452")
     right.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
@@ -369,7 +370,7 @@ def main() -> None:
     corpus = json.loads((bench.corpus / "corpus.json").read_text())["splits"]
     text = report(bench, rows, args.seeds, results, stores, quality, corpus, threshold)
     png = (args.out.parent / "img" / "untranscribed.png") if args.out else bench.work / "untranscribed.png"
-    plot(png, rows, args.seeds, results, quality, bench.work)
+    plot(png, rows, args.seeds, results, quality, bench.work, args.steps)
     print(text)
     (bench.work / "report.md").write_text(text + "\n")
     if args.out:
